@@ -1,0 +1,6 @@
+"""``python -m onnxopt``."""
+
+from onnxopt.cli import main
+
+if __name__ == "__main__":
+    main()

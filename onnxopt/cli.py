@@ -1,0 +1,495 @@
+"""The ``onnxopt`` command. The only place that prints errors and exits.
+
+Heavy libraries (onnx, onnxruntime, torch) are imported inside the commands, so that
+``onnxopt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from onnxopt import __version__
+from onnxopt.errors import ConfigError, ExitCode, InputError, OnnxoptError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(
+    name="onnxopt",
+    help="Take a trained model to the fastest ONNX artifact that still gives the right "
+    "answers, and prove both. Exit codes: 0 ok, 1 failure, 2 usage/config/input error, "
+    "3 verification failed, 130 interrupted.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+log = logging.getLogger("onnxopt")
+
+# ---------------------------------------------------------------- shared options
+
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the manifest (or report) as JSON on stdout.")
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or table; warnings and errors only.")
+]
+DimOpt = Annotated[
+    list[str] | None,
+    typer.Option("--dim", help="Value of a symbolic dim, e.g. --dim batch=2 (repeatable)."),
+]
+ProviderOpt = Annotated[
+    str, typer.Option("--provider", help="Execution provider that verification runs on.")
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="Intra-op threads of verification sessions.")
+]
+InputsFileOpt = Annotated[
+    Path | None, typer.Option("--inputs-file", help="An .npz of inputs to verify on.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of generated inputs.")]
+AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance override.")]
+RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance override.")]
+CosOpt = Annotated[float | None, typer.Option("--min-cosine", help="Lowest cosine accepted.")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Where to write the .onnx result.")]
+ExternalOpt = Annotated[
+    str, typer.Option("--external-data", help="auto (only over 2 GB), always or never.")
+]
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else logging.WARNING
+    handler = RichHandler(console=_stderr(), show_time=False, show_path=debug, markup=False)
+    root = logging.getLogger("onnxopt")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    del quiet
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _funnel(debug: bool) -> Iterator[None]:
+    """Turn every failure into one 'error:' line and a documented exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except OnnxoptError as err:
+        if debug:
+            traceback.print_exc()
+        _error(str(err))
+        raise typer.Exit(int(err.exit_code)) from None
+    except KeyboardInterrupt:
+        _error("interrupted; no unfinished artifact was kept")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        _error(
+            f"internal error: {type(err).__name__}: {text[:300]} "
+            "(rerun with --debug for the traceback, and please report it)"
+        )
+        raise typer.Exit(int(ExitCode.FAILURE)) from None
+
+
+def _parse_dims(values: list[str] | None) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise ConfigError(f"--dim expects NAME=INT such as batch=2, found {item!r}")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+def _parse_input(text: str) -> dict[str, Any]:
+    """'name:batch,3,224,224[:dtype[:low,high]]' -> an inputs-spec mapping."""
+    parts = text.split(":")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ConfigError(
+            f"--input expects NAME:DIM,DIM,...[:DTYPE[:LOW,HIGH]] such as "
+            f"x:batch,3,224,224:float32, found {text!r}"
+        )
+    shape: list[int | str] = [
+        int(d) if d.strip().isdigit() else d.strip() for d in parts[1].split(",")
+    ]
+    spec: dict[str, Any] = {"name": parts[0], "shape": shape}
+    if len(parts) > 2 and parts[2]:
+        spec["dtype"] = parts[2]
+    if len(parts) > 3:
+        try:
+            low, high = (float(v) for v in parts[3].split(","))
+        except ValueError:
+            raise ConfigError(f"--input range expects LOW,HIGH, found {parts[3]!r}") from None
+        spec["range"] = [low, high]
+    return spec
+
+
+def _parse_kv_json(values: list[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, found {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def _tolerance(atol: float | None, rtol: float | None, cos: float | None) -> dict[str, float]:
+    tol = {"atol": atol, "rtol": rtol, "min_cosine": cos}
+    return {k: v for k, v in tol.items() if v is not None}
+
+
+class _Progress:
+    """Progress lines on stderr while a pipeline runs."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled
+        self.status: Any = None
+
+    def __call__(self, event: str, **data: Any) -> None:
+        if not self.enabled:
+            return
+        if event == "step_start":
+            text = f"[{data['index']}/{data['total']}] {data['step']} ..."
+            if self.status is None:
+                self.status = self.console.status(text)
+                self.status.start()
+            else:
+                self.status.update(text)
+        elif event == "step_end":
+            entry = data["entry"]
+            mark = "cached" if entry["status"] == "cached" else f"{entry.get('duration_s', 0):.1f}s"
+            self.console.print(
+                f"  step {entry['index']} {entry['name']}: {entry['output']['path']} ({mark})",
+                highlight=False,
+            )
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _execute(
+    config: Any,
+    base_dir: Path,
+    out_dir: Path | None,
+    *,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+) -> dict[str, Any]:
+    from onnxopt.pipeline import Pipeline
+
+    progress = _Progress(_stderr(), enabled=not quiet and not as_json)
+    pipe = Pipeline(config, base_dir, out_dir=out_dir, force=force, on_event=progress)
+    try:
+        return pipe.run()
+    except BaseException:
+        if as_json and pipe.manifest:
+            print(json.dumps(pipe.manifest, indent=2, default=str))
+        raise
+    finally:
+        progress.stop()
+
+
+def _show(manifest: dict[str, Any], as_json: bool, quiet: bool) -> None:
+    if as_json:
+        print(json.dumps(manifest, indent=2, default=str))
+    elif not quiet:
+        from rich.console import Console
+
+        from onnxopt.report.console import print_pipeline
+
+        print_pipeline(Console(width=None if sys.stdout.isatty() else 160), manifest)
+
+
+def _single_step(
+    data: dict[str, Any], output: Path, *, source: Path | None, as_json: bool, quiet: bool
+) -> None:
+    """Run a one-step pipeline in a scratch folder, then move its artifact to ``output``."""
+    from onnxopt.config import parse_config
+    from onnxopt.modelio import move_model
+
+    if source is not None and output.resolve() == source.resolve():
+        raise InputError(
+            f"output {output} is the input model; onnxopt never overwrites its input",
+            hint="choose another -o path",
+        )
+    if output.suffix != ".onnx":
+        raise ConfigError(f"-o expects a path ending in .onnx, found {output}")
+    if output.exists() and output.is_dir():
+        raise InputError(f"output {output} is a folder; give a file path ending in .onnx")
+    config = parse_config(data, "command line")
+    parent = output.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {parent} ({err.strerror})") from None
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=parent))
+    try:
+        manifest = _execute(config, Path.cwd(), scratch, force=True, as_json=as_json, quiet=quiet)
+        final = scratch / manifest["final_artifact"]
+        move_model(final, output.resolve())
+        manifest["output_dir"] = str(parent)
+        manifest["final_artifact"] = output.name
+        for entry in manifest["steps"]:
+            entry["output"]["path"] = output.name
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _show(manifest, as_json, quiet)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"onnxopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """onnxopt: export, simplify and inspect ONNX models, proving every artifact."""
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Override the config's output_dir.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Ignore cached artifacts.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a YAML pipeline of steps; artifacts, inputs.npz and manifest.json go to output_dir."""
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        from onnxopt.config import load_config
+
+        config, base_dir = load_config(pipeline)
+        manifest = _execute(config, base_dir, output_dir, force=force, as_json=as_json, quiet=quiet)
+        _show(manifest, as_json, quiet)
+
+
+@app.command()
+def export(
+    factory: Annotated[
+        str, typer.Argument(help="'package.module:function' or 'file.py:function'.")
+    ],
+    output: OutputOpt,
+    inputs: Annotated[
+        list[str],
+        typer.Option(
+            "--input",
+            "-i",
+            help="NAME:DIM,DIM,...[:DTYPE[:LOW,HIGH]], e.g. x:batch,3,224,224:float32 "
+            "(repeatable, in forward() order).",
+        ),
+    ],
+    dims: DimOpt = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help=".pt/.pth state_dict or .safetensors.")
+    ] = None,
+    factory_arg: Annotated[
+        list[str] | None,
+        typer.Option("--factory-arg", help="KEY=VALUE (JSON value) passed to the factory."),
+    ] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 18,
+    exporter: Annotated[
+        str, typer.Option("--exporter", help="auto, dynamo or torchscript.")
+    ] = "auto",
+    output_name: Annotated[
+        list[str] | None, typer.Option("--output-name", help="Output names (repeatable).")
+    ] = None,
+    provider: ProviderOpt = "cpu",
+    threads: ThreadsOpt = None,
+    inputs_file: InputsFileOpt = None,
+    seed: SeedOpt = 0,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosOpt = None,
+    external_data: ExternalOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a PyTorch model to ONNX, validated against PyTorch (and at a second shape)."""
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        step: dict[str, Any] = {
+            "type": "export",
+            "opset": opset,
+            "exporter": exporter,
+            "tolerance": _tolerance(atol, rtol, min_cosine),
+        }
+        if output_name:
+            step["output_names"] = output_name
+        model: dict[str, Any] = {
+            "factory": factory,
+            "factory_args": _parse_kv_json(factory_arg, "--factory-arg"),
+        }
+        if weights is not None:
+            model["weights"] = str(weights)
+        data = {
+            "name": "export",
+            "model": model,
+            "inputs": [_parse_input(t) for t in inputs],
+            "dims": _parse_dims(dims),
+            "target": {"provider": provider, "intra_op_threads": threads},
+            "external_data": external_data,
+            "verify": {"seed": seed, "inputs_file": str(inputs_file) if inputs_file else None},
+            "steps": [step],
+        }
+        _single_step(data, output, source=None, as_json=as_json, quiet=quiet)
+
+
+@app.command()
+def simplify(
+    model: Annotated[Path, typer.Argument(help="Input .onnx model.")],
+    output: OutputOpt,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backend", "-b", help="onnxsim (default), ort or transformers; repeat to chain."
+        ),
+    ] = None,
+    ort_level: Annotated[
+        str, typer.Option("--ort-level", help="ORT backend level: basic, extended, all.")
+    ] = "basic",
+    model_type: Annotated[
+        str, typer.Option("--model-type", help="Transformers backend model type.")
+    ] = "bert",
+    num_heads: Annotated[int, typer.Option("--num-heads", help="Attention heads (0: detect).")] = 0,
+    hidden_size: Annotated[int, typer.Option("--hidden-size", help="Hidden size (0: detect).")] = 0,
+    skip_fuse_bn: Annotated[
+        bool, typer.Option("--skip-fuse-bn", help="onnxsim: keep BatchNormalization.")
+    ] = False,
+    skip_constant_folding: Annotated[
+        bool, typer.Option("--skip-constant-folding", help="onnxsim: no constant folding.")
+    ] = False,
+    skip_optimizer: Annotated[
+        list[str] | None,
+        typer.Option("--skip-optimizer", help="onnxsim: optimizer pass to skip (repeatable)."),
+    ] = None,
+    dims: DimOpt = None,
+    provider: ProviderOpt = "cpu",
+    threads: ThreadsOpt = None,
+    inputs_file: InputsFileOpt = None,
+    seed: SeedOpt = 0,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    min_cosine: CosOpt = None,
+    external_data: ExternalOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Simplify an ONNX model (onnxsim, ORT offline optimization, transformer fusions)."""
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        step = {
+            "type": "simplify",
+            "backend": backend or ["onnxsim"],
+            "ort": {"level": ort_level},
+            "transformers": {
+                "model_type": model_type,
+                "num_heads": num_heads,
+                "hidden_size": hidden_size,
+            },
+            "onnxsim": {
+                "skip_fuse_bn": skip_fuse_bn,
+                "skip_constant_folding": skip_constant_folding,
+                "skipped_optimizers": skip_optimizer or [],
+            },
+            "tolerance": _tolerance(atol, rtol, min_cosine),
+        }
+        data = {
+            "name": "simplify",
+            "model": {"path": str(model.resolve())},
+            "dims": _parse_dims(dims),
+            "target": {"provider": provider, "intra_op_threads": threads},
+            "external_data": external_data,
+            "verify": {"seed": seed, "inputs_file": str(inputs_file) if inputs_file else None},
+            "steps": [step],
+        }
+        _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[Path, typer.Argument(help="The .onnx model.")],
+    dims: DimOpt = None,
+    provider: Annotated[
+        str | None,
+        typer.Option("--provider", help="Also report which provider runs each node."),
+    ] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Inputs/outputs, opset, op histogram, parameters, MACs/FLOPs and node placement."""
+    _setup_logging(debug, False)
+    with _funnel(debug):
+        from onnxopt.inspection import inspect_model
+
+        info = inspect_model(model, dims=_parse_dims(dims), provider=provider)
+        if as_json:
+            print(json.dumps(info, indent=2, default=str))
+        else:
+            from rich.console import Console
+
+            from onnxopt.report.console import print_inspect
+
+            print_inspect(Console(width=None if sys.stdout.isatty() else 160), info)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the pipeline YAML (for editor autocompletion)."""
+    from onnxopt.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,451 @@
+"""Pipeline configuration: strict pydantic models and the YAML loader.
+
+Every field carries a description, so ``onnxopt schema`` and editors describe themselves.
+Unknown keys, wrong types and unknown step types fail before any work is done, naming the
+file and the field path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from onnxopt.errors import ConfigError, did_you_mean
+
+DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(StrictModel):
+    """One model input: its name, shape (ints or symbolic dim names), dtype and value range."""
+
+    name: str = Field(
+        description="Input name, as in the ONNX graph / the forward() argument order."
+    )
+    shape: list[int | str] = Field(
+        description="Dimensions: integers, or names such as 'batch' for symbolic (dynamic) dims."
+    )
+    dtype: DType = Field("float32", description="Element type of the input tensor.")
+    range: tuple[float, float] | None = Field(
+        None,
+        description="[low, high] of generated values (uniform; ints: low..high-1). "
+        "Default: standard normal for floats, [0, 8) for integers.",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _dims_valid(cls, shape: list[int | str]) -> list[int | str]:
+        for dim in shape:
+            if isinstance(dim, int) and dim < 1:
+                raise ValueError(f"fixed dims must be >= 1, found {dim}")
+            if isinstance(dim, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", dim):
+                raise ValueError(f"symbolic dim names must be identifiers, found {dim!r}")
+        return shape
+
+
+class ModelSource(StrictModel):
+    """Where the model comes from: an existing ONNX file, or a PyTorch factory (for export)."""
+
+    path: str | None = Field(None, description="An existing .onnx file to start from.")
+    factory: str | None = Field(
+        None,
+        description="PyTorch factory 'package.module:function' or 'path/to/file.py:function' "
+        "returning an nn.Module. Note: this runs that Python code.",
+    )
+    factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to the factory."
+    )
+    weights: str | None = Field(
+        None,
+        description="Optional state_dict for the factory's module: .pt/.pth (loaded with "
+        "weights_only=True) or .safetensors.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"path": value} if value.endswith(".onnx") else {"factory": value}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.path is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'path' (an .onnx file) or 'factory'")
+        if self.weights is not None and self.factory is None:
+            raise ValueError("'weights' goes with 'factory', not with an ONNX 'path'")
+        return self
+
+    @property
+    def is_onnx(self) -> bool:
+        """True when the model is an existing ONNX file."""
+        return self.path is not None
+
+
+class Target(StrictModel):
+    """The execution provider and session settings that verification runs on."""
+
+    provider: str = Field("cpu", description="Execution provider: cpu, cuda, tensorrt, ...")
+    provider_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options passed to the execution provider."
+    )
+    intra_op_threads: int | None = Field(
+        None, ge=0, description="Intra-op threads (0 or unset: ONNX Runtime's default)."
+    )
+    inter_op_threads: int | None = Field(None, ge=0, description="Inter-op threads.")
+
+
+class Tolerance(StrictModel):
+    """Overrides of a step's verification tolerance (unset fields keep the step's default)."""
+
+    atol: float | None = Field(None, ge=0, description="Absolute tolerance.")
+    rtol: float | None = Field(None, ge=0, description="Relative tolerance.")
+    min_cosine: float | None = Field(
+        None, ge=-1, le=1, description="Lowest cosine similarity accepted per output."
+    )
+
+
+class VerifyConfig(StrictModel):
+    """How every artifact is checked against its parent."""
+
+    seed: int = Field(0, description="Seed of the generated shared input set.")
+    inputs_file: str | None = Field(
+        None, description="An .npz of inputs to use instead of generated ones."
+    )
+    second_shape: bool = Field(
+        True,
+        description="Also run parent and child with every symbolic dim changed, "
+        "to prove dynamic axes still work.",
+    )
+    second_dims: dict[str, int] = Field(
+        default_factory=dict,
+        description="Dim values for that second run (default: each dim's value + 1).",
+    )
+
+
+class StepBase(StrictModel):
+    """Fields common to every step."""
+
+    name: str | None = Field(None, description="Optional label shown in reports.")
+    tolerance: Tolerance = Field(
+        default_factory=Tolerance, description="Override the step's verification tolerance."
+    )
+
+
+class ExportStep(StepBase):
+    """PyTorch -> ONNX, validated against PyTorch."""
+
+    type: Literal["export"] = Field(description="Step type.")
+    opset: int = Field(18, ge=7, le=23, description="ONNX opset version.")
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto",
+        description="'auto' tries dynamo, validates, and falls back to torchscript.",
+    )
+    output_names: list[str] | None = Field(
+        None, description="Output names (default: output_0, output_1, ...)."
+    )
+
+
+class OnnxsimOptions(StrictModel):
+    """Options of the onnxsim backend."""
+
+    skip_fuse_bn: bool = Field(False, description="Do not fuse BatchNormalization into Conv.")
+    skip_constant_folding: bool = Field(False, description="Do not fold constants.")
+    skipped_optimizers: list[str] = Field(
+        default_factory=list, description="onnxoptimizer passes to skip, e.g. fuse_pad_into_conv."
+    )
+
+
+class OrtOptions(StrictModel):
+    """Options of the ONNX Runtime offline-optimization backend."""
+
+    level: Literal["basic", "extended", "all"] = Field(
+        "basic",
+        description="Graph optimization level. Above 'basic' the result is valid only for "
+        "the provider it was made with.",
+    )
+
+
+class TransformersOptions(StrictModel):
+    """Options of the onnxruntime.transformers fusion backend."""
+
+    model_type: str = Field("bert", description="Model type for the fusions: bert, gpt2, ...")
+    num_heads: int = Field(0, ge=0, description="Attention heads (0: detect).")
+    hidden_size: int = Field(0, ge=0, description="Hidden size (0: detect).")
+
+
+SimplifyBackend = Literal["onnxsim", "ort", "transformers"]
+
+
+class SimplifyStep(StepBase):
+    """Graph simplification with one or more chained backends."""
+
+    type: Literal["simplify"] = Field(description="Step type.")
+    backend: list[SimplifyBackend] = Field(
+        default_factory=lambda: list[SimplifyBackend](["onnxsim"]),
+        description="Backend, or a list of backends applied in order: onnxsim, ort, transformers.",
+    )
+    onnxsim: OnnxsimOptions = Field(default_factory=OnnxsimOptions, description="onnxsim options.")
+    ort: OrtOptions = Field(default_factory=OrtOptions, description="ORT optimization options.")
+    transformers: TransformersOptions = Field(
+        default_factory=TransformersOptions, description="Transformer fusion options."
+    )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("backend")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one backend")
+        return value
+
+
+Step = Annotated[Union[ExportStep, SimplifyStep], Field(discriminator="type")]  # noqa: UP007
+
+#: Step types that exist in the roadmap but not yet in this release.
+PLANNED_STEPS = {"quantize": 4, "prune": 5, "bench": 3}
+
+
+class PipelineConfig(StrictModel):
+    """A whole pipeline: model source, inputs, target, output folder and ordered steps."""
+
+    version: Literal[1] = Field(1, description="Config format version.")
+    name: str = Field("pipeline", description="Pipeline name shown in reports.")
+    model: ModelSource = Field(description="The model: {path: x.onnx} or {factory: mod:fn}.")
+    inputs: list[InputSpec] | None = Field(
+        None,
+        description="Input specs. Required for a PyTorch factory; read from the graph for ONNX.",
+    )
+    dims: dict[str, int] = Field(
+        default_factory=dict,
+        description="Values of symbolic dims for the verification inputs, e.g. {batch: 2}.",
+    )
+    target: Target = Field(default_factory=Target, description="Execution provider settings.")
+    output_dir: str = Field("out", description="Folder for artifacts, inputs.npz and manifest.")
+    external_data: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Store weights in a separate .data file: auto (only over 2 GB), always, never.",
+    )
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Verification.")
+    steps: list[Step] = Field(min_length=1, description="Ordered steps.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> PipelineConfig:
+        kinds = [s.type for s in self.steps]
+        if self.model.factory is not None:
+            if kinds[0] != "export":
+                raise ValueError(
+                    "the model is a PyTorch factory, so the first step must be 'export'"
+                )
+            if self.inputs is None:
+                raise ValueError("a PyTorch factory needs an 'inputs' list (names and shapes)")
+        if kinds.count("export") > (1 if self.model.factory else 0):
+            raise ValueError(
+                "'export' may appear once, as the first step, and only for a PyTorch factory"
+            )
+        names = [i.name for i in self.inputs or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, found {names}")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{where or 'value'}: environment variable ${{{name}}} is not set",
+                hint=f"export {name}=... or write ${{{name}:-default}}",
+            )
+
+        return _ENV.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models that an annotation can hold (through Optional, list, dict, Union)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _models_in(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if origin in (Union, types.UnionType, list, dict, tuple):
+        found: list[type[BaseModel]] = []
+        for arg in typing.get_args(annotation):
+            found.extend(_models_in(arg))
+        return found
+    return []
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names valid at the parent of ``loc`` (for 'did you mean' on unknown keys)."""
+    models: list[type[BaseModel]] = [PipelineConfig]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        by_tag = [
+            m
+            for m in models
+            if "type" in m.model_fields
+            and typing.get_args(m.model_fields["type"].annotation) == (part,)
+        ]
+        if by_tag:
+            models = by_tag
+            continue
+        nxt: list[type[BaseModel]] = []
+        for m in models:
+            if part in m.model_fields:
+                nxt.extend(_models_in(m.model_fields[part].annotation))
+        models = nxt
+    return [name for m in models for name in m.model_fields]
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("export", "simplify") and text.endswith("]"):
+            continue  # discriminator tag inserted by pydantic
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def format_validation_error(err: ValidationError, source: str) -> ConfigError:
+    """Turn a pydantic error into one clear ConfigError line."""
+    errors = err.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    where = _loc_text(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        valid = _fields_at(loc)
+        msg = f"{where}: unknown key{did_you_mean(key, valid)}"
+        if not did_you_mean(key, valid):
+            msg += f" (valid keys: {', '.join(sorted(valid))})"
+    elif first["type"] == "missing":
+        msg = f"{where}: required field is missing"
+    else:
+        found = first.get("input")
+        shown = repr(found) if not isinstance(found, dict | list) else type(found).__name__
+        msg = f"{where}: {first['msg']} (found {shown[:80]})"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return ConfigError(f"{source}: {msg}{more}")
+
+
+def _check_step_types(data: dict[str, Any], source: str) -> None:
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return
+    known = ["export", "simplify"]
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            raise ConfigError(
+                f"{source}: steps[{i}]: expected a mapping like {{type: simplify}}, "
+                f"found {type(step).__name__}"
+            )
+        kind = step.get("type")
+        if kind is None:
+            raise ConfigError(
+                f"{source}: steps[{i}]: missing 'type'",
+                hint=f"one of: {', '.join(known)}",
+            )
+        if kind in PLANNED_STEPS:
+            raise ConfigError(
+                f"{source}: steps[{i}]: step type '{kind}' is not available yet in this release "
+                f"(planned, issue {PLANNED_STEPS[kind]})",
+                hint=f"available: {', '.join(known)}",
+            )
+        if kind not in known:
+            raise ConfigError(
+                f"{source}: steps[{i}].type: unknown step type {kind!r}"
+                f"{did_you_mean(str(kind), known + list(PLANNED_STEPS))}",
+                hint=f"available: {', '.join(known)}",
+            )
+
+
+def parse_config(data: Any, source: str = "config") -> PipelineConfig:
+    """Validate a config mapping (already loaded from YAML or built in code).
+
+    Args:
+        data: the mapping.
+        source: a name for error messages (the file path).
+
+    Raises:
+        ConfigError: on any problem, naming the field path.
+    """
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty", hint="see configs/quickstart.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, found {type(data).__name__}"
+        )
+    data = _expand_env(data, "")
+    _check_step_types(data, source)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise format_validation_error(err, source) from None
+
+
+def load_config(path: str | Path) -> tuple[PipelineConfig, Path]:
+    """Read and validate a pipeline YAML file.
+
+    Returns:
+        The config and the folder that relative paths in it are resolved against.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"pipeline file not found: {file}",
+            hint="pass the path of a YAML pipeline, e.g. configs/quickstart.yaml",
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{file}: cannot read the file as UTF-8 text ({err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{file}: YAML syntax error{where}: {problem}") from None
+    return parse_config(data, str(file)), file.resolve().parent
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the pipeline file."""
+    return PipelineConfig.model_json_schema()

@@ -1,0 +1,85 @@
+"""Error hierarchy and exit codes.
+
+Library code raises :class:`OnnxoptError` subclasses; only the CLI turns them into an
+``error: ...`` line on stderr and an exit code. Exit codes are part of the interface.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of the ``onnxopt`` command (documented in the README)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    VERIFICATION = 3
+    GATE = 4
+    INTERRUPTED = 130
+
+
+class OnnxoptError(Exception):
+    """Base class: a message for the user and the exit code it maps to."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}; {hint}")
+
+
+class ConfigError(OnnxoptError):
+    """The pipeline file or command-line options are invalid (exit 2)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputError(OnnxoptError):
+    """A file or value given by the user cannot be used: missing, corrupt, mismatched (exit 2)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class MissingDependencyError(OnnxoptError):
+    """An optional dependency is not installed (exit 2); the message names the extra."""
+
+    exit_code = ExitCode.USAGE
+
+
+class StepError(OnnxoptError):
+    """A step failed while doing its work (exit 1)."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class VerificationError(OnnxoptError):
+    """A produced artifact failed its check against its parent (exit 3)."""
+
+    exit_code = ExitCode.VERIFICATION
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def require(module: str, extra: str = "torch") -> None:
+    """Fail with a clear message when an optional dependency is missing.
+
+    Args:
+        module: importable module name, e.g. ``"torch"``.
+        extra: the pip extra that brings it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"this step needs the Python package '{module}', which is not installed",
+            hint=f"install the extra: pip install 'onnxopt[{extra}]' -c constraints.txt",
+        )

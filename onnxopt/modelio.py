@@ -1,0 +1,284 @@
+"""Load, check, save and summarise ONNX models, external data (> 2 GB) included."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxopt.errors import InputError, VerificationError
+
+TWO_GB = 2**31
+Dim = int | str
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph (If/Loop/Scan bodies) below it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_graphs(sub)
+
+
+def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every initializer and Constant-node tensor, subgraphs included."""
+    for graph in iter_graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+
+
+def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
+    base = path.parent.resolve()
+    for tensor in iter_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        for entry in tensor.external_data:
+            if entry.key != "location":
+                continue
+            target = (base / entry.value).resolve()
+            if Path(entry.value).is_absolute() or base not in target.parents:
+                raise InputError(
+                    f"{path}: external data location {entry.value!r} of tensor "
+                    f"{tensor.name!r} points outside the model's folder; refusing to read it",
+                    hint="keep .data files beside the .onnx file",
+                )
+            if not target.is_file():
+                raise InputError(
+                    f"{path}: external data file {entry.value!r} (tensor {tensor.name!r}) "
+                    "is missing",
+                    hint="copy the .data file next to the model",
+                )
+
+
+def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with clear errors for every way the file can be wrong.
+
+    Args:
+        path: the .onnx file.
+        load_weights: also read external data into memory.
+
+    Raises:
+        InputError: missing, empty, not ONNX, or external data missing/unsafe.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"model file not found: {file}", hint="check the path")
+    if not file.is_file():
+        raise InputError(f"expected an .onnx file, found a directory: {file}")
+    if file.stat().st_size == 0:
+        raise InputError(f"{file}: the file is empty (0 bytes)", hint="re-export the model")
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise InputError(
+            f"{file}: not a valid ONNX file (protobuf parse failed: {str(err)[:120]})",
+            hint="check that the file is complete and really an ONNX model",
+        ) from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise InputError(
+            f"{file}: parsed as protobuf but holds no ONNX graph",
+            hint="check that the file is really an ONNX model",
+        )
+    _check_external_locations(model, file)
+    if load_weights:
+        try:
+            onnx.load_external_data_for_model(model, str(file.parent))
+        except (OSError, ValueError, RuntimeError) as err:
+            raise InputError(f"{file}: cannot read external data ({err})") from None
+    return model
+
+
+def check_model(path: Path, *, artifact: bool = True) -> None:
+    """Run ``onnx.checker`` on a file (path-based, so models over 2 GB work).
+
+    Raises:
+        VerificationError: an artifact we produced is invalid (``artifact=True``).
+        InputError: an input model is invalid.
+    """
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cls = VerificationError if artifact else InputError
+        raise cls(f"{path.name}: onnx.checker rejected the model: {first[:200]}") from None
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by weights (initializers and Constant tensors)."""
+    total = 0
+    for tensor in iter_tensors(model):
+        total += _tensor_nbytes(tensor)
+    return total
+
+
+def _tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1
+    return count * itemsize
+
+
+def save_model(model: onnx.ModelProto, final: Path, *, external_data: str = "auto") -> Path:
+    """Save atomically: write into a temp folder beside ``final``, then rename into place.
+
+    With external data the weights go to ``<final name>.data`` beside it. The in-memory
+    model may be modified (tensors moved to external data).
+
+    Args:
+        model: the model to save.
+        final: destination .onnx path.
+        external_data: ``auto`` (only over 2 GB), ``always`` or ``never``.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    use_external = external_data == "always" or (
+        external_data == "auto" and tensor_bytes(model) + 64 * 2**20 >= TWO_GB
+    )
+    if external_data == "never" and tensor_bytes(model) >= TWO_GB:
+        raise InputError(
+            f"{final.name}: weights exceed 2 GB and external_data is 'never'",
+            hint="set external_data: auto",
+        )
+    data_name = final.name + ".data"
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        tmp_model = tmp_dir / final.name
+        if use_external:
+            onnx.save_model(
+                model,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(tmp_model))
+        if (tmp_dir / data_name).exists():
+            os.replace(tmp_dir / data_name, final.parent / data_name)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (final.parent / data_name).unlink()
+        os.replace(tmp_model, final)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return final
+
+
+def remove_model(path: Path) -> None:
+    """Delete an ONNX file and its ``.data`` companion if present."""
+    for p in (path, path.with_name(path.name + ".data")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def move_model(src: Path, dst: Path) -> None:
+    """Move a model saved by :func:`save_model` (and its .data file) to ``dst``.
+
+    The .data file keeps its recorded location, so it is renamed only when the
+    destination name equals the source name; otherwise the model is re-saved.
+    """
+    src_data = src.with_name(src.name + ".data")
+    if not src_data.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return
+    model = load_model(src)
+    save_model(model, dst, external_data="always")
+
+
+def value_info_shape(value: onnx.ValueInfoProto) -> list[Dim]:
+    """Shape as ints and names; '?' for an unknown dim."""
+    t = value.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return []
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in t.tensor_type.shape.dim
+    ]
+
+
+def value_info_dtype(value: onnx.ValueInfoProto) -> str:
+    """numpy-style dtype name of a tensor value ('unknown' for non-tensors)."""
+    t = value.type
+    if not t.HasField("tensor_type"):
+        return t.WhichOneof("value") or "unknown"
+    try:
+        return str(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+        return onnx.TensorProto.DataType.Name(t.tensor_type.elem_type).lower()
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs: graph inputs that are not initializers."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def io_table(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs with shapes and dtypes."""
+    return {
+        "inputs": [
+            {"name": v.name, "shape": value_info_shape(v), "dtype": value_info_dtype(v)}
+            for v in graph_inputs(model)
+        ],
+        "outputs": [
+            {"name": v.name, "shape": value_info_shape(v), "dtype": value_info_dtype(v)}
+            for v in model.graph.output
+        ],
+    }
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    """Nodes per op type (``domain::Op`` outside the default domain), subgraphs included."""
+    counts: Counter[str] = Counter()
+    for graph in iter_graphs(model.graph):
+        for node in graph.node:
+            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+            counts[f"{domain}::{node.op_type}" if domain else node.op_type] += 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """Node count, op histogram, parameter count and bytes."""
+    hist = op_histogram(model)
+    params = 0
+    for init in model.graph.initializer:
+        count = 1
+        for d in init.dims:
+            count *= d
+        params += count
+    return {
+        "nodes": sum(hist.values()),
+        "ops": hist,
+        "parameters": params,
+        "weight_bytes": tensor_bytes(model),
+    }
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default-domain opset version."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0

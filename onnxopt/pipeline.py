@@ -1,0 +1,493 @@
+"""The pipeline engine: chains steps, verifies every artifact, caches, writes the manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from onnxopt import artifacts
+from onnxopt.config import PipelineConfig, Step
+from onnxopt.errors import InputError, OnnxoptError, VerificationError
+from onnxopt.modelio import (
+    check_model,
+    graph_inputs,
+    load_model,
+    remove_model,
+    summary,
+    value_info_shape,
+)
+from onnxopt.registry import runner
+from onnxopt.runtime import make_session, run_session
+from onnxopt.steps.base import Reference, StepContext, StepResult
+from onnxopt.verify import (
+    Tol,
+    check_inputs_fit,
+    compare_outputs,
+    failure_text,
+    inputs_digest,
+    load_inputs,
+    make_inputs,
+    resolve_dims,
+    resolve_tolerance,
+    save_inputs,
+    second_dims,
+    specs_from_model,
+    symbolic_dims,
+)
+
+log = logging.getLogger("onnxopt")
+
+Event = Callable[..., None]
+INPUTS_NAME = "inputs.npz"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
+
+
+def _resolve(base_dir: Path, path: str) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (base_dir / p)
+
+
+# ---------------------------------------------------------------- verification
+
+
+def verify_model(
+    child: Path,
+    reference: Reference,
+    tol: Tol,
+    ctx: StepContext,
+    output_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run ``child`` on the shared inputs (and second-shape inputs) and compare with reference."""
+    session = make_session(child, ctx.target)
+    names = output_names or [o.name for o in session.get_outputs()]
+    result: dict[str, Any] = {"tolerance": tol.as_dict()}
+    main = compare_outputs(reference.main, run_session(session, ctx.inputs, child.name), names, tol)
+    result["main"] = main
+    passed = main["passed"]
+    if reference.second is not None and ctx.second_inputs is not None:
+        second = compare_outputs(
+            reference.second, run_session(session, ctx.second_inputs, child.name), names, tol
+        )
+        second["dims"] = ctx.second_dims
+        result["second_shape"] = second
+        passed = passed and second["passed"]
+    result["passed"] = passed
+    return result
+
+
+def pinned_dims(child: Path, symbolic: dict[str, set[int]]) -> list[str]:
+    """Inputs whose requested symbolic axes became fixed in ``child``."""
+    model = load_model(child, load_weights=False)
+    problems = []
+    for value in graph_inputs(model):
+        shape = value_info_shape(value)
+        for axis in sorted(symbolic.get(value.name, set())):
+            dim = shape[axis] if axis < len(shape) else None
+            if isinstance(dim, int) and dim > 0:
+                problems.append(f"{value.name}[{axis}] fixed to {dim}")
+    return problems
+
+
+def symbolic_axes(specs: Any) -> dict[str, set[int]]:
+    """input name -> axes that are symbolic in the specs."""
+    return {s.name: {i for i, d in enumerate(s.shape) if isinstance(d, str)} for s in specs}
+
+
+def verification_summary(verification: dict[str, Any]) -> str:
+    """Short text such as 'ok (cos 0.99999, max abs 2e-06)'."""
+    rows = verification.get("main", {}).get("outputs", [])
+    cos = min((r.get("cosine", 1.0) for r in rows), default=1.0)
+    err = max((r.get("max_abs_err", 0.0) for r in rows), default=0.0)
+    state = "ok" if verification.get("passed") else "FAILED"
+    extra = ", 2 shapes" if "second_shape" in verification else ""
+    return f"{state} cos={cos:.6f} err={err:.1e}{extra}"
+
+
+# ---------------------------------------------------------------- engine
+
+
+class Pipeline:
+    """One run of a pipeline config into an output folder."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        base_dir: Path,
+        *,
+        out_dir: Path | None = None,
+        force: bool = False,
+        on_event: Event | None = None,
+    ) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.out_dir = (out_dir or _resolve(base_dir, config.output_dir)).resolve()
+        self.force = force
+        self.emit: Event = on_event or (lambda *a, **k: None)
+        self.manifest: dict[str, Any] = {}
+
+    # -- set-up -----------------------------------------------------------
+
+    def _prepare_out_dir(self) -> None:
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InputError(
+                f"output folder {self.out_dir} exists and is not a folder",
+                hint="choose another output_dir",
+            )
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise InputError(
+                f"cannot write to output folder {self.out_dir} ({err.strerror})",
+                hint="choose a writable output_dir",
+            ) from None
+        for stale in self.out_dir.glob(".*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def _source_model(self) -> Path | None:
+        if self.config.model.path is None:
+            return None
+        path = _resolve(self.base_dir, self.config.model.path)
+        model = load_model(path, load_weights=False)
+        del model
+        check_model(path, artifact=False)
+        return path.resolve()
+
+    def _build_context(self, source: Path | None) -> StepContext:
+        cfg = self.config
+        if cfg.inputs is not None:
+            specs = list(cfg.inputs)
+        else:
+            assert source is not None
+            specs = specs_from_model(load_model(source, load_weights=False))
+        if cfg.verify.inputs_file:
+            inputs = load_inputs(_resolve(self.base_dir, cfg.verify.inputs_file))
+            dims = self._dims_from_arrays(specs, inputs)
+            defaulted: list[str] = []
+        else:
+            dims, defaulted = resolve_dims(specs, cfg.dims)
+            inputs = make_inputs(specs, dims, cfg.verify.seed)
+        unknown = sorted(set(cfg.dims) - set(symbolic_dims(specs)))
+        if unknown:
+            raise InputError(
+                f"dims {unknown} are not symbolic dims of the inputs; "
+                f"the inputs have {symbolic_dims(specs) or 'no symbolic dims'}"
+            )
+        if source is not None:
+            check_inputs_fit(load_model(source, load_weights=False), inputs, source.name)
+        for name in defaulted:
+            log.info("dim %r has no value in 'dims'; using 1 for verification inputs", name)
+        alt_dims = alt_inputs = None
+        if cfg.verify.second_shape and dims:
+            alt_dims = second_dims(dims, cfg.verify.second_dims)
+            alt_inputs = make_inputs(specs, alt_dims, cfg.verify.seed + 1)
+        save_inputs(self.out_dir / INPUTS_NAME, inputs)
+        self.manifest["inputs"] = {
+            "path": INPUTS_NAME,
+            "digest": inputs_digest(inputs),
+            "source": cfg.verify.inputs_file or f"generated (seed {cfg.verify.seed})",
+            "specs": [s.model_dump() for s in specs],
+            "dims": dims,
+            "defaulted_dims": defaulted,
+            "second_dims": alt_dims,
+        }
+        return StepContext(
+            config=cfg,
+            base_dir=self.base_dir,
+            specs=specs,
+            dims=dims,
+            inputs=inputs,
+            second_dims=alt_dims,
+            second_inputs=alt_inputs,
+            work_dir=self.out_dir,
+        )
+
+    @staticmethod
+    def _dims_from_arrays(specs: Any, arrays: dict[str, Any]) -> dict[str, int]:
+        dims: dict[str, int] = {}
+        for spec in specs:
+            if spec.name not in arrays:
+                raise InputError(
+                    f"the inputs file has no array {spec.name!r}; it has {sorted(arrays)}",
+                    hint="name the arrays after the model inputs",
+                )
+            arr = arrays[spec.name]
+            if arr.ndim != len(spec.shape):
+                raise InputError(
+                    f"inputs file: {spec.name!r} has shape {list(arr.shape)}, "
+                    f"expected rank {len(spec.shape)} {spec.shape}"
+                )
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, str):
+                    dims.setdefault(dim, int(arr.shape[axis]))
+        return dims
+
+    # -- keys and cache ---------------------------------------------------
+
+    def _source_digest(self) -> str:
+        """Digest of a PyTorch factory's source file, weights and arguments."""
+        from onnxopt.steps.export import factory_source_file
+
+        model = self.config.model
+        parts: list[Any] = [model.factory, model.factory_args]
+        src = factory_source_file(model.factory or "", self.base_dir)
+        parts.append(artifacts.sha256_file(src) if src and src.is_file() else None)
+        if model.weights:
+            weights = _resolve(self.base_dir, model.weights)
+            parts.append(artifacts.sha256_file(weights) if weights.is_file() else str(weights))
+        return artifacts.digest_of(*parts)
+
+    def _step_key(self, index: int, step: Step, parent_digest: str) -> str:
+        return artifacts.digest_of(
+            index,
+            step.model_dump(mode="json"),
+            parent_digest,
+            self.manifest["inputs"]["digest"],
+            self.manifest["inputs"]["second_dims"],
+            self.config.verify.model_dump(mode="json"),
+            self.config.target.model_dump(mode="json"),
+            self.config.external_data,
+            artifacts.tool_versions(include_torch=step.type == "export"),
+        )
+
+    def _cached(
+        self, previous: dict[str, Any] | None, index: int, key: str
+    ) -> dict[str, Any] | None:
+        if previous is None or self.force:
+            return None
+        for entry in previous.get("steps", []):
+            if entry.get("index") != index or entry.get("key") != key:
+                continue
+            if entry.get("status") not in ("ok", "cached"):
+                return None
+            out = self.out_dir / entry["output"]["path"]
+            try:
+                if out.is_file() and artifacts.model_digest(out) == entry["output"]["sha256"]:
+                    return entry
+            except (OnnxoptError, OSError) as err:
+                log.info("cached artifact %s is unusable (%s); rebuilding", out.name, err)
+        return None
+
+    # -- running ----------------------------------------------------------
+
+    def _write_manifest(self) -> None:
+        artifacts.write_json_atomic(self.out_dir / artifacts.MANIFEST_NAME, self.manifest)
+
+    def run(self) -> dict[str, Any]:
+        """Run every step; return the manifest.
+
+        Raises:
+            OnnxoptError: the first failure (the manifest records it).
+        """
+        cfg = self.config
+        self._prepare_out_dir()
+        previous = artifacts.read_manifest(self.out_dir)
+        self.manifest = {
+            "schema_version": artifacts.MANIFEST_SCHEMA,
+            "tool": "onnxopt",
+            "pipeline": {"name": cfg.name, "config": cfg.model_dump(mode="json")},
+            "output_dir": str(self.out_dir),
+            "status": "running",
+            "started": _now(),
+            "ended": None,
+            "versions": artifacts.tool_versions(include_torch=cfg.model.factory is not None),
+            "target": cfg.target.model_dump(mode="json"),
+            "steps": [],
+            "final_artifact": None,
+        }
+        try:
+            source = self._source_model()
+            ctx = self._build_context(source)
+            self._write_manifest()
+            parent: Path | None = source
+            parent_digest = artifacts.model_digest(source) if source else self._source_digest()
+            for index, step in enumerate(cfg.steps, start=1):
+                parent, parent_digest = self._run_step(
+                    index, step, parent, parent_digest, ctx, previous
+                )
+            self.manifest["status"] = "ok"
+            self.manifest["final_artifact"] = (
+                str(parent.relative_to(self.out_dir))
+                if parent and parent.is_relative_to(self.out_dir)
+                else str(parent)
+            )
+        except BaseException as err:
+            self.manifest["status"] = (
+                "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            )
+            self.manifest["error"] = str(err) if isinstance(err, OnnxoptError) else repr(err)
+            raise
+        finally:
+            self.manifest["ended"] = _now()
+            with contextlib.suppress(OSError):
+                if self.out_dir.is_dir():
+                    self._write_manifest()
+        return self.manifest
+
+    def _run_step(
+        self,
+        index: int,
+        step: Step,
+        parent: Path | None,
+        parent_digest: str,
+        ctx: StepContext,
+        previous: dict[str, Any] | None,
+    ) -> tuple[Path, str]:
+        key = self._step_key(index, step, parent_digest)
+        name = artifacts.artifact_name(index, step.type, key)
+        final = self.out_dir / name
+        total = len(self.config.steps)
+        label = step.name or step.type
+        self.emit("step_start", index=index, total=total, step=label)
+        hit = self._cached(previous, index, key)
+        if hit is not None:
+            cached = dict(hit, status="cached")
+            self.manifest["steps"].append(cached)
+            self._write_manifest()
+            self.emit("step_end", entry=cached)
+            return final, cached["output"]["sha256"]
+
+        entry: dict[str, Any] = {
+            "index": index,
+            "type": step.type,
+            "name": label,
+            "status": "running",
+            "key": key,
+            "parent": (
+                str(parent.relative_to(self.out_dir))
+                if parent and parent.is_relative_to(self.out_dir)
+                else (str(parent) if parent else f"pytorch:{self.config.model.factory}")
+            ),
+            "input": {"sha256": parent_digest},
+            "config": step.model_dump(mode="json"),
+            "started": _now(),
+            "versions": artifacts.tool_versions(include_torch=step.type == "export"),
+        }
+        self.manifest["steps"].append(entry)
+        self._write_manifest()
+        started = time.perf_counter()
+        partial = self.out_dir / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        try:
+            tmp = partial / name
+            result: StepResult = runner(step.type)(parent, tmp, step, ctx)
+            if not tmp.is_file():
+                raise VerificationError(f"step {index} ({step.type}) wrote no model")
+            check_model(tmp)
+            verification = result.verification
+            if verification is None:
+                assert parent is not None
+                verification = self._verify_against_parent(parent, tmp, step, ctx)
+            entry["verification"] = verification
+            if not verification["passed"]:
+                raise VerificationError(
+                    f"step {index} ({step.type}): output differs from its parent: "
+                    f"{self._first_failure(verification)}",
+                    hint="loosen 'tolerance' only if this precision loss is expected",
+                )
+            after = load_model(tmp, load_weights=False)
+            entry["report"] = {**result.report, "after": summary(after)}
+            entry["warnings"] = result.warnings
+            for text in result.warnings:
+                log.warning("step %d (%s): %s", index, step.type, text)
+            data = tmp.with_name(tmp.name + ".data")
+            if data.exists():
+                os.replace(data, final.with_name(final.name + ".data"))
+            os.replace(tmp, final)
+        except BaseException as err:
+            entry["status"] = "failed"
+            entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
+            entry["ended"] = _now()
+            entry["duration_s"] = round(time.perf_counter() - started, 3)
+            remove_model(final)
+            raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        digest = artifacts.model_digest(final)
+        entry.update(
+            status="ok",
+            ended=_now(),
+            duration_s=round(time.perf_counter() - started, 3),
+            output={
+                "path": name,
+                "sha256": digest,
+                "size_bytes": artifacts.model_size(final),
+                "external_data": [p.name for p in artifacts.external_data_files(final)],
+            },
+        )
+        self._write_manifest()
+        self.emit("step_end", entry=entry)
+        return final, digest
+
+    @staticmethod
+    def _first_failure(verification: dict[str, Any]) -> str:
+        for part in ("main", "second_shape"):
+            if part in verification and not verification[part]["passed"]:
+                where = " at the second shape" if part == "second_shape" else ""
+                return failure_text(verification[part]) + where
+        return str(verification.get("problem", "mismatch"))
+
+    def _verify_against_parent(
+        self, parent: Path, child: Path, step: Step, ctx: StepContext
+    ) -> dict[str, Any]:
+        tol = resolve_tolerance(step.type, step.tolerance)
+        parent_axes = {
+            v.name: {
+                i for i, d in enumerate(value_info_shape(v)) if not isinstance(d, int) or d <= 0
+            }
+            for v in graph_inputs(load_model(parent, load_weights=False))
+        }
+        pinned = pinned_dims(child, parent_axes)
+        if pinned:
+            return {"passed": False, "problem": f"dynamic dims became fixed: {', '.join(pinned)}"}
+        # The reference is the parent as written: no ONNX Runtime rewrites that could hide a bug.
+        session = make_session(parent, ctx.target, level="disable")
+        reference = Reference(
+            main=run_session(session, ctx.inputs, parent.name),
+            second=(
+                run_session(session, ctx.second_inputs, parent.name)
+                if ctx.second_inputs is not None
+                else None
+            ),
+        )
+        del session
+        return verify_model(child, reference, tol, ctx)
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    base_dir: str | Path = ".",
+    *,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    on_event: Event | None = None,
+) -> dict[str, Any]:
+    """Run a pipeline and return its manifest.
+
+    Args:
+        config: a validated pipeline config (see :func:`onnxopt.config.load_config`).
+        base_dir: folder that relative paths in the config are resolved against.
+        out_dir: output folder (default: the config's ``output_dir``).
+        force: ignore cached artifacts.
+        on_event: progress callback ``(event, **data)``.
+    """
+    return Pipeline(
+        config,
+        Path(base_dir),
+        out_dir=Path(out_dir) if out_dir is not None else None,
+        force=force,
+        on_event=on_event,
+    ).run()

@@ -1,0 +1,1 @@
+"""Rendering of manifests and reports (the library itself never prints)."""

@@ -1,0 +1,120 @@
+"""Rich tables for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def human_bytes(n: int | None) -> str:
+    """1536 -> '1.5 KiB'."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def human_count(n: float | None) -> str:
+    """1.2e9 -> '1.20 G'."""
+    if n is None:
+        return "-"
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _verification_cell(entry: dict[str, Any]) -> str:
+    from onnxopt.pipeline import verification_summary
+
+    ver = entry.get("verification")
+    if not ver:
+        return "-"
+    text = verification_summary(ver)
+    return f"[green]{text}[/]" if ver.get("passed") else f"[red]{text}[/]"
+
+
+def pipeline_table(manifest: dict[str, Any]) -> Table:
+    """Summary table: step, artifact, size, nodes, verification, time, cached."""
+    table = Table(title=f"onnxopt · {manifest['pipeline']['name']}", title_justify="left")
+    for col in ("#", "step", "artifact", "size", "nodes", "verification", "time", "cached"):
+        table.add_column(col, justify="right" if col in ("#", "size", "nodes", "time") else "left")
+    for entry in manifest.get("steps", []):
+        out = entry.get("output") or {}
+        after = (entry.get("report") or {}).get("after") or {}
+        status = entry.get("status")
+        table.add_row(
+            str(entry.get("index")),
+            entry.get("name") or entry.get("type", "?"),
+            out.get("path", f"[red]{status}[/]"),
+            human_bytes(out.get("size_bytes")),
+            str(after.get("nodes", "-")),
+            _verification_cell(entry),
+            f"{entry.get('duration_s', 0):.1f}s",
+            "yes" if status == "cached" else "no",
+        )
+    return table
+
+
+def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
+    """Print the summary table and where the final artifact is."""
+    console.print(pipeline_table(manifest))
+    if manifest.get("final_artifact"):
+        console.print(
+            f"final artifact: [bold]{manifest['output_dir']}/{manifest['final_artifact']}[/]"
+        )
+
+
+def print_inspect(console: Console, info: dict[str, Any]) -> None:
+    """Human view of :func:`onnxopt.inspection.inspect_model`."""
+    console.print(f"[bold]{info['path']}[/]  ({human_bytes(info['size_bytes'])})")
+    console.print(
+        f"opset {info['opset']} · IR {info['ir_version']} · producer {info['producer'] or '-'}"
+    )
+    io = Table(title="inputs and outputs", title_justify="left")
+    for col in ("kind", "name", "shape", "dtype"):
+        io.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for v in info[kind]:
+            io.add_row(kind[:-1], v["name"], str(v["shape"]), v["dtype"])
+    console.print(io)
+    console.print(
+        f"nodes {info['nodes']} · parameters {human_count(info['parameters'])} "
+        f"({human_bytes(info['weight_bytes'])} of weights)"
+    )
+    compute = info["compute"]
+    dims = ", ".join(f"{k}={v}" for k, v in compute["dims"].items()) or "static shapes"
+    console.print(
+        f"compute at {dims}: {human_count(compute['macs'])}MACs, "
+        f"{human_count(compute['flops'])}FLOPs "
+        + ", ".join(f"{k} {human_count(v)}" for k, v in compute["macs_by_op"].items())
+    )
+    if compute["nodes_with_unknown_shapes"]:
+        console.print(
+            f"[yellow]{len(compute['nodes_with_unknown_shapes'])} MAC nodes have unknown shapes "
+            "and are not counted[/]"
+        )
+    ops = Table(title="op histogram", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in info["ops"].items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+    place = info.get("placement")
+    if place:
+        if "error" in place:
+            console.print(f"[red]placement unavailable: {place['error']}[/]")
+        else:
+            by = ", ".join(f"{k}: {v}" for k, v in place["by_provider"].items())
+            console.print(f"placement on {place['provider']}: {by}")
+            if place["not_on_provider"]:
+                console.print(
+                    f"[yellow]warning: {len(place['not_on_provider'])} nodes fall back off "
+                    f"{place['provider']}; {place['memory_copies']} memory copies[/]"
+                )

@@ -1,0 +1,147 @@
+"""ONNX Runtime sessions built from a pipeline's target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxopt.errors import InputError, StepError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from onnxopt.config import Target
+
+#: Short provider names accepted on the command line and in configs.
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "webgpu": "WebGpuExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "acl": "ACLExecutionProvider",
+    "azure": "AzureExecutionProvider",
+}
+
+LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
+
+
+def provider_id(name: str) -> str:
+    """Map a short name (``cuda``) or a full id (``CUDAExecutionProvider``) to the full id."""
+    if name in PROVIDERS.values():
+        return name
+    key = name.lower().removesuffix("executionprovider")
+    if key in PROVIDERS:
+        return PROVIDERS[key]
+    from onnxopt.errors import did_you_mean
+
+    raise InputError(
+        f"unknown execution provider {name!r}{did_you_mean(key, PROVIDERS)}",
+        hint=f"known: {', '.join(PROVIDERS)}",
+    )
+
+
+def short_name(provider: str) -> str:
+    """Full provider id back to its short name."""
+    for short, full in PROVIDERS.items():
+        if full == provider:
+            return short
+    return provider
+
+
+def available_providers() -> list[str]:
+    """Providers compiled into the installed onnxruntime."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def require_provider(name: str) -> str:
+    """Full id of ``name``, or an error listing the providers that are available."""
+    full = provider_id(name)
+    available = available_providers()
+    if full not in available:
+        raise InputError(
+            f"execution provider '{name}' ({full}) is not available in this onnxruntime build; "
+            f"available: {', '.join(short_name(p) for p in available)}",
+            hint="install the onnxruntime package built for it (e.g. onnxruntime-gpu) "
+            "or choose another provider",
+        )
+    return full
+
+
+def session_options(
+    target: Target | None = None,
+    *,
+    level: str = "all",
+    optimized_path: Path | None = None,
+) -> ort.SessionOptions:
+    """SessionOptions from a target's thread settings and an optimization level."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel(LEVELS[level])
+    if target is not None:
+        if target.intra_op_threads:
+            opts.intra_op_num_threads = target.intra_op_threads
+        if target.inter_op_threads:
+            opts.inter_op_num_threads = target.inter_op_threads
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    return opts
+
+
+def make_session(
+    model_path: Path,
+    target: Target | None = None,
+    *,
+    level: str = "all",
+    optimized_path: Path | None = None,
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession on the target's provider (with CPU as fallback)."""
+    import onnxruntime as ort
+
+    name = target.provider if target is not None else "cpu"
+    full = require_provider(name)
+    providers: list[Any] = [(full, dict(target.provider_options))] if target else [full]
+    if full != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
+    opts = options or session_options(target, level=level, optimized_path=optimized_path)
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StepError(
+            f"{model_path.name}: ONNX Runtime cannot load the model: {first[:300]}",
+            hint="run 'onnxopt inspect' on it, or try another opset/exporter",
+        ) from None
+
+
+def run_session(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str = "model"
+) -> list[np.ndarray]:
+    """Run a session and return its outputs as numpy arrays."""
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise InputError(
+            f"{where}: inputs {missing} have no data; the input set has {sorted(feeds)}",
+            hint="make the inputs spec (or .npz) use the model's input names",
+        )
+    try:
+        outputs = session.run(None, {n: feeds[n] for n in names})
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StepError(f"{where}: ONNX Runtime failed to run the model: {first[:300]}") from None
+    return [np.asarray(o) for o in outputs]

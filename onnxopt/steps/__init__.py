@@ -1,0 +1,1 @@
+"""Pipeline steps. Each module exposes ``run(src, dst, cfg, ctx) -> StepResult``."""

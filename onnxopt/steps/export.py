@@ -1,0 +1,398 @@
+"""PyTorch -> ONNX export, validated against PyTorch on the shared inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import logging
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxopt.config import ExportStep, ModelSource
+from onnxopt.errors import InputError, StepError, VerificationError, did_you_mean, require
+from onnxopt.modelio import TWO_GB, check_model, load_model, remove_model, save_model
+from onnxopt.steps.base import Reference, StepContext, StepResult
+from onnxopt.verify import resolve_tolerance
+
+log = logging.getLogger("onnxopt")
+
+
+# ---------------------------------------------------------------- the factory
+
+
+def _split_factory(spec: str) -> tuple[str, str]:
+    target, sep, func = spec.rpartition(":")
+    if not sep or not target or not func:
+        raise InputError(
+            f"factory {spec!r} is not of the form 'package.module:function' or "
+            "'path/to/file.py:function'"
+        )
+    return target, func
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def factory_source_file(spec: str, base_dir: Path) -> Path | None:
+    """The .py file that defines a factory (for cache keys), without importing it if possible."""
+    try:
+        target, _ = _split_factory(spec)
+    except InputError:
+        return None
+    if _is_file_target(target):
+        path = Path(target)
+        return path if path.is_absolute() else base_dir / path
+    with _sys_path(base_dir):
+        try:
+            found = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            return None
+    return Path(found.origin) if found and found.origin else None
+
+
+@contextlib.contextmanager
+def _sys_path(*folders: Path) -> Iterator[None]:
+    added = [str(f) for f in folders if str(f) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for entry in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+
+
+def _import_file(path: Path) -> Any:
+    """Import a .py file; a file inside a package is imported as part of that package."""
+    root, parts = path.parent, [path.stem]
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    if len(parts) > 1:
+        with _sys_path(root):
+            return importlib.import_module(".".join(parts))
+    mod_name = f"_onnxopt_factory_{path.stem}_{abs(hash(str(path)))}"
+    spec_obj = importlib.util.spec_from_file_location(mod_name, path)
+    if spec_obj is None or spec_obj.loader is None:
+        raise InputError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec_obj)
+    sys.modules[mod_name] = module
+    with _sys_path(path.parent):
+        spec_obj.loader.exec_module(module)
+    return module
+
+
+def load_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
+    """Import the factory function named by ``spec``."""
+    target, func = _split_factory(spec)
+    try:
+        if _is_file_target(target):
+            path = Path(target)
+            path = path if path.is_absolute() else base_dir / path
+            if not path.is_file():
+                raise InputError(f"factory file not found: {path}", hint="check model.factory")
+            module = _import_file(path.resolve())
+        else:
+            with _sys_path(base_dir, Path.cwd()):
+                module = importlib.import_module(target)
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(
+            f"cannot import factory module {target!r}: {type(err).__name__}: {err}"
+        ) from None
+    fn = getattr(module, func, None)
+    if fn is None or not callable(fn):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise InputError(
+            f"factory {func!r} not found in {target!r}{did_you_mean(func, names)}",
+            hint=f"callables there: {', '.join(names[:12])}",
+        )
+    return fn  # type: ignore[no-any-return]
+
+
+def build_module(source: ModelSource, base_dir: Path) -> Any:
+    """Call the factory, load weights, and return the module in eval mode."""
+    require("torch")
+    import torch
+
+    assert source.factory is not None
+    fn = load_factory(source.factory, base_dir)
+    try:
+        module = fn(**source.factory_args)
+    except Exception as err:
+        raise InputError(
+            f"factory {source.factory!r} raised {type(err).__name__}: {err}",
+            hint="fix the factory or its factory_args",
+        ) from None
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(
+            f"factory {source.factory!r} returned {type(module).__name__}, expected torch.nn.Module"
+        )
+    if source.weights:
+        _load_weights(
+            module,
+            base_dir / source.weights
+            if not Path(source.weights).is_absolute()
+            else Path(source.weights),
+        )
+    return module.eval()
+
+
+def _load_weights(module: Any, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path}", hint="check model.weights")
+    try:
+        if path.suffix == ".safetensors":
+            require("safetensors")
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            raise InputError(
+                f"weights file {path.name}: expected .pt, .pth or .safetensors, "
+                f"found {path.suffix or 'no extension'}"
+            )
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(
+            f"cannot read weights {path.name}: {str(err).splitlines()[0][:200]}",
+            hint="weights must be a state_dict saved with torch.save or safetensors",
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # type: ignore[assignment]
+    if not isinstance(state, dict):
+        raise InputError(
+            f"weights {path.name}: expected a state_dict, found {type(state).__name__}"
+        )
+    result = None
+    try:
+        result = module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+        detail = "; ".join(lines)[:300] or str(err)[:300]
+        raise InputError(
+            f"weights {path.name} do not fit the module: {detail}",
+            hint="check that the weights belong to this architecture and factory_args",
+        ) from None
+    del result
+
+
+# ---------------------------------------------------------------- running torch
+
+
+def _to_torch(arrays: dict[str, np.ndarray], names: list[str]) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names)
+
+
+def _flatten(value: Any) -> list[Any]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flatten(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _flatten(v)]
+    raise StepError(f"the module returned {type(value).__name__}; expected tensors")
+
+
+def torch_outputs(module: Any, arrays: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+    """Run the module on the arrays (in input order) and flatten its outputs to numpy."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = module(*_to_torch(arrays, names))
+    except Exception as err:
+        raise InputError(
+            f"the PyTorch module failed on the inputs spec: {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}",
+            hint="check the input names, order, shapes and dtypes",
+        ) from None
+    return [t.detach().cpu().numpy() for t in _flatten(out)]
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[io.StringIO]:
+    """Keep the exporters' prints, warnings and log lines off the user's terminal."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(buf),
+            contextlib.redirect_stderr(buf),
+        ):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _export(
+    exporter: str,
+    module: Any,
+    args: tuple[Any, ...],
+    cfg: ExportStep,
+    ctx: StepContext,
+    output_names: list[str],
+    tmp: Path,
+) -> Any:
+    """Export with one exporter; return the ONNX ModelProto."""
+    import torch
+
+    input_names = [s.name for s in ctx.specs]
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) >= TWO_GB - 2**26
+    with _quiet_torch():
+        if exporter == "dynamo":
+            dims: dict[str, Any] = {}
+            dynamic_shapes = []
+            for spec in ctx.specs:
+                axes = {}
+                for axis, dim in enumerate(spec.shape):
+                    if isinstance(dim, str):
+                        dims.setdefault(dim, torch.export.Dim(dim))
+                        axes[axis] = dims[dim]
+                dynamic_shapes.append(axes)
+            program = torch.onnx.export(
+                module,
+                args,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=cfg.opset,
+                dynamo=True,
+                dynamic_shapes=tuple(dynamic_shapes) if dims else None,
+                external_data=big,
+                optimize=True,
+                verify=False,
+            )
+            if program is None:
+                raise StepError("the dynamo exporter returned no program")
+            return program.model_proto
+        dynamic_axes = {
+            spec.name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
+            for spec in ctx.specs
+        }
+        dynamic_axes = {k: v for k, v in dynamic_axes.items() if v}
+        path = tmp.with_name(tmp.stem + ".torchscript.onnx")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=cfg.opset,
+            dynamo=False,
+            dynamic_axes=dynamic_axes or None,
+        )
+        return load_model(path)
+
+
+def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepResult:
+    """Export the pipeline's PyTorch factory to ``dst``; try exporters per ``cfg.exporter``."""
+    require("torch")
+    module = build_module(ctx.config.model, ctx.base_dir)
+    names = [s.name for s in ctx.specs]
+    reference = Reference(
+        main=torch_outputs(module, ctx.inputs, names),
+        second=(
+            torch_outputs(module, ctx.second_inputs, names)
+            if ctx.second_inputs is not None
+            else None
+        ),
+    )
+    output_names = cfg.output_names or [f"output_{i}" for i in range(len(reference.main))]
+    if len(output_names) != len(reference.main):
+        raise InputError(
+            f"output_names has {len(output_names)} names but the module returns "
+            f"{len(reference.main)} tensors"
+        )
+    # Trace with the larger example: exporters may specialise a dim whose example value is 1.
+    example = ctx.second_inputs if ctx.second_inputs is not None else ctx.inputs
+    args = _to_torch(example, names)
+    tol = resolve_tolerance("export", cfg.tolerance)
+    order = ["dynamo", "torchscript"] if cfg.exporter == "auto" else [cfg.exporter]
+    from onnxopt.pipeline import pinned_dims, symbolic_axes
+
+    attempts: list[dict[str, Any]] = []
+    failed_verification: dict[str, Any] | None = None
+    for exporter in order:
+        attempt: dict[str, Any] = {"exporter": exporter}
+        attempts.append(attempt)
+        with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
+            try:
+                model = _export(exporter, module, args, cfg, ctx, output_names, Path(scratch) / "m")
+            except Exception as err:
+                text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                attempt.update(
+                    ok=False, reason=f"export failed: {type(err).__name__}: {text[:200]}"
+                )
+                log.info("exporter %s failed: %s", exporter, attempt["reason"])
+                continue
+        save_model(model, dst, external_data=ctx.config.external_data)
+        del model
+        try:
+            check_model(dst)
+        except VerificationError as err:
+            attempt.update(ok=False, reason=err.message)
+            remove_model(dst)
+            continue
+        pinned = pinned_dims(dst, symbolic_axes(ctx.specs))
+        if pinned:
+            attempt.update(ok=False, reason=f"dynamic dims became fixed: {', '.join(pinned)}")
+            remove_model(dst)
+            continue
+        verification = ctx.verify(dst, reference, tol, output_names)
+        if not verification["passed"]:
+            from onnxopt.pipeline import Pipeline
+
+            attempt.update(
+                ok=False, reason=f"differs from PyTorch: {Pipeline._first_failure(verification)}"
+            )
+            failed_verification = verification
+            remove_model(dst)
+            continue
+        attempt["ok"] = True
+        warnings_ = [
+            f"exporter {a['exporter']} was not used: {a['reason']}" for a in attempts if not a["ok"]
+        ]
+        return StepResult(
+            report={
+                "exporter": exporter,
+                "attempts": attempts,
+                "opset": cfg.opset,
+                "output_names": output_names,
+                "torch_outputs": [list(o.shape) for o in reference.main],
+            },
+            verification=verification,
+            warnings=warnings_,
+            source_label=f"pytorch:{ctx.config.model.factory}",
+        )
+    summary = "; ".join(f"{a['exporter']}: {a['reason']}" for a in attempts)
+    if failed_verification is not None or any("fixed" in a["reason"] for a in attempts):
+        raise VerificationError(
+            f"export produced no model that matches PyTorch ({summary})",
+            hint="try another exporter or opset, or check the inputs spec",
+        )
+    raise StepError(f"export failed with every exporter ({summary})")

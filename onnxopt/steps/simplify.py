@@ -1,0 +1,159 @@
+"""Graph simplification: onnxsim, ONNX Runtime offline optimization, transformer fusions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxopt.artifacts import model_size
+from onnxopt.config import SimplifyStep
+from onnxopt.errors import ConfigError, StepError, did_you_mean
+from onnxopt.modelio import load_model, save_model, summary
+from onnxopt.runtime import make_session, short_name
+from onnxopt.steps.base import StepContext, StepResult
+
+log = logging.getLogger("onnxopt")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+def _onnxsim(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[str, Any]:
+    import onnxsim
+
+    model = load_model(src)
+    opts = cfg.onnxsim
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified, ok = onnxsim.simplify(
+                model,
+                check_n=0,
+                skip_fuse_bn=opts.skip_fuse_bn,
+                skip_constant_folding=opts.skip_constant_folding,
+                skipped_optimizers=list(opts.skipped_optimizers) or None,
+            )
+    except Exception as err:
+        raise StepError(
+            f"onnxsim failed: {_first_line(err)}",
+            hint="try backend 'ort', or skip the failing pass with onnxsim.skipped_optimizers",
+        ) from None
+    if not ok:
+        raise StepError("onnxsim reported that simplification failed")
+    save_model(simplified, dst, external_data=ctx.config.external_data)
+    return {}
+
+
+def _ort(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[str, Any]:
+    from onnxopt.runtime import session_options
+
+    level = cfg.ort.level
+    opts = session_options(ctx.target, level=level, optimized_path=dst)
+    big = model_size(src) >= 2**31 - 2**26
+    if big:
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", dst.name + ".data"
+        )
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+    make_session(src, ctx.target, options=opts)
+    if not dst.is_file():
+        raise StepError("ONNX Runtime wrote no optimized model")
+    facts: dict[str, Any] = {"level": level}
+    if level != "basic":
+        provider = short_name(ctx.target.provider) if ctx.target.provider else "cpu"
+        facts["valid_for_provider"] = provider
+    return facts
+
+
+def _transformers(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[str, Any]:
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+
+    opts = cfg.transformers
+    if opts.model_type not in MODEL_TYPES:
+        raise ConfigError(
+            f"transformers.model_type {opts.model_type!r} is not known to "
+            f"onnxruntime.transformers{did_you_mean(opts.model_type, MODEL_TYPES)}",
+            hint=f"available: {', '.join(sorted(MODEL_TYPES))}",
+        )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            optimized = optimize_model(
+                str(src),
+                model_type=opts.model_type,
+                num_heads=opts.num_heads,
+                hidden_size=opts.hidden_size,
+                opt_level=0,
+                use_gpu=False,
+            )
+    except Exception as err:
+        raise StepError(
+            f"onnxruntime.transformers optimizer failed: {_first_line(err)}",
+            hint="check transformers.model_type, num_heads and hidden_size",
+        ) from None
+    stats: dict[str, int] = getattr(optimized, "get_fused_operator_statistics", dict)()
+    fused = {k: v for k, v in stats.items() if v}
+    model = optimized.model
+    declared = {entry.domain for entry in model.opset_import}
+    used = {node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx")}
+    for domain in sorted(used - declared):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    save_model(model, dst, external_data=ctx.config.external_data)
+    return {"model_type": opts.model_type, "fused": fused}
+
+
+BACKENDS = {"onnxsim": _onnxsim, "ort": _ort, "transformers": _transformers}
+
+
+def run(src: Path | None, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> StepResult:
+    """Apply the configured backends in order, writing ``dst``."""
+    assert src is not None
+    before_model = load_model(src, load_weights=False)
+    before = summary(before_model)
+    size_before = model_size(src)
+    del before_model
+    current = src
+    passes: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for i, backend in enumerate(cfg.backend):
+        out = dst if i == len(cfg.backend) - 1 else dst.with_name(f"{dst.stem}.{i}-{backend}.onnx")
+        nodes_in = summary(load_model(current, load_weights=False))["nodes"]
+        facts = BACKENDS[backend](current, out, cfg, ctx)
+        nodes_out = summary(load_model(out, load_weights=False))["nodes"]
+        passes.append(
+            {"backend": backend, "nodes_before": nodes_in, "nodes_after": nodes_out, **facts}
+        )
+        if "valid_for_provider" in facts:
+            warnings.append(
+                f"ORT level '{facts['level']}' output is valid only for the "
+                f"'{facts['valid_for_provider']}' provider it was made with"
+            )
+        current = out
+    after_model = load_model(dst, load_weights=False)
+    after = summary(after_model)
+    ops_before, ops_after = before["ops"], after["ops"]
+    op_delta = {
+        op: ops_after.get(op, 0) - ops_before.get(op, 0)
+        for op in sorted(set(ops_before) | set(ops_after))
+        if ops_after.get(op, 0) != ops_before.get(op, 0)
+    }
+    report = {
+        "backends": passes,
+        "before": before,
+        "nodes_before": before["nodes"],
+        "nodes_after": after["nodes"],
+        "op_delta": op_delta,
+        "size_before": size_before,
+        "size_after": model_size(dst),
+    }
+    valid_for = [p["valid_for_provider"] for p in passes if "valid_for_provider" in p]
+    if valid_for:
+        report["valid_for_provider"] = valid_for[-1]
+    return StepResult(report=report, warnings=warnings)

@@ -1,0 +1,1 @@
+"""Small sample models in plain PyTorch with deterministic random weights (no downloads)."""

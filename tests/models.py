@@ -1,0 +1,134 @@
+"""Tiny ONNX models built in code for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 18)]
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def add_relu(path: Path, batch: str | int = "batch") -> Path:
+    """y = Relu(x + c) with x of shape [batch, 4] and a constant folded away by simplify."""
+    c1 = numpy_helper.from_array(np.full((4,), 0.5, np.float32), "c1")
+    c2 = numpy_helper.from_array(np.full((4,), 0.25, np.float32), "c2")
+    nodes = [
+        helper.make_node("Add", ["c1", "c2"], ["c"]),  # constant subgraph: folded by onnxsim
+        helper.make_node("Add", ["x", "c"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "add_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+        [c1, c2],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def layernorm_decomposed(path: Path, hidden: int = 32) -> Path:
+    """LayerNorm written out in primitive ops, which onnxruntime.transformers fuses.
+
+    The fused kernel computes in another order, so its outputs differ from the parent's in
+    the last bits: a real rewrite whose error a zero tolerance must reject.
+    """
+    rng = np.random.default_rng(3)
+    gamma = numpy_helper.from_array(rng.uniform(0.5, 1.5, hidden).astype(np.float32), "gamma")
+    beta = numpy_helper.from_array(rng.uniform(-0.1, 0.1, hidden).astype(np.float32), "beta")
+    eps = numpy_helper.from_array(np.array(1e-5, np.float32), "eps")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["mean"]),
+        helper.make_node("Sub", ["x", "mean"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["var"]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["std"]),
+        helper.make_node("Div", ["d", "std"], ["n"]),
+        helper.make_node("Mul", ["n", "gamma"], ["g"]),
+        helper.make_node("Add", ["g", "beta"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "layernorm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        [gamma, beta, eps, two, axes],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def compute_model(path: Path) -> Path:
+    """Conv -> Flatten -> Gemm -> MatMul with known MACs, batch symbolic."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    g = numpy_helper.from_array(rng.standard_normal((16, 8 * 6 * 6)).astype(np.float32), "g")
+    m = numpy_helper.from_array(rng.standard_normal((16, 5)).astype(np.float32), "m")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[0, 0, 0, 0]),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node("Gemm", ["f", "g"], ["h"], transB=1),
+        helper.make_node("MatMul", ["h", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "compute",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
+        [w, g, m],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def compute_model_macs(batch: int) -> int:
+    """Hand-computed MACs of :func:`compute_model`."""
+    conv = batch * 8 * 6 * 6 * (3 * 3 * 3)
+    gemm = batch * (8 * 6 * 6) * 16
+    matmul = batch * 16 * 5
+    return conv + gemm + matmul
+
+
+def matmul_chain(path: Path, layers: int, width: int, *, external: bool) -> Path:
+    """x @ W1 @ W2 ... with orthogonal-scaled weights (values stay bounded)."""
+    rng = np.random.default_rng(1)
+    inits, nodes = [], []
+    prev = "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width), dtype=np.float32) / np.sqrt(width)).astype(
+            np.float32
+        )
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    if external:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=0,
+        )
+    else:
+        _save(model, path)
+    return path
