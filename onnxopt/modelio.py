@@ -190,21 +190,56 @@ def remove_model(path: Path) -> None:
             p.unlink()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move a finished model (and its ``.data`` file) from a scratch folder into place.
+
+    The .data file goes first, the .onnx last, so a reader never finds a final-looking
+    .onnx whose weights are missing. File modes follow the umask.
+    """
+    mode = 0o666 & ~_umask()
+    data = tmp.with_name(tmp.name + ".data")
+    final_data = final.with_name(final.name + ".data")
+    if data.exists():
+        os.chmod(data, mode)
+        os.replace(data, final_data)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            final_data.unlink()
+    os.chmod(tmp, mode)
+    os.replace(tmp, final)
+
+
 def move_model(src: Path, dst: Path) -> None:
     """Move a model saved by :func:`save_model` (and its .data file) to ``dst``.
 
-    The .data file keeps its recorded location, so it is renamed only when the
-    destination name equals the source name; otherwise the model is re-saved.
+    The weights file is renamed to ``<dst name>.data`` and the locations recorded in the
+    (small) .onnx file are rewritten, so weights are never loaded or copied.
     """
+    dst.parent.mkdir(parents=True, exist_ok=True)
     src_data = src.with_name(src.name + ".data")
-    if not src_data.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-        return
-    model = load_model(src)
-    save_model(model, dst, external_data="always")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        staged = tmp_dir / dst.name
+        if src_data.exists():
+            model = onnx.load(str(src), load_external_data=False)
+            for tensor in iter_tensors(model):
+                for entry in tensor.external_data:
+                    if entry.key == "location" and entry.value == src_data.name:
+                        entry.value = staged.name + ".data"
+            onnx.save_model(model, str(staged))
+            os.replace(src_data, tmp_dir / (staged.name + ".data"))
+        else:
+            shutil.copyfile(src, staged)
+        publish(staged, dst)
+        src.unlink()
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def value_info_shape(value: onnx.ValueInfoProto) -> list[Dim]:

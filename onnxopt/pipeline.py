@@ -19,6 +19,7 @@ from onnxopt.modelio import (
     check_model,
     graph_inputs,
     load_model,
+    publish,
     remove_model,
     summary,
     value_info_shape,
@@ -403,10 +404,7 @@ class Pipeline:
             entry["warnings"] = result.warnings
             for text in result.warnings:
                 log.warning("step %d (%s): %s", index, step.type, text)
-            data = tmp.with_name(tmp.name + ".data")
-            if data.exists():
-                os.replace(data, final.with_name(final.name + ".data"))
-            os.replace(tmp, final)
+            publish(tmp, final)
         except BaseException as err:
             entry["status"] = "failed"
             entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)

@@ -95,10 +95,10 @@ def print_inspect(console: Console, info: dict[str, Any]) -> None:
         f"{human_count(compute['flops'])}FLOPs "
         + ", ".join(f"{k} {human_count(v)}" for k, v in compute["macs_by_op"].items())
     )
-    if compute["nodes_with_unknown_shapes"]:
+    if compute["nodes_not_counted"]:
         console.print(
-            f"[yellow]{len(compute['nodes_with_unknown_shapes'])} MAC nodes have unknown shapes "
-            "and are not counted[/]"
+            f"[yellow]{len(compute['nodes_not_counted'])} MAC nodes (unknown shapes or "
+            "layout-specific kernels) are not counted[/]"
         )
     ops = Table(title="op histogram", title_justify="left")
     ops.add_column("op")

@@ -13,7 +13,7 @@ import onnx
 from onnxopt.artifacts import model_size
 from onnxopt.config import SimplifyStep
 from onnxopt.errors import ConfigError, StepError, did_you_mean
-from onnxopt.modelio import load_model, save_model, summary
+from onnxopt.modelio import load_model, remove_model, save_model, summary
 from onnxopt.runtime import make_session, short_name
 from onnxopt.steps.base import StepContext, StepResult
 
@@ -54,18 +54,21 @@ def _ort(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[str,
     from onnxopt.runtime import session_options
 
     level = cfg.ort.level
-    opts = session_options(ctx.target, level=level, optimized_path=dst)
-    big = model_size(src) >= 2**31 - 2**26
-    if big:
-        opts.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", dst.name + ".data"
-        )
-        opts.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
-        )
+    # ORT writes weights beside its output (otherwise it may point back at the parent's
+    # .data file); the result is then re-saved under the pipeline's external-data policy.
+    raw = dst.with_name(f"ort-{dst.name}")
+    opts = session_options(ctx.target, level=level, optimized_path=raw)
+    opts.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", raw.name + ".data"
+    )
+    opts.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
     make_session(src, ctx.target, options=opts)
-    if not dst.is_file():
+    if not raw.is_file():
         raise StepError("ONNX Runtime wrote no optimized model")
+    save_model(load_model(raw), dst, external_data=ctx.config.external_data)
+    remove_model(raw)
     facts: dict[str, Any] = {"level": level}
     if level != "basic":
         provider = short_name(ctx.target.provider) if ctx.target.provider else "cpu"
