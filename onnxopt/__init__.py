@@ -15,10 +15,12 @@ __all__ = [
     "ExitCode",
     "OnnxoptError",
     "__version__",
+    "export",
     "inspect_model",
     "load_config",
     "parse_config",
     "run_pipeline",
+    "simplify",
 ]
 
 _LAZY = {
@@ -28,6 +30,8 @@ _LAZY = {
     "load_config": "onnxopt.config",
     "parse_config": "onnxopt.config",
     "run_pipeline": "onnxopt.pipeline",
+    "export": "onnxopt.api",
+    "simplify": "onnxopt.api",
 }
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import sys
-import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onnxopt import __version__
-from onnxopt.errors import ConfigError, ExitCode, InputError, OnnxoptError
+from onnxopt.errors import ConfigError, ExitCode, OnnxoptError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -210,18 +208,21 @@ def _execute(
     as_json: bool,
     quiet: bool,
 ) -> dict[str, Any]:
-    from onnxopt.pipeline import Pipeline
+    from onnxopt.pipeline import run_pipeline
 
     progress = _Progress(_stderr(), enabled=not quiet and not as_json)
-    pipe = Pipeline(config, base_dir, out_dir=out_dir, force=force, on_event=progress)
     try:
-        return pipe.run()
-    except BaseException:
-        if as_json and pipe.manifest:
-            print(json.dumps(pipe.manifest, indent=2, default=str))
+        return run_pipeline(config, base_dir, out_dir=out_dir, force=force, on_event=progress)
+    except OnnxoptError as err:
+        _json_on_failure(err, as_json)
         raise
     finally:
         progress.stop()
+
+
+def _json_on_failure(err: OnnxoptError, as_json: bool) -> None:
+    if as_json and err.manifest:
+        print(json.dumps(err.manifest, indent=2, default=str))
 
 
 def _show(manifest: dict[str, Any], as_json: bool, quiet: bool) -> None:
@@ -235,39 +236,44 @@ def _show(manifest: dict[str, Any], as_json: bool, quiet: bool) -> None:
         print_pipeline(Console(width=None if sys.stdout.isatty() else 160), manifest)
 
 
+def _one_step_config(
+    step: dict[str, Any],
+    model: dict[str, Any],
+    dims: list[str] | None,
+    provider: str,
+    threads: int | None,
+    external_data: str,
+    seed: int,
+    inputs_file: Path | None,
+) -> dict[str, Any]:
+    """The pipeline mapping of a step subcommand, from the options they all share."""
+    return {
+        "name": step["type"],
+        "model": model,
+        "dims": _parse_dims(dims),
+        "target": {"provider": provider, "intra_op_threads": threads},
+        "external_data": external_data,
+        "verify": {"seed": seed, "inputs_file": str(inputs_file) if inputs_file else None},
+        "steps": [step],
+    }
+
+
 def _single_step(
     data: dict[str, Any], output: Path, *, source: Path | None, as_json: bool, quiet: bool
 ) -> None:
-    """Run a one-step pipeline in a scratch folder, then move its artifact to ``output``."""
+    """Run a one-step pipeline and put its verified artifact at ``output``."""
     from onnxopt.config import parse_config
-    from onnxopt.modelio import move_model
+    from onnxopt.pipeline import run_to_file
 
-    if source is not None and output.resolve() == source.resolve():
-        raise InputError(
-            f"output {output} is the input model; onnxopt never overwrites its input",
-            hint="choose another -o path",
-        )
-    if output.suffix != ".onnx":
-        raise ConfigError(f"-o expects a path ending in .onnx, found {output}")
-    if output.exists() and output.is_dir():
-        raise InputError(f"output {output} is a folder; give a file path ending in .onnx")
     config = parse_config(data, "command line")
-    parent = output.resolve().parent
+    progress = _Progress(_stderr(), enabled=not quiet and not as_json)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create output folder {parent} ({err.strerror})") from None
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=parent))
-    try:
-        manifest = _execute(config, Path.cwd(), scratch, force=True, as_json=as_json, quiet=quiet)
-        final = scratch / manifest["final_artifact"]
-        move_model(final, output.resolve())
-        manifest["output_dir"] = str(parent)
-        manifest["final_artifact"] = output.name
-        for entry in manifest["steps"]:
-            entry["output"]["path"] = output.name
+        manifest = run_to_file(config, output, source=source, on_event=progress)
+    except OnnxoptError as err:
+        _json_on_failure(err, as_json)
+        raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        progress.stop()
     _show(manifest, as_json, quiet)
 
 
@@ -370,16 +376,10 @@ def export(
         }
         if weights is not None:
             model["weights"] = str(weights)
-        data = {
-            "name": "export",
-            "model": model,
-            "inputs": [_parse_input(t) for t in inputs],
-            "dims": _parse_dims(dims),
-            "target": {"provider": provider, "intra_op_threads": threads},
-            "external_data": external_data,
-            "verify": {"seed": seed, "inputs_file": str(inputs_file) if inputs_file else None},
-            "steps": [step],
-        }
+        data = _one_step_config(
+            step, model, dims, provider, threads, external_data, seed, inputs_file
+        )
+        data["inputs"] = [_parse_input(t) for t in inputs]
         _single_step(data, output, source=None, as_json=as_json, quiet=quiet)
 
 
@@ -443,15 +443,16 @@ def simplify(
             },
             "tolerance": _tolerance(atol, rtol, min_cosine),
         }
-        data = {
-            "name": "simplify",
-            "model": {"path": str(model.resolve())},
-            "dims": _parse_dims(dims),
-            "target": {"provider": provider, "intra_op_threads": threads},
-            "external_data": external_data,
-            "verify": {"seed": seed, "inputs_file": str(inputs_file) if inputs_file else None},
-            "steps": [step],
-        }
+        data = _one_step_config(
+            step,
+            {"path": str(model.resolve())},
+            dims,
+            provider,
+            threads,
+            external_data,
+            seed,
+            inputs_file,
+        )
         _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -30,6 +31,8 @@ class OnnxoptError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
+        #: The manifest of the pipeline run that failed, when there was one.
+        self.manifest: dict[str, Any] | None = None
         super().__init__(message if hint is None else f"{message}; {hint}")
 
 
@@ -76,10 +79,12 @@ def require(module: str, extra: str = "torch") -> None:
         module: importable module name, e.g. ``"torch"``.
         extra: the pip extra that brings it.
     """
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec(module) is None:
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
         raise MissingDependencyError(
-            f"this step needs the Python package '{module}', which is not installed",
+            f"this step needs the Python package '{module}', which cannot be imported ({err})",
             hint=f"install the extra: pip install 'onnxopt[{extra}]' -c constraints.txt",
-        )
+        ) from None

@@ -190,19 +190,15 @@ def remove_model(path: Path) -> None:
             p.unlink()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def publish(tmp: Path, final: Path) -> None:
     """Move a finished model (and its ``.data`` file) from a scratch folder into place.
 
     The .data file goes first, the .onnx last, so a reader never finds a final-looking
     .onnx whose weights are missing. File modes follow the umask.
     """
-    mode = 0o666 & ~_umask()
+    from onnxopt.artifacts import file_mode
+
+    mode = file_mode()
     data = tmp.with_name(tmp.name + ".data")
     final_data = final.with_name(final.name + ".data")
     if data.exists():

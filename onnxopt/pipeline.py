@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -295,6 +296,7 @@ class Pipeline:
         cfg = self.config
         self._prepare_out_dir()
         previous = artifacts.read_manifest(self.out_dir)
+        inherited = self._owned(previous)
         self.manifest = {
             "schema_version": artifacts.MANIFEST_SCHEMA,
             "tool": "onnxopt",
@@ -307,6 +309,7 @@ class Pipeline:
             "target": cfg.target.model_dump(mode="json"),
             "steps": [],
             "final_artifact": None,
+            "artifacts_on_disk": sorted(inherited),
         }
         try:
             source = self._source_model()
@@ -319,6 +322,7 @@ class Pipeline:
                     index, step, parent, parent_digest, ctx, previous
                 )
             self.manifest["status"] = "ok"
+            self.manifest["removed_stale"] = self._remove_stale(inherited)
             self.manifest["final_artifact"] = (
                 str(parent.relative_to(self.out_dir))
                 if parent and parent.is_relative_to(self.out_dir)
@@ -329,13 +333,44 @@ class Pipeline:
                 "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             )
             self.manifest["error"] = str(err) if isinstance(err, OnnxoptError) else repr(err)
+            if isinstance(err, OnnxoptError):
+                err.manifest = self.manifest
             raise
         finally:
             self.manifest["ended"] = _now()
+            if self.manifest["status"] != "ok":
+                self._track_artifacts(inherited)
             with contextlib.suppress(OSError):
                 if self.out_dir.is_dir():
                     self._write_manifest()
         return self.manifest
+
+    @staticmethod
+    def _owned(manifest: dict[str, Any] | None) -> set[str]:
+        """Artifact file names this tool wrote into the folder, per a manifest."""
+        if manifest is None:
+            return set()
+        names = set(manifest.get("artifacts_on_disk", []))
+        names |= {(e.get("output") or {}).get("path") for e in manifest.get("steps", [])}
+        return {n for n in names if isinstance(n, str) and n and Path(n).name == n}
+
+    def _track_artifacts(self, inherited: set[str]) -> None:
+        names = inherited | self._owned(self.manifest)
+        self.manifest["artifacts_on_disk"] = sorted(n for n in names if (self.out_dir / n).exists())
+
+    def _remove_stale(self, inherited: set[str]) -> list[str]:
+        """Delete artifacts of earlier runs that this run no longer uses.
+
+        Only files this tool recorded as its own artifacts are touched, never other files.
+        """
+        keep = {e["output"]["path"] for e in self.manifest["steps"] if e.get("output")}
+        removed = []
+        for name in sorted(inherited - keep):
+            if (self.out_dir / name).exists():
+                remove_model(self.out_dir / name)
+                removed.append(name)
+        self.manifest["artifacts_on_disk"] = sorted(keep)
+        return removed
 
     def _run_step(
         self,
@@ -406,7 +441,7 @@ class Pipeline:
                 log.warning("step %d (%s): %s", index, step.type, text)
             publish(tmp, final)
         except BaseException as err:
-            entry["status"] = "failed"
+            entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
             entry["ended"] = _now()
             entry["duration_s"] = round(time.perf_counter() - started, 3)
@@ -489,3 +524,52 @@ def run_pipeline(
         force=force,
         on_event=on_event,
     ).run()
+
+
+def run_to_file(
+    config: PipelineConfig,
+    output: str | Path,
+    *,
+    source: Path | None = None,
+    on_event: Event | None = None,
+) -> dict[str, Any]:
+    """Run a pipeline in a hidden scratch folder beside ``output``; move the result there.
+
+    This is how the one-step subcommands (``onnxopt simplify IN -o OUT``) work: the same
+    engine, checks and manifest, but the verified artifact lands at a path of the caller's
+    choosing and the scratch folder is removed. ``output`` is replaced only on success.
+
+    Returns:
+        The manifest, with paths rewritten to ``output``.
+    """
+    from onnxopt.errors import ConfigError
+    from onnxopt.modelio import move_model
+
+    output = Path(output)
+    if source is not None and output.resolve() == source.resolve():
+        raise InputError(
+            f"output {output} is the input model; onnxopt never overwrites its input",
+            hint="choose another -o path",
+        )
+    if output.suffix != ".onnx":
+        raise ConfigError(f"-o expects a path ending in .onnx, found {output}")
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder; give a file path ending in .onnx")
+    parent = output.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {parent} ({err.strerror})") from None
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=parent))
+    try:
+        manifest = Pipeline(
+            config, Path.cwd(), out_dir=scratch, force=True, on_event=on_event
+        ).run()
+        move_model(scratch / manifest["final_artifact"], output.resolve())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    manifest["output_dir"] = str(parent)
+    manifest["final_artifact"] = output.name
+    for entry in manifest["steps"]:
+        entry["output"]["path"] = output.name
+    return manifest

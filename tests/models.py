@@ -132,3 +132,16 @@ def matmul_chain(path: Path, layers: int, width: int, *, external: bool) -> Path
     else:
         _save(model, path)
     return path
+
+
+def reshape_fails_at_runtime(path: Path) -> Path:
+    """Valid for the checker, but Reshape to [3, -1] fails on a [1, 4] input at run time."""
+    shape = numpy_helper.from_array(np.array([3, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, None])],
+        [shape],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)

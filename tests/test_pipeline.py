@@ -261,3 +261,34 @@ def test_unknown_dim_name_is_rejected(tmp_path: Path) -> None:
     cfg = parse_config(_config(src, tmp_path / "o", [{"type": "simplify"}], dims={"bacth": 2}))
     with pytest.raises(InputError, match="not symbolic dims"):
         run_pipeline(cfg, tmp_path)
+
+
+def test_python_api_simplify_and_export(tmp_path: Path) -> None:
+    import onnxopt
+
+    src = models.add_relu(tmp_path / "m.onnx")
+    manifest = onnxopt.simplify(src, tmp_path / "s.onnx", backend=["onnxsim", "ort"])
+    assert manifest["final_artifact"] == "s.onnx"
+    assert (tmp_path / "s.onnx").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "s.onnx"]
+    with pytest.raises(onnxopt.OnnxoptError, match="never overwrites its input"):
+        onnxopt.simplify(src, src)
+
+
+def test_artifacts_of_an_older_config_are_removed_on_success_only(tmp_path: Path) -> None:
+    src = models.add_relu(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    old = run_pipeline(parse_config(_config(src, out, [{"type": "simplify"}])), tmp_path)
+    old_name = old["steps"][0]["output"]["path"]
+    (out / "notes.txt").write_text("mine")
+    failing = [{"type": "simplify", "backend": "transformers", "tolerance": {"atol": 0, "rtol": 0}}]
+    ln = models.layernorm_decomposed(tmp_path / "ln.onnx")
+    with pytest.raises(VerificationError):
+        run_pipeline(parse_config(_config(ln, out, failing)), tmp_path)
+    assert (out / old_name).exists()  # a failed run removes nothing
+    new = run_pipeline(
+        parse_config(_config(src, out, [{"type": "simplify", "backend": "ort"}])), tmp_path
+    )
+    assert new["removed_stale"] == [old_name]
+    assert finished_artifacts(out) == [new["steps"][0]["output"]["path"]]
+    assert (out / "notes.txt").read_text() == "mine"

@@ -1,0 +1,87 @@
+"""One-call Python functions mirroring the step subcommands.
+
+Each builds a one-step pipeline from keyword arguments (the same keys as in YAML), runs it
+through the engine and puts the verified artifact at ``output``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from onnxopt.config import parse_config
+from onnxopt.pipeline import run_to_file
+
+
+def export(
+    factory: str,
+    output: str | Path,
+    inputs: list[dict[str, Any]],
+    *,
+    dims: dict[str, int] | None = None,
+    factory_args: dict[str, Any] | None = None,
+    weights: str | None = None,
+    target: dict[str, Any] | None = None,
+    verify: dict[str, Any] | None = None,
+    external_data: str = "auto",
+    **step: Any,
+) -> dict[str, Any]:
+    """Export a PyTorch factory to ONNX, validated against PyTorch.
+
+    Args:
+        factory: ``package.module:function`` or ``path/to/file.py:function``.
+        output: the .onnx file to write.
+        inputs: input specs, e.g. ``[{"name": "x", "shape": ["batch", 3, 224, 224]}]``.
+        dims: values of symbolic dims for the verification inputs.
+        factory_args: keyword arguments for the factory.
+        weights: .pt/.pth/.safetensors state dict.
+        target: execution target (provider, threads) for verification.
+        verify: verification settings (seed, inputs_file, second_shape, second_dims).
+        external_data: ``auto``, ``always`` or ``never``.
+        **step: export step options: opset, exporter, output_names, tolerance.
+
+    Returns:
+        The manifest of the one-step pipeline.
+    """
+    model: dict[str, Any] = {"factory": factory, "factory_args": factory_args or {}}
+    if weights is not None:
+        model["weights"] = weights
+    data = {
+        "name": "export",
+        "model": model,
+        "inputs": inputs,
+        "dims": dims or {},
+        "target": target or {},
+        "verify": verify or {},
+        "external_data": external_data,
+        "steps": [{"type": "export", **step}],
+    }
+    return run_to_file(parse_config(data, "export()"), output)
+
+
+def simplify(
+    model: str | Path,
+    output: str | Path,
+    *,
+    dims: dict[str, int] | None = None,
+    target: dict[str, Any] | None = None,
+    verify: dict[str, Any] | None = None,
+    external_data: str = "auto",
+    **step: Any,
+) -> dict[str, Any]:
+    """Simplify an ONNX model; ``**step`` takes the simplify keys (backend, onnxsim, ort, ...).
+
+    Returns:
+        The manifest of the one-step pipeline.
+    """
+    source = Path(model)
+    data = {
+        "name": "simplify",
+        "model": {"path": str(source.resolve())},
+        "dims": dims or {},
+        "target": target or {},
+        "verify": verify or {},
+        "external_data": external_data,
+        "steps": [{"type": "simplify", **step}],
+    }
+    return run_to_file(parse_config(data, "simplify()"), output, source=source)

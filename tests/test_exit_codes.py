@@ -1,0 +1,97 @@
+"""Exit codes 1 (runtime failure), 2 (missing extra) and 130 (interrupted), end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from onnxopt.errors import ExitCode
+from tests import models
+from tests.conftest import SAMPLES, error_line, finished_artifacts, run_cli, write_yaml
+
+
+def test_runtime_failure_exits_1(tmp_path: Path) -> None:
+    src = models.reshape_fails_at_runtime(tmp_path / "r.onnx")
+    out = tmp_path / "out"
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "model": {"path": str(src)},
+            "output_dir": str(out),
+            "steps": [{"type": "simplify", "backend": "ort"}],
+        },
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.FAILURE, proc.stderr
+    assert "ONNX Runtime failed to run the model" in error_line(proc)
+    assert finished_artifacts(out) == []
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    src = models.reshape_fails_at_runtime(tmp_path / "r.onnx")
+    proc = run_cli("simplify", src, "-o", tmp_path / "o.onnx", "-b", "ort", "--debug")
+    assert proc.returncode == ExitCode.FAILURE
+    assert "Traceback" in proc.stderr
+
+
+def test_missing_torch_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # this interpreter has no torch\n"
+        "from onnxopt.cli import main\n"
+        f"sys.argv = ['onnxopt', 'export', {str(SAMPLES / 'mlp.py') + ':build'!r}, '-o', "
+        f"{str(tmp_path / 'm.onnx')!r}, '-i', 'features:batch,64']\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    line = error_line(proc)
+    assert "needs the Python package 'torch'" in line
+    assert "pip install 'onnxopt[torch]'" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_exits_130_and_leaves_no_partial_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "model": {"factory": f"{SAMPLES / 'resnet.py'}:build"},
+            "inputs": [{"name": "image", "shape": ["batch", 3, 224, 224]}],
+            "output_dir": str(out),
+            "steps": [{"type": "export"}, {"type": "simplify"}],
+        },
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onnxopt", "run", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until step 1 is under way
+        try:
+            if json.loads(manifest.read_text())["steps"]:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError("the pipeline never started its first step")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert finished_artifacts(out) == []
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+    state = json.loads(manifest.read_text())
+    assert state["status"] == "interrupted"
+    assert state["steps"][0]["status"] == "interrupted"
