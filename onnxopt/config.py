@@ -156,6 +156,12 @@ class ExportStep(StepBase):
     output_names: list[str] | None = Field(
         None, description="Output names (default: output_0, output_1, ...)."
     )
+    keep_stack_traces: bool = Field(
+        False,
+        description="Keep the exporter's per-node Python stack traces. They hold absolute "
+        "paths of the exporting machine, so by default they are removed and the artifact's "
+        "bytes do not depend on where it was exported.",
+    )
 
 
 class OnnxsimOptions(StrictModel):

@@ -194,3 +194,27 @@ def test_module_factory_and_factory_args(tmp_path: Path) -> None:
 def test_cli_export_writes_only_the_output(mlp_onnx: Path) -> None:
     assert [p.name for p in mlp_onnx.parent.iterdir()] == ["mlp.onnx"]
     onnx.checker.check_model(str(mlp_onnx))
+
+
+def test_export_bytes_do_not_depend_on_the_checkout_path(tmp_path: Path) -> None:
+    digests = []
+    for where in ("a", "b/c"):
+        folder = tmp_path / where
+        folder.mkdir(parents=True)
+        (folder / "net.py").write_text(
+            (SAMPLES / "mlp.py")
+            .read_text()
+            .replace("from sample_models._seed import seeded", "from _seed import seeded")
+        )
+        (folder / "_seed.py").write_text((SAMPLES / "_seed.py").read_text())
+        data = _export_cfg(
+            f"{folder / 'net.py'}:build",
+            folder / "out",
+            [{"name": "features", "shape": ["batch", 64]}],
+        )
+        manifest = run_pipeline(parse_config(data), folder)
+        assert manifest["steps"][0]["report"]["stack_traces_removed"] > 0
+        digests.append(manifest["steps"][0]["output"]["sha256"])
+        path = folder / "out" / manifest["steps"][0]["output"]["path"]
+        assert str(folder) not in path.read_bytes().decode("latin-1")
+    assert digests[0] == digests[1]

@@ -309,6 +309,24 @@ def _export(
         return load_model(path)
 
 
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(model: Any) -> int:
+    """Remove the exporter's per-node stack traces (absolute paths); return how many."""
+    from onnxopt.modelio import iter_graphs
+
+    removed = 0
+    for graph in iter_graphs(model.graph):
+        for node in graph.node:
+            keep = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+            if len(keep) != len(node.metadata_props):
+                removed += len(node.metadata_props) - len(keep)
+                del node.metadata_props[:]
+                node.metadata_props.extend(keep)
+    return removed
+
+
 def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepResult:
     """Export the pipeline's PyTorch factory to ``dst``; try exporters per ``cfg.exporter``."""
     require("torch")
@@ -350,6 +368,7 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
                 )
                 log.info("exporter %s failed: %s", exporter, attempt["reason"])
                 continue
+        stripped = 0 if cfg.keep_stack_traces else strip_stack_traces(model)
         save_model(model, dst, external_data=ctx.config.external_data)
         del model
         try:
@@ -383,6 +402,7 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
                 "attempts": attempts,
                 "opset": cfg.opset,
                 "output_names": output_names,
+                "stack_traces_removed": stripped,
                 "torch_outputs": [list(o.shape) for o in reference.main],
             },
             verification=verification,
