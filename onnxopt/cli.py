@@ -27,7 +27,7 @@ app = typer.Typer(
     name="onnxopt",
     help="Take a trained model to the fastest ONNX artifact that still gives the right "
     "answers, and prove both. Exit codes: 0 ok, 1 failure, 2 usage/config/input error, "
-    "3 verification failed, 130 interrupted.",
+    "3 verification failed, 4 benchmark gate failed, 130 interrupted.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -188,9 +188,9 @@ class _Progress:
         elif event == "step_end":
             entry = data["entry"]
             mark = "cached" if entry["status"] == "cached" else f"{entry.get('duration_s', 0):.1f}s"
+            what = (entry.get("output") or entry.get("report_file") or {}).get("path", "")
             self.console.print(
-                f"  step {entry['index']} {entry['name']}: {entry['output']['path']} ({mark})",
-                highlight=False,
+                f"  step {entry['index']} {entry['name']}: {what} ({mark})", highlight=False
             )
 
     def stop(self) -> None:
@@ -454,6 +454,229 @@ def simplify(
             inputs_file,
         )
         _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
+
+
+def _csv_ints(text: str | None, flag: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated integers, found {text!r}") from None
+
+
+def _parse_shapes(values: list[str] | None) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for item in values or []:
+        name, sep, dims = item.partition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            shapes[name] = []
+        if not sep or not name or not shapes[name]:
+            raise ConfigError(f"--shape expects NAME=D,D,... such as x=8,3,224,224, found {item!r}")
+    return shapes
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="ONNX models; the first is the baseline.")],
+    provider: Annotated[
+        str, typer.Option("--provider", "-p", help="Comma-separated providers: cpu,cuda,...")
+    ] = "cpu",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="An unavailable provider is an error, not a skip.")
+    ] = False,
+    inputs_file: InputsFileOpt = None,
+    shape: Annotated[
+        list[str] | None,
+        typer.Option("--shape", help="Input shape override, e.g. --shape x=8,3,224,224."),
+    ] = None,
+    dims: DimOpt = None,
+    seed: SeedOpt = 0,
+    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up runs per model.")] = 10,
+    warmup_seconds: Annotated[
+        float | None, typer.Option("--warmup-seconds", help="Warm up for this long instead.")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per model per trial.")] = 50,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="Seconds of timed runs per model per trial instead."),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option("--trials", help="Independent trials, each with fresh sessions.")
+    ] = 3,
+    threads: ThreadsOpt = None,
+    inter_threads: Annotated[
+        int | None, typer.Option("--inter-threads", help="Inter-op threads.")
+    ] = None,
+    execution_mode: Annotated[
+        str, typer.Option("--execution-mode", help="sequential or parallel.")
+    ] = "sequential",
+    opt_level: Annotated[
+        str, typer.Option("--opt-level", help="disable, basic, extended or all.")
+    ] = "all",
+    no_mem_arena: Annotated[
+        bool, typer.Option("--no-mem-arena", help="Disable the CPU memory arena.")
+    ] = False,
+    sweep_threads: Annotated[
+        str | None, typer.Option("--sweep-threads", help="e.g. 1,2,4: one row per count.")
+    ] = None,
+    sweep_batch: Annotated[
+        str | None, typer.Option("--sweep-batch", help="e.g. 1,8,32: one row per batch size.")
+    ] = None,
+    batch_dim: Annotated[str, typer.Option("--batch-dim", help="Name of the batch dim.")] = "batch",
+    concurrency_levels: Annotated[
+        str | None,
+        typer.Option("--concurrency", help="Requests in flight on one session, e.g. 1,2,4."),
+    ] = None,
+    concurrency_mode: Annotated[
+        str, typer.Option("--concurrency-mode", help="threads, async or both.")
+    ] = "both",
+    placement: Annotated[
+        bool, typer.Option("--placement", help="Report which provider runs each node.")
+    ] = False,
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Stored report JSON to compare with.")
+    ] = None,
+    max_regression: Annotated[
+        str | None, typer.Option("--max-regression", help="e.g. 10%: exit 4 when slower.")
+    ] = None,
+    latency_budget: Annotated[
+        str | None, typer.Option("--latency-budget", help="e.g. 15ms: exit 4 when exceeded.")
+    ] = None,
+    percentile: Annotated[
+        str, typer.Option("--percentile", help="Statistic the budget applies to (p50..p99).")
+    ] = "p99",
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Comma-separated names for the models.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the JSON report here.")
+    ] = None,
+    markdown_out: Annotated[
+        Path | None, typer.Option("--markdown", help="Write a Markdown summary here.")
+    ] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write a CSV here.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Latency of one or more models per execution provider, interleaved, with gates."""
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        from onnxopt.bench import report as bench_report
+        from onnxopt.bench.core import Candidate
+        from onnxopt.bench.runner import InputSource, raise_for_gates, run_bench
+        from onnxopt.config import BenchStep, Target
+        from onnxopt.modelio import check_model, load_model
+        from onnxopt.verify import load_inputs, resolve_dims, specs_from_model
+
+        names = labels.split(",") if labels else [m.stem for m in models]
+        if len(names) != len(models):
+            raise ConfigError(f"--labels has {len(names)} names for {len(models)} models")
+        if len(set(names)) != len(names):
+            names = [str(m) for m in models]
+        for m in models:
+            load_model(m, load_weights=False)
+            check_model(m, artifact=False)
+        try:
+            cfg = BenchStep.model_validate(
+                {
+                    "type": "bench",
+                    "providers": [p.strip() for p in provider.split(",") if p.strip()],
+                    "strict": strict,
+                    "warmup": warmup,
+                    "warmup_seconds": warmup_seconds,
+                    "runs": runs,
+                    "duration_seconds": duration,
+                    "trials": trials,
+                    "threads": _csv_ints(sweep_threads, "--sweep-threads"),
+                    "batch_sizes": _csv_ints(sweep_batch, "--sweep-batch"),
+                    "batch_dim": batch_dim,
+                    "concurrency": _csv_ints(concurrency_levels, "--concurrency"),
+                    "concurrency_mode": concurrency_mode,
+                    "session": {
+                        "execution_mode": execution_mode,
+                        "graph_optimization_level": opt_level,
+                        "enable_mem_arena": not no_mem_arena,
+                    },
+                    "placement": placement,
+                    "baseline": str(baseline) if baseline else None,
+                    "max_regression": max_regression,
+                    "latency_budget_ms": latency_budget,
+                    "percentile": percentile,
+                }
+            )
+        except Exception as err:
+            from pydantic import ValidationError
+
+            from onnxopt.config import format_validation_error
+
+            if isinstance(err, ValidationError):
+                raise format_validation_error(err, "command line") from None
+            raise
+        specs = specs_from_model(load_model(models[0], load_weights=False))
+        overrides = _parse_shapes(shape)
+        unknown = sorted(set(overrides) - {s.name for s in specs})
+        if unknown:
+            raise ConfigError(
+                f"--shape names {unknown} are not inputs of {models[0].name}; "
+                f"inputs: {[s.name for s in specs]}"
+            )
+        specs = [
+            s.model_copy(update={"shape": overrides[s.name]}) if s.name in overrides else s
+            for s in specs
+        ]
+        values, _ = resolve_dims(specs, _parse_dims(dims))
+        source = InputSource(specs=specs, dims=values, seed=seed)
+        if inputs_file is not None:
+            source.fixed = load_inputs(inputs_file)
+        target = Target(
+            provider=cfg.providers[0] if cfg.providers else "cpu",
+            intra_op_threads=threads,
+            inter_op_threads=inter_threads,
+        )
+        progress = _stderr()
+        if not quiet and not as_json:
+            progress.print(f"measuring {len(models)} model(s) on {provider} ...", highlight=False)
+        report = run_bench(
+            [Candidate(n, m) for n, m in zip(names, models, strict=True)], source, cfg, target
+        )
+        from onnxopt.artifacts import write_json_atomic
+
+        if output is not None:
+            write_json_atomic(output, report)
+        if markdown_out is not None:
+            markdown_out.write_text(bench_report.markdown(report), encoding="utf-8")
+        if csv_out is not None:
+            csv_out.write_text(bench_report.to_csv(report), encoding="utf-8")
+        if plot_out is not None:
+            bench_report.plot(report, plot_out)
+        if as_json:
+            print(json.dumps(report, indent=2, default=str))
+        elif not quiet:
+            from rich.console import Console
+
+            console = Console(width=None if sys.stdout.isatty() else 200)
+            console.print(bench_report.table(report))
+            for c in report["concurrency"]:
+                console.print(
+                    f"{c['model']} {c['provider']} {c['mode']} x{c['concurrency']}: "
+                    f"{c['throughput_rps']:.1f} req/s, p50 {c['latency_ms']['p50']:.3f} ms, "
+                    f"p99 {c['latency_ms']['p99']:.3f} ms",
+                    highlight=False,
+                )
+            for s in report["skipped"]:
+                console.print(f"skipped {s['provider']}: {s['reason']}", highlight=False)
+            m = report["machine"]
+            console.print(
+                f"machine: {m['cpu']}, {m['usable_cores']} cores, flags "
+                f"{' '.join(m['cpu_flags']) or '-'}, onnxruntime {m['onnxruntime']}",
+                highlight=False,
+            )
+        raise_for_gates(report)
 
 
 @app.command("inspect")

@@ -222,10 +222,102 @@ class SimplifyStep(StepBase):
         return value
 
 
-Step = Annotated[Union[ExportStep, SimplifyStep], Field(discriminator="type")]  # noqa: UP007
+def parse_fraction(value: Any) -> Any:
+    """'10%' -> 0.1; numbers pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"expected a fraction such as 0.1 or '10%', found {value!r}") from None
+    return value
+
+
+def parse_millis(value: Any) -> Any:
+    """'15ms' -> 15.0, '1.5s' -> 1500.0, '200us' -> 0.2; numbers are milliseconds."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for unit, scale in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
+            if text.endswith(unit):
+                try:
+                    return float(text[: -len(unit)]) * scale
+                except ValueError:
+                    break
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a duration such as '15ms', found {value!r}") from None
+    return value
+
+
+class SessionSettings(StrictModel):
+    """ONNX Runtime session settings used while benchmarking."""
+
+    execution_mode: Literal["sequential", "parallel"] = Field(
+        "sequential", description="Execution mode of the session."
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="Graph optimization level applied when the session loads."
+    )
+    enable_mem_arena: bool = Field(True, description="CPU memory arena.")
+    enable_mem_pattern: bool = Field(True, description="Memory pattern optimization.")
+
+
+class BenchStep(StepBase):
+    """Latency per execution provider, interleaved, with statistics and gates."""
+
+    type: Literal["bench"] = Field(description="Step type.")
+    providers: list[str] = Field(
+        default_factory=lambda: ["cpu"], description="Providers to measure (short names)."
+    )
+    provider_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per provider, e.g. {cuda: {device_id: 0}}."
+    )
+    strict: bool = Field(False, description="An unavailable provider is an error, not a skip.")
+    warmup: int = Field(10, ge=0, description="Warm-up runs per model (not timed).")
+    warmup_seconds: float | None = Field(None, gt=0, description="Warm up for this long instead.")
+    runs: int = Field(50, ge=1, description="Timed runs per model per trial.")
+    duration_seconds: float | None = Field(
+        None, gt=0, description="Time each model for this long per trial instead of 'runs'."
+    )
+    trials: int = Field(3, ge=1, description="Independent trials, each with fresh sessions.")
+    threads: list[int] | None = Field(
+        None, description="Sweep over intra-op thread counts (default: the target's setting)."
+    )
+    batch_sizes: list[int] | None = Field(
+        None, description="Sweep over values of the batch dim (needs a symbolic batch dim)."
+    )
+    batch_dim: str = Field("batch", description="Name of the symbolic batch dim.")
+    concurrency: list[int] | None = Field(
+        None, description="Requests in flight on one shared session, e.g. [1, 2, 4]."
+    )
+    concurrency_mode: Literal["threads", "async", "both"] = Field(
+        "both", description="Thread pool over one session, run_async callbacks, or both."
+    )
+    session: SessionSettings = Field(
+        default_factory=SessionSettings, description="Session settings."
+    )
+    placement: bool = Field(False, description="Report which provider runs each node.")
+    baseline: str | None = Field(None, description="A stored bench report JSON to compare to.")
+    max_regression: float | None = Field(
+        None, ge=0, description="Fail (exit 4) when slower than the baseline by more, e.g. 10%."
+    )
+    latency_budget_ms: float | None = Field(
+        None, gt=0, description="Fail (exit 4) when the percentile exceeds it, e.g. '15ms'."
+    )
+    percentile: Literal["p50", "p90", "p95", "p99", "max", "mean"] = Field(
+        "p99", description="Statistic that the latency budget applies to."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap confidence intervals.")
+
+    _fraction = field_validator("max_regression", mode="before")(parse_fraction)
+    _millis = field_validator("latency_budget_ms", mode="before")(parse_millis)
+
+
+Step = Annotated[Union[ExportStep, SimplifyStep, BenchStep], Field(discriminator="type")]  # noqa: UP007
 
 #: Step types that exist in the roadmap but not yet in this release.
-PLANNED_STEPS = {"quantize": 4, "prune": 5, "bench": 3}
+PLANNED_STEPS = {"quantize": 4, "prune": 5}
 
 
 class PipelineConfig(StrictModel):
@@ -342,7 +434,7 @@ def _loc_text(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("export", "simplify") and text.endswith("]"):
+        elif part in ("export", "simplify", "bench") and text.endswith("]"):
             continue  # discriminator tag inserted by pydantic
         else:
             text += f".{part}" if text else str(part)
@@ -375,7 +467,7 @@ def _check_step_types(data: dict[str, Any], source: str) -> None:
     steps = data.get("steps")
     if not isinstance(steps, list):
         return
-    known = ["export", "simplify"]
+    known = ["export", "simplify", "bench"]
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
             raise ConfigError(

@@ -66,6 +66,12 @@ class VerificationError(OnnxoptError):
     exit_code = ExitCode.VERIFICATION
 
 
+class GateError(OnnxoptError):
+    """A benchmark gate (regression or latency budget) failed (exit 4)."""
+
+    exit_code = ExitCode.GATE
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -274,6 +274,14 @@ class Pipeline:
                 continue
             if entry.get("status") not in ("ok", "cached"):
                 return None
+            if entry.get("report_file"):
+                report = self.out_dir / entry["report_file"]["path"]
+                if (
+                    report.is_file()
+                    and artifacts.sha256_file(report) == entry["report_file"]["sha256"]
+                ):
+                    return entry
+                return None
             out = self.out_dir / entry["output"]["path"]
             try:
                 if out.is_file() and artifacts.model_digest(out) == entry["output"]["sha256"]:
@@ -317,10 +325,17 @@ class Pipeline:
             self._write_manifest()
             parent: Path | None = source
             parent_digest = artifacts.model_digest(source) if source else self._source_digest()
+            chain: list[tuple[str, Path, str]] = (
+                [("source", source, parent_digest)] if source else []
+            )
             for index, step in enumerate(cfg.steps, start=1):
+                if step.type == "bench":
+                    self._run_bench(index, step, chain, ctx, previous)
+                    continue
                 parent, parent_digest = self._run_step(
                     index, step, parent, parent_digest, ctx, previous
                 )
+                chain.append((f"{index:02d}-{step.name or step.type}", parent, parent_digest))
             self.manifest["status"] = "ok"
             self.manifest["removed_stale"] = self._remove_stale(inherited)
             self.manifest["final_artifact"] = (
@@ -351,7 +366,9 @@ class Pipeline:
         if manifest is None:
             return set()
         names = set(manifest.get("artifacts_on_disk", []))
-        names |= {(e.get("output") or {}).get("path") for e in manifest.get("steps", [])}
+        for e in manifest.get("steps", []):
+            names.add((e.get("output") or {}).get("path"))
+            names.add((e.get("report_file") or {}).get("path"))
         return {n for n in names if isinstance(n, str) and n and Path(n).name == n}
 
     def _track_artifacts(self, inherited: set[str]) -> None:
@@ -363,14 +380,85 @@ class Pipeline:
 
         Only files this tool recorded as its own artifacts are touched, never other files.
         """
-        keep = {e["output"]["path"] for e in self.manifest["steps"] if e.get("output")}
+        keep = self._owned({"steps": self.manifest["steps"]})
         removed = []
         for name in sorted(inherited - keep):
-            if (self.out_dir / name).exists():
-                remove_model(self.out_dir / name)
-                removed.append(name)
+            path = self.out_dir / name
+            if not path.exists():
+                continue
+            if path.suffix == ".json":  # a bench report and its Markdown twin
+                path.unlink()
+                path.with_suffix(".md").unlink(missing_ok=True)
+            else:
+                remove_model(path)
+            removed.append(name)
         self.manifest["artifacts_on_disk"] = sorted(keep)
         return removed
+
+    def _run_bench(
+        self,
+        index: int,
+        step: Any,
+        chain: list[tuple[str, Path, str]],
+        ctx: StepContext,
+        previous: dict[str, Any] | None,
+    ) -> None:
+        """A measuring step: writes NN-bench.json (+ .md), passes the model on unchanged."""
+        from onnxopt.bench import report as bench_report
+        from onnxopt.bench.runner import raise_for_gates
+        from onnxopt.steps import bench as bench_step
+
+        label = step.name or step.type
+        self.emit("step_start", index=index, total=len(self.config.steps), step=label)
+        key = artifacts.digest_of(
+            index,
+            step.model_dump(mode="json"),
+            [(name, digest) for name, _, digest in chain],
+            self.manifest["inputs"]["digest"],
+            self.config.target.model_dump(mode="json"),
+            artifacts.tool_versions(),
+        )
+        name = f"{index:02d}-bench.json"
+        path = self.out_dir / name
+        hit = self._cached(previous, index, key)
+        if hit is not None:
+            cached = dict(hit, status="cached")
+            self.manifest["steps"].append(cached)
+            self._write_manifest()
+            self.emit("step_end", entry=cached)
+            return
+        entry: dict[str, Any] = {
+            "index": index,
+            "type": "bench",
+            "name": label,
+            "status": "running",
+            "key": key,
+            "models": [{"label": n, "path": str(p), "sha256": d} for n, p, d in chain],
+            "config": step.model_dump(mode="json"),
+            "started": _now(),
+            "output": None,
+        }
+        self.manifest["steps"].append(entry)
+        self._write_manifest()
+        started = time.perf_counter()
+        try:
+            report = bench_step.run([(n, p) for n, p, _ in chain], step, ctx)
+            artifacts.write_json_atomic(path, report)
+            with artifacts.atomic_path(path.with_suffix(".md")) as tmp:
+                tmp.write_text(bench_report.markdown(report), encoding="utf-8")
+            entry["report_file"] = {"path": name, "sha256": artifacts.sha256_file(path)}
+            entry["report"] = bench_step.summary(report)
+            raise_for_gates(report)
+        except BaseException as err:
+            entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
+            raise
+        finally:
+            entry["ended"] = _now()
+            entry["duration_s"] = round(time.perf_counter() - started, 3)
+        entry["status"] = "ok"
+        self._write_manifest()
+        self.emit("step_end", entry=entry)
 
     def _run_step(
         self,
@@ -571,5 +659,6 @@ def run_to_file(
     manifest["output_dir"] = str(parent)
     manifest["final_artifact"] = output.name
     for entry in manifest["steps"]:
-        entry["output"]["path"] = output.name
+        if entry.get("output"):
+            entry["output"]["path"] = output.name
     return manifest

@@ -10,6 +10,7 @@ from typing import Any
 STEPS: dict[str, str] = {
     "export": "onnxopt.steps.export:run",
     "simplify": "onnxopt.steps.simplify:run",
+    "bench": "onnxopt.steps.bench:run",
 }
 
 

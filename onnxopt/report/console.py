@@ -40,13 +40,50 @@ def _verification_cell(entry: dict[str, Any]) -> str:
     return f"[green]{text}[/]" if ver.get("passed") else f"[red]{text}[/]"
 
 
+def _bench_cell(entry: dict[str, Any]) -> str:
+    report = entry.get("report") or {}
+    if not report:
+        return "-"
+    n = len({r["model"] for r in report.get("results", [])})
+    gates = report.get("gates") or []
+    if not gates:
+        return f"{n} models measured"
+    ok = report.get("passed")
+    return f"[green]{n} models, gates ok[/]" if ok else f"[red]{n} models, gate FAILED[/]"
+
+
+def bench_summary_table(entry: dict[str, Any]) -> Table:
+    """Medians and ratios of a pipeline bench step."""
+    table = Table(title=f"step {entry['index']} bench (ms)", title_justify="left")
+    for col in ("model", "provider", "threads", "batch", "p50", "p99", "ratio [95% CI]", "verdict"):
+        table.add_column(
+            col, justify="left" if col in ("model", "provider", "verdict") else "right"
+        )
+    for r in (entry.get("report") or {}).get("results", []):
+        ci = r.get("ratio_ci")
+        ratio = f"{r['ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if r.get("ratio") else "1 (baseline)"
+        verdict = r["verdict"]
+        color = {"faster": "green", "slower": "red"}.get(verdict)
+        table.add_row(
+            r["model"],
+            r["provider"],
+            str(r.get("threads") or "default"),
+            str(r.get("batch")),
+            f"{r['p50_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            ratio,
+            f"[{color}]{verdict}[/]" if color else verdict,
+        )
+    return table
+
+
 def pipeline_table(manifest: dict[str, Any]) -> Table:
     """Summary table: step, artifact, size, nodes, verification, time, cached."""
     table = Table(title=f"onnxopt · {manifest['pipeline']['name']}", title_justify="left")
     for col in ("#", "step", "artifact", "size", "nodes", "verification", "time", "cached"):
         table.add_column(col, justify="right" if col in ("#", "size", "nodes", "time") else "left")
     for entry in manifest.get("steps", []):
-        out = entry.get("output") or {}
+        out = entry.get("output") or entry.get("report_file") or {}
         after = (entry.get("report") or {}).get("after") or {}
         status = entry.get("status")
         table.add_row(
@@ -55,7 +92,7 @@ def pipeline_table(manifest: dict[str, Any]) -> Table:
             out.get("path", f"[red]{status}[/]"),
             human_bytes(out.get("size_bytes")),
             str(after.get("nodes", "-")),
-            _verification_cell(entry),
+            _bench_cell(entry) if entry.get("type") == "bench" else _verification_cell(entry),
             f"{entry.get('duration_s', 0):.1f}s",
             "yes" if status == "cached" else "no",
         )
@@ -65,6 +102,9 @@ def pipeline_table(manifest: dict[str, Any]) -> Table:
 def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
     """Print the summary table and where the final artifact is."""
     console.print(pipeline_table(manifest))
+    for entry in manifest.get("steps", []):
+        if entry.get("type") == "bench" and entry.get("report"):
+            console.print(bench_summary_table(entry))
     if manifest.get("final_artifact"):
         console.print(
             f"final artifact: [bold]{manifest['output_dir']}/{manifest['final_artifact']}[/]"

@@ -1,0 +1,1 @@
+"""Latency measurement: statistics, machine facts, interleaved timing, gates, reports."""

@@ -1,0 +1,255 @@
+"""A whole benchmark: providers x threads x batch sizes, concurrency, gates, the report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from onnxopt.bench.core import (
+    Candidate,
+    concurrency,
+    measure,
+    resolve_providers,
+    summarize_measured,
+)
+from onnxopt.bench.machine import machine_info
+from onnxopt.config import BenchStep, InputSpec, Target
+from onnxopt.errors import GateError, InputError
+from onnxopt.verify import Inputs, inputs_digest, make_inputs
+
+log = logging.getLogger("onnxopt")
+
+REPORT_SCHEMA = "onnxopt.bench/1"
+
+
+@dataclass
+class InputSource:
+    """Where benchmark inputs come from: fixed arrays, or specs + dims to generate them."""
+
+    specs: list[InputSpec]
+    dims: dict[str, int]
+    seed: int = 0
+    fixed: Inputs | None = None
+
+    def feeds(self, batch: int | None, batch_dim: str) -> Inputs:
+        """Inputs for one configuration (``batch`` overrides the batch dim)."""
+        if batch is None:
+            return (
+                self.fixed
+                if self.fixed is not None
+                else make_inputs(self.specs, self.dims, self.seed)
+            )
+        if self.fixed is not None:
+            raise InputError(
+                "a batch-size sweep needs generated inputs, but fixed inputs were given",
+                hint="drop the inputs file, or drop batch_sizes",
+            )
+        if batch_dim not in self.dims:
+            raise InputError(
+                f"batch sweep: the inputs have no symbolic dim {batch_dim!r}; "
+                f"they have {sorted(self.dims) or 'none'}",
+                hint="set batch_dim to the name of the batch dim",
+            )
+        return make_inputs(self.specs, {**self.dims, batch_dim: batch}, self.seed)
+
+
+def _batch_of(feeds: Inputs, source: InputSource, batch_dim: str) -> int:
+    for spec in source.specs:
+        for axis, dim in enumerate(spec.shape):
+            if dim == batch_dim and spec.name in feeds:
+                return int(feeds[spec.name].shape[axis])
+    return 1
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
+
+
+def run_bench(
+    candidates: list[Candidate],
+    source: InputSource,
+    cfg: BenchStep,
+    target: Target,
+) -> dict[str, Any]:
+    """Measure every candidate in every configuration; apply gates; return the report.
+
+    The first candidate is the baseline of the ratios and fidelity columns. Gate failures are
+    recorded in the report (``passed: false``); :func:`raise_for_gates` turns them into
+    exit code 4.
+    """
+    providers, skipped = resolve_providers(cfg.providers, cfg.strict)
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "created": _now(),
+        "machine": machine_info(),
+        "settings": cfg.model_dump(mode="json", exclude={"name", "tolerance"}),
+        "models": [{"label": c.label, "path": str(c.path)} for c in candidates],
+        "results": [],
+        "skipped": skipped,
+        "concurrency": [],
+        "placement": {},
+    }
+    threads_list: list[int | None] = list(cfg.threads) if cfg.threads else [None]
+    batches: list[int | None] = list(cfg.batch_sizes) if cfg.batch_sizes else [None]
+    input_facts: dict[str, Any] = {}
+    for provider in providers:
+        for threads in threads_list:
+            run_target = Target(
+                provider=provider,
+                provider_options=cfg.provider_options.get(provider, target.provider_options)
+                if provider == target.provider
+                else cfg.provider_options.get(provider, {}),
+                intra_op_threads=threads if threads is not None else target.intra_op_threads,
+                inter_op_threads=target.inter_op_threads,
+            )
+            for batch in batches:
+                feeds = source.feeds(batch, cfg.batch_dim)
+                input_facts = {
+                    "digest": inputs_digest(feeds),
+                    "shapes": {k: list(v.shape) for k, v in feeds.items()},
+                    "dtypes": {k: str(v.dtype) for k, v in feeds.items()},
+                }
+                items = _batch_of(feeds, source, cfg.batch_dim)
+                log.info("measuring on %s, threads=%s, batch=%s", provider, threads, items)
+                measured = measure(candidates, feeds, cfg, run_target)
+                for row in summarize_measured(measured, items, seed=cfg.seed):
+                    row.update(
+                        provider=provider,
+                        threads=run_target.intra_op_threads or 0,
+                        batch=items,
+                        inputs=input_facts["shapes"],
+                    )
+                    report["results"].append(row)
+            if cfg.concurrency:
+                modes = (
+                    ["threads", "async"]
+                    if cfg.concurrency_mode == "both"
+                    else [cfg.concurrency_mode]
+                )
+                feeds = source.feeds(None, cfg.batch_dim)
+                for cand in candidates:
+                    for mode in modes:
+                        for level in cfg.concurrency:
+                            row = concurrency(cand.path, feeds, cfg, run_target, level, mode)
+                            row.update(model=cand.label, provider=provider)
+                            report["concurrency"].append(row)
+        if cfg.placement:
+            from onnxopt.inspection import placement
+
+            report["placement"][provider] = {
+                c.label: placement(c.path, provider, source.dims) for c in candidates
+            }
+    report["inputs"] = input_facts
+    report["gates"] = evaluate_gates(report, cfg)
+    report["passed"] = all(g["passed"] for g in report["gates"])
+    return report
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["model"], row["provider"], row.get("threads", 0), row.get("batch", 1))
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a stored bench report, checking its schema."""
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"baseline report not found: {file}") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{file}: not a readable JSON report ({err})") from None
+    if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise InputError(
+            f"{file}: expected a bench report with schema {REPORT_SCHEMA!r}, found {found!r}",
+            hint="write one with 'onnxopt bench ... --output report.json'",
+        )
+    return data
+
+
+def evaluate_gates(report: dict[str, Any], cfg: BenchStep) -> list[dict[str, Any]]:
+    """Regression against a baseline report and latency budgets; each with pass/fail."""
+    gates: list[dict[str, Any]] = []
+    if cfg.latency_budget_ms is not None:
+        for row in report["results"]:
+            value = row["latency_ms"][cfg.percentile]
+            gates.append(
+                {
+                    "gate": "latency_budget",
+                    "model": row["model"],
+                    "provider": row["provider"],
+                    "statistic": cfg.percentile,
+                    "value_ms": value,
+                    "budget_ms": cfg.latency_budget_ms,
+                    "passed": value <= cfg.latency_budget_ms,
+                }
+            )
+    if cfg.baseline is not None:
+        stored = {_key(r): r for r in load_report(cfg.baseline).get("results", [])}
+        threshold = cfg.max_regression if cfg.max_regression is not None else 0.0
+        for row in report["results"]:
+            base = stored.get(_key(row))
+            if base is None:
+                gates.append(
+                    {
+                        "gate": "regression",
+                        "model": row["model"],
+                        "provider": row["provider"],
+                        "passed": True,
+                        "note": "no matching entry in the baseline report",
+                    }
+                )
+                continue
+            cur_med = row["latency_ms"]["p50"]
+            base_med = base["latency_ms"]["p50"]
+            ratio = cur_med / base_med
+            beyond_noise = row["median_ci_ms"][0] > base["median_ci_ms"][1]
+            slower = ratio > 1.0 + threshold and beyond_noise
+            gates.append(
+                {
+                    "gate": "regression",
+                    "model": row["model"],
+                    "provider": row["provider"],
+                    "median_ms": cur_med,
+                    "baseline_median_ms": base_med,
+                    "ratio": ratio,
+                    "max_regression": threshold,
+                    "beyond_noise": beyond_noise,
+                    "passed": not slower,
+                }
+            )
+    return gates
+
+
+def raise_for_gates(report: dict[str, Any]) -> None:
+    """Raise :class:`GateError` naming the first failed gate."""
+    failed = [g for g in report.get("gates", []) if not g["passed"]]
+    if not failed:
+        return
+    g = failed[0]
+    if g["gate"] == "latency_budget":
+        text = (
+            f"{g['model']} on {g['provider']}: {g['statistic']} latency {g['value_ms']:.3f} ms "
+            f"exceeds the budget of {g['budget_ms']:.3f} ms"
+        )
+    else:
+        text = (
+            f"{g['model']} on {g['provider']}: median {g['median_ms']:.3f} ms is "
+            f"{(g['ratio'] - 1) * 100:.1f}% slower than the baseline's "
+            f"{g['baseline_median_ms']:.3f} ms (allowed {g['max_regression'] * 100:.1f}%, "
+            "and beyond the noise)"
+        )
+    more = f" ({len(failed) - 1} more gate(s) failed)" if len(failed) > 1 else ""
+    raise GateError(f"benchmark gate failed: {text}{more}")
+
+
+def median_of(report: dict[str, Any], label: str) -> float:
+    """Median latency of a model in a report (first matching row)."""
+    for row in report["results"]:
+        if row["model"] == label:
+            return float(row["latency_ms"]["p50"])
+    raise KeyError(label)

@@ -1,0 +1,262 @@
+"""bench: statistics, providers, gates and exit codes, report formats, concurrency, step."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxopt.bench import stats
+from onnxopt.bench.core import resolve_providers
+from onnxopt.bench.runner import load_report
+from onnxopt.config import parse_config
+from onnxopt.errors import ExitCode, InputError
+from onnxopt.pipeline import run_pipeline
+from tests import models
+from tests.conftest import error_line, run_cli
+
+FAST = ["--runs", "20", "--trials", "2", "--warmup", "2"]
+
+
+def test_summary_statistics_on_known_samples() -> None:
+    s = stats.summarize(list(range(1, 101)), batch=4)
+    assert s["runs"] == 100
+    assert s["min"] == 1 and s["max"] == 100
+    assert s["mean"] == pytest.approx(50.5)
+    assert s["p50"] == pytest.approx(50.5)
+    assert s["p90"] == pytest.approx(90.1)
+    assert s["p99"] == pytest.approx(99.01)
+    assert s["std"] == pytest.approx(np.std(np.arange(1, 101), ddof=1))
+    assert s["throughput"] == pytest.approx(4 * 1000 / 50.5)
+
+
+def test_bootstrap_intervals_and_verdicts() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(10.0, 0.5, 400)
+    low, high = stats.bootstrap_median_ci(a)
+    assert low < np.median(a) < high and high - low < 0.3
+    ratio, rlow, rhigh = stats.bootstrap_ratio_ci(a, a * 0.5)
+    assert ratio == pytest.approx(0.5) and rlow < 0.5 < rhigh
+    assert stats.verdict(rlow, rhigh) == "faster"
+    assert stats.verdict(*stats.bootstrap_ratio_ci(a, a * 2)[1:]) == "slower"
+    same = rng.normal(10.0, 0.5, 400)
+    assert stats.verdict(*stats.bootstrap_ratio_ci(a, same)[1:]) == "same"
+    # deterministic for a given seed
+    assert stats.bootstrap_median_ci(a, seed=3) == stats.bootstrap_median_ci(a, seed=3)
+
+
+def test_unavailable_provider_is_skipped_or_strict() -> None:
+    chosen, skipped = resolve_providers(["cpu", "cuda"], strict=False)
+    assert chosen == ["cpu"]
+    assert skipped[0]["provider"] == "cuda" and "available: " in skipped[0]["reason"]
+    with pytest.raises(InputError, match="provider 'cuda'"):
+        resolve_providers(["cuda"], strict=True)
+
+
+def test_provider_selection_follows_the_availability_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This machine has no GPU; only the availability list is faked, nothing is timed.
+    monkeypatch.setattr(
+        "onnxopt.runtime.available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    chosen, skipped = resolve_providers(["tensorrt", "cuda", "openvino"], strict=False)
+    assert chosen == ["tensorrt", "cuda"]
+    assert [s["provider"] for s in skipped] == ["openvino"]
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("bench")
+    return (
+        models.matmul_chain(folder / "a.onnx", 2, 64, external=False),
+        models.matmul_chain(folder / "b.onnx", 2, 64, external=False),
+    )
+
+
+def test_cli_report_formats_round_trip(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    a, b = two_models
+    out = tmp_path / "r.json"
+    proc = run_cli(
+        "bench",
+        a,
+        b,
+        *FAST,
+        "--dim",
+        "batch=3",
+        "--labels",
+        "fp32,copy",
+        "--output",
+        out,
+        "--markdown",
+        tmp_path / "r.md",
+        "--csv",
+        tmp_path / "r.csv",
+        "--plot",
+        tmp_path / "r.png",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(out)
+    assert report["schema"] == "onnxopt.bench/1"
+    assert [r["model"] for r in report["results"]] == ["fp32", "copy"]
+    base, other = report["results"]
+    assert base["latency_ms"]["runs"] == 40 and len(base["samples_ms"]) == 40
+    assert len(base["trials"]) == 2
+    assert base["batch"] == 3 and base["inputs"] == {"x": [3, 64]}
+    assert other["compare"]["baseline"] == "fp32"
+    low, high = other["compare"]["ratio_ci"]
+    assert low <= other["compare"]["ratio"] <= high
+    assert other["fidelity"]["outputs"][0]["cosine"] == pytest.approx(1.0)
+    assert {"cpu", "cores", "cpu_flags", "onnxruntime", "providers"} <= set(report["machine"])
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert [r["model"] for r in rows] == ["fp32", "copy"]
+    assert float(rows[0]["p50"]) == pytest.approx(base["latency_ms"]["p50"])
+    assert "| model | provider |" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_latency_budget_gate_exits_4(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    a, _ = two_models
+    proc = run_cli(
+        "bench",
+        a,
+        *FAST,
+        "--latency-budget",
+        "1us",
+        "--percentile",
+        "p50",
+        "--output",
+        tmp_path / "r.json",
+    )
+    assert proc.returncode == ExitCode.GATE, proc.stderr
+    assert "exceeds the budget of 0.001 ms" in error_line(proc)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is False and report["gates"][0]["gate"] == "latency_budget"
+    ok = run_cli("bench", a, *FAST, "--latency-budget", "10s", "-q")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_regression_gate_against_stored_baseline(
+    tmp_path: Path, two_models: tuple[Path, Path]
+) -> None:
+    a, _ = two_models
+    base_path = tmp_path / "baseline.json"
+    assert run_cli("bench", a, *FAST, "--output", base_path, "-q").returncode == 0
+    # Same model, same machine, generous threshold: passes.
+    ok = run_cli("bench", a, *FAST, "--baseline", base_path, "--max-regression", "400%", "-q")
+    assert ok.returncode == 0, ok.stderr
+    # A baseline recorded on a machine 100x faster: the current run is a regression.
+    fast = json.loads(base_path.read_text())
+    for row in fast["results"]:
+        row["latency_ms"]["p50"] /= 100
+        row["median_ci_ms"] = [v / 100 for v in row["median_ci_ms"]]
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    proc = run_cli(
+        "bench", a, *FAST, "--baseline", tmp_path / "fast.json", "--max-regression", "10%"
+    )
+    assert proc.returncode == ExitCode.GATE, proc.stderr
+    assert "slower than the baseline" in error_line(proc)
+
+
+def test_bad_baseline_and_bad_flags(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    a, _ = two_models
+    (tmp_path / "x.json").write_text('{"schema": "other"}')
+    proc = run_cli("bench", a, *FAST, "--baseline", tmp_path / "x.json")
+    assert proc.returncode == ExitCode.USAGE
+    assert "expected a bench report with schema" in error_line(proc)
+    proc = run_cli("bench", a, "--max-regression", "ten")
+    assert proc.returncode == ExitCode.USAGE
+    assert "max_regression" in error_line(proc)
+    proc = run_cli("bench", a, "--shape", "nope=1,2")
+    assert proc.returncode == ExitCode.USAGE
+    assert "are not inputs of a.onnx" in error_line(proc)
+    proc = run_cli("bench", a, "--provider", "cuda", "--strict")
+    assert proc.returncode == ExitCode.USAGE
+    assert "not available" in error_line(proc)
+
+
+def test_concurrency_returns_every_result(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    a, _ = two_models
+    proc = run_cli("bench", a, "--runs", "30", "--trials", "1", "--concurrency", "1,3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["concurrency"]
+    assert {(r["mode"], r["concurrency"]) for r in rows} == {
+        ("threads", 1),
+        ("threads", 3),
+        ("async", 1),
+        ("async", 3),
+    }
+    assert all(r["requests"] == 30 for r in rows)
+    assert all(r["throughput_rps"] > 0 for r in rows)
+
+
+def test_sweeps_give_one_row_per_configuration(two_models: tuple[Path, Path]) -> None:
+    a, _ = two_models
+    proc = run_cli(
+        "bench",
+        a,
+        "--runs",
+        "5",
+        "--trials",
+        "1",
+        "--sweep-threads",
+        "1,2",
+        "--sweep-batch",
+        "1,4",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["results"]
+    assert sorted((r["threads"], r["batch"]) for r in rows) == [(1, 1), (1, 4), (2, 1), (2, 4)]
+
+
+def test_placement_in_report(two_models: tuple[Path, Path]) -> None:
+    a, _ = two_models
+    proc = run_cli("bench", a, "--runs", "5", "--trials", "1", "--placement", "--json")
+    assert proc.returncode == 0, proc.stderr
+    place = json.loads(proc.stdout)["placement"]["cpu"]["a"]
+    assert place["by_provider"] == {"CPUExecutionProvider": place["executed_nodes"]}
+
+
+def test_bench_pipeline_step_compares_every_artifact(tmp_path: Path) -> None:
+    src = models.add_relu(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    data = {
+        "model": {"path": str(src)},
+        "output_dir": str(out),
+        "steps": [
+            {"type": "simplify"},
+            {"type": "simplify", "backend": "ort"},
+            {"type": "bench", "runs": 10, "trials": 1, "warmup": 1},
+        ],
+    }
+    manifest = run_pipeline(parse_config(data), tmp_path)
+    entry = manifest["steps"][2]
+    assert entry["type"] == "bench" and entry["status"] == "ok"
+    assert [m["label"] for m in entry["models"]] == ["source", "01-simplify", "02-simplify"]
+    report = load_report(out / entry["report_file"]["path"])
+    assert [r["model"] for r in report["results"]] == ["source", "01-simplify", "02-simplify"]
+    assert (out / "03-bench.md").is_file()
+    assert manifest["final_artifact"] == manifest["steps"][1]["output"]["path"]
+    again = run_pipeline(parse_config(data), tmp_path)
+    assert again["steps"][2]["status"] == "cached"
+
+
+def test_bench_step_gate_failure_exits_4(tmp_path: Path) -> None:
+    from tests.conftest import write_yaml
+
+    src = models.add_relu(tmp_path / "m.onnx")
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "model": {"path": str(src)},
+            "output_dir": str(tmp_path / "out"),
+            "steps": [{"type": "bench", "runs": 5, "trials": 1, "latency_budget_ms": "1us"}],
+        },
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.GATE
+    assert "benchmark gate failed" in error_line(proc)
