@@ -663,7 +663,8 @@ def bench(
             console.print(bench_report.table(report))
             for c in report["concurrency"]:
                 console.print(
-                    f"{c['model']} {c['provider']} {c['mode']} x{c['concurrency']}: "
+                    f"{c['model']} {c['provider']} threads={c.get('threads') or 'default'} "
+                    f"{c['mode']} x{c['concurrency']}: "
                     f"{c['throughput_rps']:.1f} req/s, p50 {c['latency_ms']['p50']:.3f} ms, "
                     f"p99 {c['latency_ms']['p99']:.3f} ms",
                     highlight=False,

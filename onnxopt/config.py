@@ -135,12 +135,63 @@ class VerifyConfig(StrictModel):
     )
 
 
+def parse_fraction(value: Any) -> Any:
+    """'10%' -> 0.1; numbers pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"expected a fraction such as 0.1 or '10%', found {value!r}") from None
+    return value
+
+
+def parse_millis(value: Any) -> Any:
+    """'15ms' -> 15.0, '1.5s' -> 1500.0, '200us' -> 0.2; numbers are milliseconds."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for unit, scale in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
+            if text.endswith(unit):
+                try:
+                    return float(text[: -len(unit)]) * scale
+                except ValueError:
+                    break
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a duration such as '15ms', found {value!r}") from None
+    return value
+
+
+class Guard(StrictModel):
+    """Speed guard: time the new artifact against its parent, keep the faster one."""
+
+    not_slower: bool = Field(True, description="Require the new artifact to be no slower.")
+    tolerance: float = Field(
+        0.03, ge=0, description="Slowdown accepted before acting, e.g. 3% (and beyond noise)."
+    )
+    on_slower: Literal["keep_parent", "fail"] = Field(
+        "keep_parent",
+        description="keep_parent: pass the parent on instead; fail: stop with exit code 4.",
+    )
+    warmup: int = Field(5, ge=0, description="Warm-up runs per model.")
+    runs: int = Field(30, ge=1, description="Timed runs per model per trial.")
+    trials: int = Field(2, ge=1, description="Trials, each with fresh sessions.")
+
+    _fraction = field_validator("tolerance", mode="before")(parse_fraction)
+
+
 class StepBase(StrictModel):
     """Fields common to every step."""
 
     name: str | None = Field(None, description="Optional label shown in reports.")
     tolerance: Tolerance = Field(
         default_factory=Tolerance, description="Override the step's verification tolerance."
+    )
+    guard: Guard | None = Field(
+        None,
+        description="Speed guard: time the artifact against its parent on the target and keep "
+        "the parent when the new one is slower beyond tolerance and noise.",
     )
 
 
@@ -222,34 +273,6 @@ class SimplifyStep(StepBase):
         return value
 
 
-def parse_fraction(value: Any) -> Any:
-    """'10%' -> 0.1; numbers pass through."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
-        except ValueError:
-            raise ValueError(f"expected a fraction such as 0.1 or '10%', found {value!r}") from None
-    return value
-
-
-def parse_millis(value: Any) -> Any:
-    """'15ms' -> 15.0, '1.5s' -> 1500.0, '200us' -> 0.2; numbers are milliseconds."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        for unit, scale in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
-            if text.endswith(unit):
-                try:
-                    return float(text[: -len(unit)]) * scale
-                except ValueError:
-                    break
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"expected a duration such as '15ms', found {value!r}") from None
-    return value
-
-
 class SessionSettings(StrictModel):
     """ONNX Runtime session settings used while benchmarking."""
 
@@ -296,6 +319,11 @@ class BenchStep(StepBase):
     )
     session: SessionSettings = Field(
         default_factory=SessionSettings, description="Session settings."
+    )
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Bind inputs and outputs to the provider's device so host<->device copies "
+        "are not timed. auto: on for GPU providers (cuda, tensorrt, rocm, dml), off for cpu.",
     )
     placement: bool = Field(False, description="Report which provider runs each node.")
     baseline: str | None = Field(None, description="A stored bench report JSON to compare to.")
@@ -357,6 +385,12 @@ class PipelineConfig(StrictModel):
             raise ValueError(
                 "'export' may appear once, as the first step, and only for a PyTorch factory"
             )
+        for i, step in enumerate(self.steps):
+            if step.guard is not None and step.type in ("export", "bench"):
+                raise ValueError(
+                    f"steps[{i}]: 'guard' compares an artifact with its ONNX parent; "
+                    f"a {step.type} step cannot carry one"
+                )
         names = [i.name for i in self.inputs or []]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, found {names}")

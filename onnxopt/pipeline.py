@@ -274,6 +274,8 @@ class Pipeline:
                 continue
             if entry.get("status") not in ("ok", "cached"):
                 return None
+            if entry.get("kept_parent"):
+                return entry
             if entry.get("report_file"):
                 report = self.out_dir / entry["report_file"]["path"]
                 if (
@@ -335,7 +337,8 @@ class Pipeline:
                 parent, parent_digest = self._run_step(
                     index, step, parent, parent_digest, ctx, previous
                 )
-                chain.append((f"{index:02d}-{step.name or step.type}", parent, parent_digest))
+                if not chain or chain[-1][2] != parent_digest:  # a guard may keep the parent
+                    chain.append((f"{index:02d}-{step.name or step.type}", parent, parent_digest))
             self.manifest["status"] = "ok"
             self.manifest["removed_stale"] = self._remove_stale(inherited)
             self.manifest["final_artifact"] = (
@@ -481,6 +484,9 @@ class Pipeline:
             self.manifest["steps"].append(cached)
             self._write_manifest()
             self.emit("step_end", entry=cached)
+            if cached.get("kept_parent"):
+                assert parent is not None
+                return parent, parent_digest
             return final, cached["output"]["sha256"]
 
         entry: dict[str, Any] = {
@@ -527,6 +533,10 @@ class Pipeline:
             entry["warnings"] = result.warnings
             for text in result.warnings:
                 log.warning("step %d (%s): %s", index, step.type, text)
+            if step.guard is not None and step.guard.not_slower and parent is not None:
+                entry["guard"] = self._guard(index, step, parent, tmp, ctx)
+                if entry["guard"]["kept_parent"]:
+                    return self._keep_parent(entry, parent, parent_digest, started)
             publish(tmp, final)
         except BaseException as err:
             entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
@@ -552,6 +562,63 @@ class Pipeline:
         self._write_manifest()
         self.emit("step_end", entry=entry)
         return final, digest
+
+    def _guard(
+        self, index: int, step: Step, parent: Path, child: Path, ctx: StepContext
+    ) -> dict[str, Any]:
+        """Time child against parent, interleaved, on the target; decide which to keep."""
+        from onnxopt.bench import stats
+        from onnxopt.bench.core import Candidate, measure, summarize_measured
+        from onnxopt.config import BenchStep
+        from onnxopt.errors import GateError
+
+        guard = step.guard
+        assert guard is not None
+        cfg = BenchStep(type="bench", warmup=guard.warmup, runs=guard.runs, trials=guard.trials)
+        measured = measure(
+            [Candidate("parent", parent), Candidate("candidate", child)],
+            ctx.inputs,
+            cfg,
+            ctx.target,
+        )
+        base_row, row = summarize_measured(measured, batch=1)
+        ratio = row["compare"]["ratio"]
+        low, high = row["compare"]["ratio_ci"]
+        slower = stats.slower_beyond(ratio, low, guard.tolerance)
+        result = {
+            "parent_median_ms": base_row["latency_ms"]["p50"],
+            "median_ms": row["latency_ms"]["p50"],
+            "ratio": ratio,
+            "ratio_ci": [low, high],
+            "tolerance": guard.tolerance,
+            "slower": slower,
+            "kept_parent": slower and guard.on_slower == "keep_parent",
+        }
+        if slower:
+            text = (
+                f"step {index} ({step.type}): the new artifact is {(ratio - 1) * 100:.1f}% slower "
+                f"than its parent (95% CI of the ratio [{low:.3f}, {high:.3f}], tolerance "
+                f"{guard.tolerance * 100:.1f}%)"
+            )
+            if guard.on_slower == "fail":
+                raise GateError(text, hint="drop the step, or set guard.on_slower: keep_parent")
+            log.warning("%s; keeping the parent", text)
+        return result
+
+    def _keep_parent(
+        self, entry: dict[str, Any], parent: Path, parent_digest: str, started: float
+    ) -> tuple[Path, str]:
+        entry.update(
+            status="ok",
+            kept_parent=True,
+            ended=_now(),
+            duration_s=round(time.perf_counter() - started, 3),
+            output=None,
+        )
+        entry["warnings"].append("speed guard: the new artifact was slower; kept the parent")
+        self._write_manifest()
+        self.emit("step_end", entry=entry)
+        return parent, parent_digest
 
     @staticmethod
     def _first_failure(verification: dict[str, Any]) -> str:

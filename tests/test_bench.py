@@ -260,3 +260,87 @@ def test_bench_step_gate_failure_exits_4(tmp_path: Path) -> None:
     proc = run_cli("run", cfg)
     assert proc.returncode == ExitCode.GATE
     assert "benchmark gate failed" in error_line(proc)
+
+
+def test_guard_decision_needs_tolerance_and_noise() -> None:
+    assert stats.slower_beyond(1.10, 1.05, 0.03) is True
+    assert stats.slower_beyond(1.02, 1.01, 0.03) is False  # within tolerance
+    assert stats.slower_beyond(1.10, 0.98, 0.03) is False  # within noise
+    assert stats.slower_beyond(0.80, 0.75, 0.03) is False
+
+
+def _guarded(src: Path, out: Path, on_slower: str) -> dict:
+    return {
+        "model": {"path": str(src)},
+        "output_dir": str(out),
+        "steps": [
+            {
+                "type": "simplify",
+                "backend": "ort",
+                "guard": {"tolerance": "3%", "runs": 10, "trials": 1, "on_slower": on_slower},
+            },
+            {"type": "bench", "runs": 5, "trials": 1},
+        ],
+    }
+
+
+def test_guard_measures_and_records_its_decision(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
+    manifest = run_pipeline(parse_config(_guarded(src, tmp_path / "o", "keep_parent")), tmp_path)
+    guard = manifest["steps"][0]["guard"]
+    assert guard["parent_median_ms"] > 0 and guard["median_ms"] > 0
+    low, high = guard["ratio_ci"]
+    assert low <= guard["ratio"] <= high
+    assert guard["kept_parent"] == stats.slower_beyond(guard["ratio"], low, 0.03)
+
+
+def test_guard_keeps_the_parent_or_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's handling of a 'slower' decision; the decision itself is tested above."""
+    from onnxopt.errors import GateError
+
+    monkeypatch.setattr(stats, "slower_beyond", lambda ratio, low, tolerance: True)
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
+    out = tmp_path / "o"
+    manifest = run_pipeline(parse_config(_guarded(src, out, "keep_parent")), tmp_path)
+    step = manifest["steps"][0]
+    assert step["kept_parent"] is True and step["output"] is None
+    assert any("kept the parent" in w for w in step["warnings"])
+    assert manifest["final_artifact"] == str(src)
+    assert [m["label"] for m in manifest["steps"][1]["models"]] == ["source"]
+    assert not list(out.glob("*.onnx"))
+    again = run_pipeline(parse_config(_guarded(src, out, "keep_parent")), tmp_path)
+    assert again["steps"][0]["status"] == "cached" and again["steps"][0]["kept_parent"]
+    with pytest.raises(GateError, match="slower than its parent"):
+        run_pipeline(parse_config(_guarded(src, tmp_path / "o2", "fail")), tmp_path)
+    assert not list((tmp_path / "o2").glob("*.onnx"))
+
+
+def test_guard_is_rejected_on_export() -> None:
+    from onnxopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot carry one"):
+        parse_config(
+            {
+                "model": "a.py:b",
+                "inputs": [{"name": "x", "shape": [1]}],
+                "steps": [{"type": "export", "guard": {}}],
+            }
+        )
+
+
+def test_io_binding_path_runs_and_is_reported(two_models: tuple[Path, Path]) -> None:
+    # CPU IO binding is real here; the GPU device names are the part this machine lacks.
+    a, _ = two_models
+    from onnxopt.bench.core import Candidate, measure, uses_io_binding
+    from onnxopt.config import BenchStep, Target
+
+    cfg = BenchStep(type="bench", runs=5, trials=1, warmup=1, io_binding="on")
+    feeds = {"x": np.ones((2, 64), np.float32)}
+    measured = measure([Candidate("a", a)], feeds, cfg, Target())
+    assert len(measured[0].samples_ms) == 5
+    auto = BenchStep(type="bench")
+    assert uses_io_binding(auto, "cuda") and uses_io_binding(auto, "tensorrt")
+    assert not uses_io_binding(auto, "cpu")
+    proc = run_cli("bench", a, "--runs", "3", "--trials", "1", "--json")
+    row = json.loads(proc.stdout)["results"][0]
+    assert row["io_binding"] is False and row["copies_timed"] is False

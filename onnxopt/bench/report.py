@@ -125,12 +125,13 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("concurrency"):
         lines += [
             "",
-            "| model | provider | mode | in flight | req/s | p50 ms | p99 ms |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| model | provider | threads | mode | in flight | req/s | p50 ms | p99 ms |",
+            "|---|---|---:|---|---:|---:|---:|---:|",
         ]
         for c in report["concurrency"]:
             lines.append(
-                f"| {c['model']} | {c['provider']} | {c['mode']} | {c['concurrency']} | "
+                f"| {c['model']} | {c['provider']} | {c.get('threads') or 'default'} | "
+                f"{c['mode']} | {c['concurrency']} | "
                 f"{c['throughput_rps']:.1f} | {c['latency_ms']['p50']:.3f} | "
                 f"{c['latency_ms']['p99']:.3f} |"
             )

@@ -15,10 +15,12 @@ from onnxopt.bench.core import (
     measure,
     resolve_providers,
     summarize_measured,
+    uses_io_binding,
 )
 from onnxopt.bench.machine import machine_info
 from onnxopt.config import BenchStep, InputSpec, Target
 from onnxopt.errors import GateError, InputError
+from onnxopt.runtime import provider_id
 from onnxopt.verify import Inputs, inputs_digest, make_inputs
 
 log = logging.getLogger("onnxopt")
@@ -117,11 +119,14 @@ def run_bench(
                 log.info("measuring on %s, threads=%s, batch=%s", provider, threads, items)
                 measured = measure(candidates, feeds, cfg, run_target)
                 for row in summarize_measured(measured, items, seed=cfg.seed):
+                    bound = uses_io_binding(cfg, provider)
                     row.update(
                         provider=provider,
                         threads=run_target.intra_op_threads or 0,
                         batch=items,
                         inputs=input_facts["shapes"],
+                        io_binding=bound,
+                        copies_timed=not bound and provider_id(provider) != "CPUExecutionProvider",
                     )
                     report["results"].append(row)
             if cfg.concurrency:
@@ -135,7 +140,11 @@ def run_bench(
                     for mode in modes:
                         for level in cfg.concurrency:
                             row = concurrency(cand.path, feeds, cfg, run_target, level, mode)
-                            row.update(model=cand.label, provider=provider)
+                            row.update(
+                                model=cand.label,
+                                provider=provider,
+                                threads=run_target.intra_op_threads or 0,
+                            )
                             report["concurrency"].append(row)
         if cfg.placement:
             from onnxopt.inspection import placement
@@ -208,7 +217,7 @@ def evaluate_gates(report: dict[str, Any], cfg: BenchStep) -> list[dict[str, Any
             base_med = base["latency_ms"]["p50"]
             ratio = cur_med / base_med
             beyond_noise = row["median_ci_ms"][0] > base["median_ci_ms"][1]
-            slower = ratio > 1.0 + threshold and beyond_noise
+            slower = ratio > 1.0 + threshold and beyond_noise  # CIs of both runs do not overlap
             gates.append(
                 {
                     "gate": "regression",

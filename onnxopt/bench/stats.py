@@ -67,6 +67,17 @@ def bootstrap_ratio_ci(
     return float(np.median(b) / np.median(a)), float(low), float(high)
 
 
+def slower_beyond(ratio: float, low: float, tolerance: float) -> bool:
+    """True when a candidate is slower than its baseline beyond tolerance *and* noise.
+
+    Args:
+        ratio: median(candidate) / median(baseline).
+        low: lower end of the ratio's 95% interval.
+        tolerance: accepted slowdown as a fraction (0.03 = 3%).
+    """
+    return ratio > 1.0 + tolerance and low > 1.0
+
+
 def verdict(low: float, high: float) -> str:
     """'faster', 'slower' or 'same' (within noise) from a ratio interval."""
     if high < 1.0:

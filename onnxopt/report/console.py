@@ -37,6 +37,8 @@ def _verification_cell(entry: dict[str, Any]) -> str:
     if not ver:
         return "-"
     text = verification_summary(ver)
+    if entry.get("guard"):
+        text += f", speed {entry['guard']['ratio']:.2f}x"
     return f"[green]{text}[/]" if ver.get("passed") else f"[red]{text}[/]"
 
 
@@ -84,6 +86,9 @@ def pipeline_table(manifest: dict[str, Any]) -> Table:
         table.add_column(col, justify="right" if col in ("#", "size", "nodes", "time") else "left")
     for entry in manifest.get("steps", []):
         out = entry.get("output") or entry.get("report_file") or {}
+        if entry.get("kept_parent"):
+            ratio = entry.get("guard", {}).get("ratio", 0)
+            out = {"path": f"[yellow]kept parent (new one {ratio:.2f}x slower)[/]"}
         after = (entry.get("report") or {}).get("after") or {}
         status = entry.get("status")
         table.add_row(
