@@ -536,6 +536,9 @@ def bench(
     placement: Annotated[
         bool, typer.Option("--placement", help="Report which provider runs each node.")
     ] = False,
+    io_binding: Annotated[
+        str, typer.Option("--io-binding", help="auto (GPU providers), on or off.")
+    ] = "auto",
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="Stored report JSON to compare with.")
     ] = None,
@@ -603,6 +606,7 @@ def bench(
                         "enable_mem_arena": not no_mem_arena,
                     },
                     "placement": placement,
+                    "io_binding": io_binding,
                     "baseline": str(baseline) if baseline else None,
                     "max_regression": max_regression,
                     "latency_budget_ms": latency_budget,

@@ -152,6 +152,17 @@ def run_bench(
             report["placement"][provider] = {
                 c.label: placement(c.path, provider, source.dims) for c in candidates
             }
+            for label, place in report["placement"][provider].items():
+                if place["not_on_provider"] or place["memory_copies"]:
+                    log.warning(
+                        "%s on %s: %d of %d nodes fall back to another provider, %d memory "
+                        "copies; timings include them",
+                        label,
+                        provider,
+                        len(place["not_on_provider"]),
+                        place["executed_nodes"],
+                        place["memory_copies"],
+                    )
     report["inputs"] = input_facts
     report["gates"] = evaluate_gates(report, cfg)
     report["passed"] = all(g["passed"] for g in report["gates"])
