@@ -465,6 +465,24 @@ def _csv_ints(text: str | None, flag: str) -> list[int] | None:
         raise ConfigError(f"{flag} expects comma-separated integers, found {text!r}") from None
 
 
+def _parse_provider_options(values: list[str] | None) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        provider, dot, name = key.partition(".")
+        if not sep or not dot or not provider or not name:
+            raise ConfigError(
+                f"--provider-option expects PROVIDER.KEY=VALUE such as cuda.device_id=0, "
+                f"found {item!r}"
+            )
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        options.setdefault(provider, {})[name] = value
+    return options
+
+
 def _parse_shapes(values: list[str] | None) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
     for item in values or []:
@@ -487,6 +505,13 @@ def bench(
     strict: Annotated[
         bool, typer.Option("--strict", help="An unavailable provider is an error, not a skip.")
     ] = False,
+    provider_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider-option",
+            help="PROVIDER.KEY=VALUE, e.g. tensorrt.trt_fp16_enable=true (repeatable).",
+        ),
+    ] = None,
     inputs_file: InputsFileOpt = None,
     shape: Annotated[
         list[str] | None,
@@ -590,6 +615,7 @@ def bench(
                     "type": "bench",
                     "providers": [p.strip() for p in provider.split(",") if p.strip()],
                     "strict": strict,
+                    "provider_options": _parse_provider_options(provider_option),
                     "warmup": warmup,
                     "warmup_seconds": warmup_seconds,
                     "runs": runs,

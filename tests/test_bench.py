@@ -344,3 +344,24 @@ def test_io_binding_path_runs_and_is_reported(two_models: tuple[Path, Path]) -> 
     proc = run_cli("bench", a, "--runs", "3", "--trials", "1", "--json")
     row = json.loads(proc.stdout)["results"][0]
     assert row["io_binding"] is False and row["copies_timed"] is False
+
+
+def test_provider_options_reach_the_session(two_models: tuple[Path, Path]) -> None:
+    a, _ = two_models
+    proc = run_cli(
+        "bench",
+        a,
+        "--runs",
+        "3",
+        "--trials",
+        "1",
+        "--json",
+        "--provider-option",
+        "cpu.arena_extend_strategy=kSameAsRequested",
+    )
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)["settings"]
+    assert settings["provider_options"] == {"cpu": {"arena_extend_strategy": "kSameAsRequested"}}
+    bad = run_cli("bench", a, "--provider-option", "nodot=1")
+    assert bad.returncode == ExitCode.USAGE
+    assert "PROVIDER.KEY=VALUE" in error_line(bad)
