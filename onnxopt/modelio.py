@@ -307,6 +307,43 @@ def summary(model: onnx.ModelProto) -> dict[str, Any]:
     }
 
 
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder a graph's nodes so every node comes after the producers of its inputs.
+
+    Names that no node produces (graph inputs, initializers, outer-scope values) count as
+    available from the start. Raises InputError on a cycle.
+    """
+    produced_by: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.output:
+            if name:
+                produced_by[name] = i
+    waiting = [0] * len(graph.node)
+    users: dict[int, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        deps = {produced_by[n] for n in node.input if n in produced_by and produced_by[n] != i}
+        waiting[i] = len(deps)
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    order: list[int] = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if len(order) != len(graph.node):
+        raise InputError(f"graph {graph.name!r} has a cycle; cannot order its nodes")
+    nodes = [graph.node[i] for i in order]
+    copies = [onnx.NodeProto() for _ in nodes]
+    for copy, node in zip(copies, nodes, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def opset_of(model: onnx.ModelProto) -> int:
     """The default-domain opset version."""
     for entry in model.opset_import:

@@ -537,6 +537,8 @@ class Pipeline:
                 entry["guard"] = self._guard(index, step, parent, tmp, ctx)
                 if entry["guard"]["kept_parent"]:
                     return self._keep_parent(entry, parent, parent_digest, started)
+            elif getattr(step, "measure_speed", False) and parent is not None:
+                entry["speed"] = self._guard(index, step, parent, tmp, ctx)
             publish(tmp, final)
         except BaseException as err:
             entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
@@ -569,11 +571,10 @@ class Pipeline:
         """Time child against parent, interleaved, on the target; decide which to keep."""
         from onnxopt.bench import stats
         from onnxopt.bench.core import Candidate, measure, summarize_measured
-        from onnxopt.config import BenchStep
+        from onnxopt.config import BenchStep, Guard
         from onnxopt.errors import GateError
 
-        guard = step.guard
-        assert guard is not None
+        guard = step.guard or Guard(not_slower=False)
         cfg = BenchStep(type="bench", warmup=guard.warmup, runs=guard.runs, trials=guard.trials)
         measured = measure(
             [Candidate("parent", parent), Candidate("candidate", child)],
@@ -584,13 +585,14 @@ class Pipeline:
         base_row, row = summarize_measured(measured, batch=1)
         ratio = row["compare"]["ratio"]
         low, high = row["compare"]["ratio_ci"]
-        slower = stats.slower_beyond(ratio, low, guard.tolerance)
+        slower = guard.not_slower and stats.slower_beyond(ratio, low, guard.tolerance)
         result = {
             "parent_median_ms": base_row["latency_ms"]["p50"],
             "median_ms": row["latency_ms"]["p50"],
             "ratio": ratio,
             "ratio_ci": [low, high],
             "tolerance": guard.tolerance,
+            "speedup": 1.0 / ratio if ratio > 0 else None,
             "slower": slower,
             "kept_parent": slower and guard.on_slower == "keep_parent",
         }
@@ -631,7 +633,7 @@ class Pipeline:
     def _verify_against_parent(
         self, parent: Path, child: Path, step: Step, ctx: StepContext
     ) -> dict[str, Any]:
-        tol = resolve_tolerance(step.type, step.tolerance)
+        tol = resolve_tolerance(step.type, step.tolerance, getattr(step, "mode", None))
         parent_axes = {
             v.name: {
                 i for i, d in enumerate(value_info_shape(v)) if not isinstance(d, int) or d <= 0

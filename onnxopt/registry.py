@@ -11,6 +11,7 @@ STEPS: dict[str, str] = {
     "export": "onnxopt.steps.export:run",
     "simplify": "onnxopt.steps.simplify:run",
     "bench": "onnxopt.steps.bench:run",
+    "quantize": "onnxopt.steps.quantize:run",
 }
 
 

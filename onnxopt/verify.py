@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,15 @@ from onnxopt.config import InputSpec, Tolerance
 from onnxopt.errors import InputError
 from onnxopt.modelio import graph_inputs, value_info_dtype, value_info_shape
 
-#: Default (atol, rtol, min_cosine) per step type: fp32 graph rewrites are held tight.
+#: Default (atol, rtol, min_cosine) per step type: fp32 graph rewrites are held tight;
+#: reduced precision is judged by cosine (and top-1 agreement when asked), not elementwise.
 DEFAULT_TOLERANCE: dict[str, tuple[float, float, float]] = {
     "export": (1e-4, 1e-3, 0.9999),
     "simplify": (1e-4, 1e-3, 0.9999),
+    "quantize:fp16": (math.inf, math.inf, 0.999),
+    "quantize:dynamic": (math.inf, math.inf, 0.99),
+    "quantize:static": (math.inf, math.inf, 0.99),
+    "quantize:int4": (math.inf, math.inf, 0.98),
 }
 
 #: Value used for a symbolic dim that neither the config nor the CLI gives a value for.
@@ -35,19 +41,26 @@ class Tol:
     atol: float
     rtol: float
     min_cosine: float
+    min_top1: float | None = None
 
-    def as_dict(self) -> dict[str, float]:
-        """Plain dict for reports."""
-        return {"atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine}
+    def as_dict(self) -> dict[str, float | None]:
+        """Plain dict for reports (unchecked bounds as None)."""
+        return {
+            "atol": None if math.isinf(self.atol) else self.atol,
+            "rtol": None if math.isinf(self.rtol) else self.rtol,
+            "min_cosine": self.min_cosine,
+            "min_top1_agreement": self.min_top1,
+        }
 
 
-def resolve_tolerance(step_type: str, override: Tolerance) -> Tol:
+def resolve_tolerance(step_type: str, override: Tolerance, mode: str | None = None) -> Tol:
     """The step's default tolerance with the config's overrides applied."""
-    atol, rtol, cos = DEFAULT_TOLERANCE[step_type]
+    atol, rtol, cos = DEFAULT_TOLERANCE[f"{step_type}:{mode}" if mode else step_type]
     return Tol(
         atol=override.atol if override.atol is not None else atol,
         rtol=override.rtol if override.rtol is not None else rtol,
         min_cosine=override.min_cosine if override.min_cosine is not None else cos,
+        min_top1=override.min_top1_agreement,
     )
 
 
@@ -255,6 +268,10 @@ def compare_outputs(
                 row.update(passed=False, problem="NaN where the reference has numbers")
                 rows.append(row)
                 continue
+            if np.any(np.isinf(got64) & np.isfinite(ref64)):
+                row.update(passed=False, problem="inf where the reference is finite (overflow?)")
+                rows.append(row)
+                continue
             ok = ~(ref_nan | got_nan)
             diff = np.abs(got64[ok] - ref64[ok])
             max_abs = float(diff.max()) if diff.size else 0.0
@@ -262,18 +279,21 @@ def compare_outputs(
             max_rel = float(rel.max()) if rel.size else 0.0
             cosine = _cosine(np.where(ok, ref64, 0), np.where(ok, got64, 0))
             within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref64[ok])))
-            row.update(
-                max_abs_err=max_abs,
-                max_rel_err=max_rel,
-                cosine=cosine,
-                passed=within and cosine >= tol.min_cosine,
-            )
+            row.update(max_abs_err=max_abs, max_rel_err=max_rel, cosine=cosine)
+            top1_ok = True
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                top1 = float(np.mean(np.argmax(ref64, axis=1) == np.argmax(got64, axis=1)))
+                row["top1_agreement"] = top1
+                top1_ok = tol.min_top1 is None or top1 >= tol.min_top1
+            row["passed"] = within and cosine >= tol.min_cosine and top1_ok
             if not within:
                 row["problem"] = (
                     f"max abs error {max_abs:.3g} beyond atol {tol.atol} + rtol {tol.rtol}"
                 )
             elif cosine < tol.min_cosine:
                 row["problem"] = f"cosine {cosine:.6f} below {tol.min_cosine}"
+            elif not top1_ok:
+                row["problem"] = f"top-1 agreement {row['top1_agreement']:.4f} below {tol.min_top1}"
         else:
             mismatched = int(np.count_nonzero(ref != got))
             row.update(mismatched=mismatched, passed=mismatched == 0)

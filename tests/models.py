@@ -145,3 +145,44 @@ def reshape_fails_at_runtime(path: Path) -> Path:
         [shape],
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def constant_weights(path: Path, width: int = 16) -> Path:
+    """x @ W with W held in a Constant node (as Paddle and spox exports do)."""
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=w),
+        helper.make_node("MatMul", ["x", "W"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constant_weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def fp16_overflow(path: Path) -> Path:
+    """y = (x * 1e6) * 1e-6 + x @ W: the intermediate and the constant overflow float16."""
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(np.array(1e6, np.float32), "big"),
+        numpy_helper.from_array(np.array(1e-6, np.float32), "small"),
+        numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "big"], ["scaled"], name="scale_up"),
+        helper.make_node("Mul", ["scaled", "small"], ["back"], name="scale_down"),
+        helper.make_node("MatMul", ["x", "W"], ["mm"], name="matmul"),
+        helper.make_node("Add", ["back", "mm"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "overflow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)

@@ -63,8 +63,8 @@ def test_unknown_step_type_suggests() -> None:
 
 
 def test_planned_step_is_not_available_yet() -> None:
-    msg = _err({**BASE, "steps": [{"type": "simplify"}, {"type": "quantize"}]})
-    assert "steps[1]: step type 'quantize' is not available yet" in msg
+    msg = _err({**BASE, "steps": [{"type": "simplify"}, {"type": "prune"}]})
+    assert "steps[1]: step type 'prune' is not available yet" in msg
 
 
 def test_wrong_type_names_field_and_found_value() -> None:

@@ -1,0 +1,522 @@
+"""Quantization: INT8 dynamic and static, fp16, int4 weight-only (ONNX Runtime's tooling).
+
+Every mode counts what it really quantized; a run that quantized nothing fails with the
+reason. The engine then verifies the result against its parent with the mode's tolerance
+(cosine, optional top-1 agreement) and times it against its parent on the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxopt.config import QuantizeStep
+from onnxopt.errors import ConfigError, InputError, StepError
+from onnxopt.modelio import iter_graphs, load_model, save_model, topological_sort
+from onnxopt.steps.base import StepContext, StepResult
+from onnxopt.verify import Inputs, load_inputs, make_inputs
+
+log = logging.getLogger("onnxopt")
+
+#: Ops whose presence shows that INT8 / INT4 quantization happened.
+QUANT_OPS = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat",
+    "MatMulNBits",
+)
+#: Ops that do the heavy work; the report says how many stayed float.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedMatMul", "FusedGemm", "FusedConv")
+DYNAMIC_DEFAULT_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
+FP16_MAX = 65504.0
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Turn top-level ``Constant`` nodes holding tensors into initializers; return how many.
+
+    Exporters such as Paddle's and spox keep weights in Constant nodes, which ONNX Runtime's
+    quantizers do not accept ("Expected ... to be an initializer").
+    """
+    graph = model.graph
+    keep, moved = [], 0
+    for node in graph.node:
+        attr = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in attr:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attr["value"].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, Any]:
+    """Quantized op counts and the compute ops that stayed float.
+
+    In QDQ models a compute op keeps its float type but reads DequantizeLinear outputs;
+    ONNX Runtime runs it as an int8 kernel, so it counts as quantized, not float.
+    """
+    counts: Counter[str] = Counter()
+    float_compute: Counter[str] = Counter()
+    for graph in iter_graphs(model.graph):
+        dq_outputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        for node in graph.node:
+            counts[node.op_type] += 1
+            if node.op_type in COMPUTE_OPS and not any(i in dq_outputs for i in node.input[:2]):
+                float_compute[node.op_type] += 1
+    quantized = {op: counts[op] for op in QUANT_OPS if counts[op]}
+    return {
+        "quantized_ops": quantized,
+        "quantized_total": sum(quantized.values()),
+        "float_compute_ops": dict(float_compute),
+    }
+
+
+def fp16_tensor_count(model: onnx.ModelProto) -> int:
+    """Initializers stored as float16."""
+    return sum(
+        1
+        for graph in iter_graphs(model.graph)
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT16
+    )
+
+
+def cpu_int8_note(provider: str) -> str | None:
+    """A warning when int8 is known not to pay on this target, else None."""
+    from onnxopt.bench.machine import machine_info
+
+    if provider.lower() not in ("cpu", "cpuexecutionprovider"):
+        if provider.lower() in ("cuda", "cudaexecutionprovider"):
+            return (
+                "the CUDA provider has few quantized kernels: int8 nodes may fall back to the "
+                "CPU with memory copies; check with 'onnxopt bench --placement'"
+            )
+        return None
+    info = machine_info()
+    if not info["int8_dot_product"]:
+        return (
+            f"this CPU ({info['cpu']}) has no int8 dot-product instructions (AVX-512 VNNI, "
+            "AVX-VNNI, AMX or ARM dot product): int8 kernels may not be faster than float32 "
+            "here; the measured speed-up is in the report"
+        )
+    return None
+
+
+# ---------------------------------------------------------------- calibration data
+
+
+def calibration_samples(cfg: QuantizeStep, ctx: StepContext) -> list[Inputs]:
+    """Calibration feeds, kept apart from the verification inputs."""
+    cal = cfg.static.calibration
+    if cal.source == "synthetic":
+        if not cfg.static.allow_synthetic_calibration:
+            raise ConfigError(
+                "static quantization would calibrate on synthetic (random) data, which can "
+                "pass a cosine check on noise and still break the task on real input",
+                hint="give static.calibration {source: npz, path: ...}, or set "
+                "static.allow_synthetic_calibration: true if random data is representative",
+            )
+        return [make_inputs(ctx.specs, ctx.dims, cal.seed + i) for i in range(cal.samples)]
+    if not cal.path:
+        raise ConfigError("static.calibration.source npz needs static.calibration.path")
+    path = Path(cal.path)
+    path = path if path.is_absolute() else ctx.base_dir / path
+    names = [s.name for s in ctx.specs]
+    ranks = {s.name: len(s.shape) for s in ctx.specs}
+    samples: list[Inputs] = []
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+        if not files:
+            raise InputError(f"calibration folder {path} holds no .npz files")
+        samples = [load_inputs(f) for f in files[: cal.samples]]
+    else:
+        arrays = load_inputs(path)
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise InputError(
+                f"calibration file {path.name} has no arrays {missing}; it has {sorted(arrays)}"
+            )
+        first = arrays[names[0]]
+        if first.ndim == ranks[names[0]] + 1:
+            count = min(cal.samples, first.shape[0])
+            samples = [{n: arrays[n][i] for n in names} for i in range(count)]
+        else:
+            samples = [{n: arrays[n] for n in names}]
+    if not samples:
+        raise InputError(f"calibration data at {path} is empty")
+    for i, sample in enumerate(samples):
+        for name, arr in sample.items():
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise InputError(f"calibration sample {i}: input {name!r} has NaN or Inf")
+    return samples
+
+
+class _Reader:
+    """CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, samples: list[Inputs]) -> None:
+        self._it = iter(samples)
+
+    def get_next(self) -> Inputs | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - used by some calibrators
+        pass
+
+
+# ---------------------------------------------------------------- modes
+
+
+def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(src), str(dst))
+        return dst
+    except Exception as err:
+        notes.append(
+            f"symbolic shape inference failed ({_first_line(err)}); "
+            "pre-processed with ONNX shape inference only"
+        )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst
+    except Exception as err:
+        notes.append(f"pre-processing skipped: {_first_line(err)}")
+        return src
+
+
+def _quant_type(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
+
+
+def _dynamic(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
+    from onnxruntime.quantization import quantize_dynamic
+
+    opts = cfg.dynamic
+    ops = cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS
+    quantize_dynamic(
+        str(src),
+        str(out),
+        op_types_to_quantize=ops,
+        per_channel=opts.per_channel,
+        reduce_range=opts.reduce_range,
+        weight_type=_quant_type(opts.weight_type),
+        nodes_to_exclude=cfg.nodes_to_exclude or None,
+        use_external_data_format=_big(src),
+    )
+    return {"op_types_to_quantize": ops, "per_channel": opts.per_channel}
+
+
+def _static(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    opts = cfg.static
+    samples = calibration_samples(cfg, ctx)
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "distribution": CalibrationMethod.Distribution,
+    }
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": opts.symmetric_activations,
+        "WeightSymmetric": opts.symmetric_weights,
+    }
+    if opts.method == "percentile":
+        extra["CalibPercentile"] = opts.percentile
+    if opts.num_bins is not None:
+        extra["CalibNumBins"] = opts.num_bins
+    quantize_static(
+        str(src),
+        str(out),
+        _Reader(samples),
+        quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator,
+        op_types_to_quantize=cfg.op_types_to_quantize,
+        per_channel=opts.per_channel,
+        reduce_range=opts.reduce_range,
+        activation_type=_quant_type(opts.activation_type),
+        weight_type=_quant_type(opts.weight_type),
+        nodes_to_exclude=cfg.nodes_to_exclude or None,
+        calibrate_method=methods[opts.method],
+        use_external_data_format=_big(src),
+        extra_options=extra,
+    )
+    return {
+        "format": opts.format,
+        "activation_type": opts.activation_type,
+        "weight_type": opts.weight_type,
+        "per_channel": opts.per_channel,
+        "calibration": {
+            "method": opts.method,
+            "source": opts.calibration.source,
+            "samples": len(samples),
+            **({"percentile": opts.percentile} if opts.method == "percentile" else {}),
+            **({"num_bins": opts.num_bins} if opts.num_bins is not None else {}),
+        },
+    }
+
+
+def fp16_overflow_nodes(src: Path, ctx: StepContext) -> dict[str, str]:
+    """Nodes that read or write values beyond the float16 range (or inf/NaN) on the inputs.
+
+    Consumers are blocked too: a value that overflows float16 must not be cast back to it.
+    """
+    from onnxopt.runtime import make_session, run_session
+
+    model = load_model(src)
+    present = {o.name for o in model.graph.output}
+    producers: dict[str, str] = {}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in present:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+            producers[name] = node.name or f"{node.op_type}:{name}"
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name or f"{node.op_type}:{node.output[0]}")
+    found: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        probe = save_model(model, Path(tmp) / "probe.onnx")
+        del model
+        session = make_session(probe, None, level="disable")
+        names = [o.name for o in session.get_outputs()]
+        for feeds in (ctx.inputs, ctx.second_inputs):
+            if feeds is None:
+                continue
+            for name, value in zip(names, run_session(session, feeds, src.name), strict=True):
+                if name not in producers or value.dtype.kind != "f" or value.size == 0:
+                    continue
+                finite = np.isfinite(value)
+                peak = float(np.abs(value[finite]).max()) if finite.any() else 0.0
+                if not finite.all():
+                    reason = "inf/NaN in float32"
+                elif peak > FP16_MAX:
+                    reason = f"|value| up to {peak:.3g} > {FP16_MAX:g}"
+                else:
+                    continue
+                found.setdefault(producers[name], f"output {reason}")
+                for user in consumers.get(name, []):
+                    found.setdefault(user, f"input {reason}")
+    return found
+
+
+def remove_cast_round_trips(graph: onnx.GraphProto) -> int:
+    """Drop Cast(float16) -> Cast(float32) pairs; consumers read the float32 value directly.
+
+    The float16 converter casts the output of every blocked node to float16 and back, even
+    between two blocked nodes: a value that overflows float16 then turns into inf anyway.
+    """
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((int(a.i) for a in node.attribute if a.name == "to"), None)
+
+    producer = {out: node for node in graph.node for out in node.output}
+    graph_outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    drop: set[int] = set()
+    for node in graph.node:
+        if cast_to(node) != onnx.TensorProto.FLOAT or not node.input:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or cast_to(first) != onnx.TensorProto.FLOAT16:
+            continue
+        src_producer = producer.get(first.input[0])
+        if src_producer is not None and cast_to(src_producer) == onnx.TensorProto.FLOAT16:
+            continue
+        if node.output[0] in graph_outputs:
+            continue
+        rename[node.output[0]] = first.input[0]
+        drop.add(id(node))
+    if not rename:
+        return 0
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    still_used = {name for node in graph.node if id(node) not in drop for name in node.input}
+    still_used |= graph_outputs
+    keep = []
+    for node in graph.node:
+        if id(node) in drop:
+            continue
+        if cast_to(node) == onnx.TensorProto.FLOAT16 and node.output[0] not in still_used:
+            continue
+        keep.append(node)
+    copies = []
+    for node in keep:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copies.append(copy)
+    del graph.node[:]
+    graph.node.extend(copies)
+    return len(rename)
+
+
+def _fp16(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    opts = cfg.fp16
+    auto = fp16_overflow_nodes(src, ctx) if opts.auto_block else {}
+    node_block = sorted(set(opts.node_block_list) | set(auto))
+    model = load_model(src)
+    with contextlib.redirect_stdout(io.StringIO()):
+        converted = convert_float_to_float16(
+            model,
+            keep_io_types=opts.keep_io_types,
+            op_block_list=opts.op_block_list or None,
+            node_block_list=node_block or None,
+        )
+    round_trips = remove_cast_round_trips(converted.graph) if node_block else 0
+    topological_sort(converted.graph)  # the converter appends its I/O casts at the end
+    save_model(converted, out, external_data=ctx.config.external_data)
+    return {
+        "keep_io_types": opts.keep_io_types,
+        "blocked_nodes": {n: auto.get(n, "node_block_list") for n in node_block},
+        "blocked_op_types": opts.op_block_list,
+        "cast_round_trips_removed": round_trips,
+        "fp16_initializers": fp16_tensor_count(converted),
+    }
+
+
+def _int4(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    opts = cfg.int4
+    if opts.block_size & (opts.block_size - 1):
+        raise ConfigError(f"int4.block_size must be a power of 2, found {opts.block_size}")
+    model = load_model(src)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        block_size=opts.block_size,
+        is_symmetric=opts.symmetric,
+        accuracy_level=opts.accuracy_level,
+        nodes_to_exclude=cfg.nodes_to_exclude or None,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantizer.process()
+    save_model(quantizer.model.model, out, external_data=ctx.config.external_data)
+    return {
+        "block_size": opts.block_size,
+        "symmetric": opts.symmetric,
+        "accuracy_level": opts.accuracy_level,
+    }
+
+
+def _big(path: Path) -> bool:
+    from onnxopt.artifacts import model_size
+
+    return model_size(path) >= 2**31 - 2**26
+
+
+MODES = {"dynamic": _dynamic, "static": _static, "fp16": _fp16, "int4": _int4}
+
+WHY_NOTHING = {
+    "dynamic": "no node of the op types to quantize has float weights as initializers",
+    "static": "no node of the op types to quantize was found or all were excluded",
+    "int4": "no MatMul has a constant 2-D float weight (K and N at least the block size)",
+    "fp16": "the model has no float32 tensors to convert",
+}
+
+
+def run(src: Path | None, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+    """Quantize ``src`` into ``dst`` with ``cfg.mode``."""
+    assert src is not None
+    notes: list[str] = []
+    warnings: list[str] = []
+    if cfg.mode in ("dynamic", "static"):
+        note = cpu_int8_note(ctx.target.provider)
+        if note:
+            warnings.append(note)
+    if cfg.mode == "fp16" and ctx.target.provider.lower() in ("cpu", "cpuexecutionprovider"):
+        warnings.append(
+            "float16 on the CPU provider is usually slower than float32 (few fp16 kernels, "
+            "inserted casts); fp16 pays on GPU providers"
+        )
+    work = Path(tempfile.mkdtemp(prefix="quantize-", dir=dst.parent))
+    prepared = work / "prepared.onnx"
+    model = load_model(src)
+    before = op_counts(model)
+    moved = constants_to_initializers(model)
+    if moved:
+        notes.append(f"{moved} Constant-node weights turned into initializers")
+    save_model(model, prepared, external_data="always" if _big(src) else "never")
+    del model
+    current = prepared
+    if cfg.mode == "static" and cfg.static.preprocess:
+        current = _preprocess(prepared, work / "preprocessed.onnx", notes)
+    raw = work / "quantized.onnx"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ONNX Runtime's quantizers log advice on the root logger
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            facts = MODES[cfg.mode](current, raw, cfg, ctx)
+    except (ConfigError, InputError):
+        raise
+    except Exception as err:
+        raise StepError(
+            f"{cfg.mode} quantization failed: {_first_line(err)}",
+            hint="exclude the failing nodes with nodes_to_exclude, or try another mode",
+        ) from None
+    finally:
+        root.setLevel(level)
+    result = load_model(raw)
+    counts = op_counts(result)
+    counts["new_quantized_ops"] = {
+        op: n - before["quantized_ops"].get(op, 0)
+        for op, n in counts["quantized_ops"].items()
+        if n > before["quantized_ops"].get(op, 0)
+    }
+    if cfg.mode == "fp16":
+        if facts["fp16_initializers"] == 0:
+            raise StepError(f"fp16 conversion converted nothing: {WHY_NOTHING['fp16']}")
+    elif not counts["new_quantized_ops"]:
+        raise StepError(
+            f"{cfg.mode} quantization quantized nothing: {WHY_NOTHING[cfg.mode]}",
+            hint="check op_types_to_quantize and nodes_to_exclude against 'onnxopt inspect'",
+        )
+    save_model(result, dst, external_data=ctx.config.external_data)
+    del result
+    shutil.rmtree(work, ignore_errors=True)
+    return StepResult(
+        report={"mode": cfg.mode, **facts, **counts, "notes": notes},
+        warnings=warnings,
+    )

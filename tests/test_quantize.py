@@ -1,0 +1,160 @@
+"""quantize: each mode on tiny models, calibration sources, budgets, honesty checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.config import parse_config
+from onnxopt.errors import ConfigError, ExitCode, StepError, VerificationError
+from onnxopt.modelio import op_histogram
+from onnxopt.pipeline import run_pipeline
+from onnxopt.verify import Tol, compare_outputs
+from tests import models
+from tests.conftest import error_line, finished_artifacts, run_cli, write_yaml
+
+
+def _cfg(src: Path, out: Path, step: dict, **extra: object) -> dict:
+    return {
+        "model": {"path": str(src)},
+        "output_dir": str(out),
+        "steps": [{"type": "quantize", **step}],
+        **extra,
+    }
+
+
+def _run(src: Path, out: Path, step: dict, **extra: object) -> dict:
+    return run_pipeline(parse_config(_cfg(src, out, step, **extra)), out.parent)
+
+
+def test_dynamic_quantizes_matmuls_and_reports_speed(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 3, 64, external=False)
+    step = {"mode": "dynamic", "tolerance": {"min_cosine": 0.95}}
+    entry = _run(src, tmp_path / "o", step)["steps"][0]
+    report = entry["report"]
+    assert report["new_quantized_ops"]["MatMulInteger"] == 3
+    assert report["float_compute_ops"] == {}
+    assert entry["verification"]["passed"]
+    cos = entry["verification"]["main"]["outputs"][0]["cosine"]
+    assert 0.95 <= cos < 1.0  # int8 changes the numbers, within the given budget
+    assert entry["verification"]["tolerance"]["atol"] is None  # judged by cosine, not allclose
+    speed = entry["speed"]
+    assert speed["ratio_ci"][0] <= speed["ratio"] <= speed["ratio_ci"][1]
+    assert speed["speedup"] == pytest.approx(1 / speed["ratio"])
+
+
+def test_constant_node_weights_are_turned_into_initializers(tmp_path: Path) -> None:
+    src = models.constant_weights(tmp_path / "c.onnx")
+    step = {"mode": "dynamic", "tolerance": {"min_cosine": 0.95}}
+    report = _run(src, tmp_path / "o", step)["steps"][0]["report"]
+    assert "1 Constant-node weights turned into initializers" in report["notes"]
+    assert report["new_quantized_ops"]["MatMulInteger"] == 1
+
+
+def test_quantized_nothing_is_a_failure(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
+    out = tmp_path / "o"
+    cfg = write_yaml(
+        tmp_path / "p.yaml", _cfg(src, out, {"mode": "dynamic", "op_types_to_quantize": ["Conv"]})
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.FAILURE
+    assert "dynamic quantization quantized nothing" in error_line(proc)
+    assert finished_artifacts(out) == []
+
+
+def test_budget_failure_exits_3_naming_the_metric(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 3, 64, external=False)
+    out = tmp_path / "o"
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        _cfg(src, out, {"mode": "dynamic", "tolerance": {"min_cosine": 0.999999}}),
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.VERIFICATION
+    line = error_line(proc)
+    assert "cosine" in line and "below 0.999999" in line
+    assert finished_artifacts(out) == []
+
+
+def test_static_refuses_synthetic_calibration_without_opt_in(tmp_path: Path) -> None:
+    src = models.compute_model(tmp_path / "c.onnx")
+    with pytest.raises(ConfigError, match="calibrate on synthetic"):
+        _run(src, tmp_path / "o", {"mode": "static"})
+
+
+def test_static_qdq_with_synthetic_opt_in(tmp_path: Path) -> None:
+    src = models.compute_model(tmp_path / "c.onnx")
+    step = {
+        "mode": "static",
+        "static": {"allow_synthetic_calibration": True, "calibration": {"samples": 4}},
+    }
+    entry = _run(src, tmp_path / "o", step)["steps"][0]
+    report = entry["report"]
+    assert report["format"] == "qdq" and report["activation_type"] == "uint8"
+    assert report["calibration"] == {"method": "minmax", "source": "synthetic", "samples": 4}
+    assert report["new_quantized_ops"]["QuantizeLinear"] >= 3
+    assert report["new_quantized_ops"]["DequantizeLinear"] >= 3
+
+
+def test_static_npz_calibration_and_exclusions(tmp_path: Path) -> None:
+    src = models.compute_model(tmp_path / "c.onnx")
+    rng = np.random.default_rng(9)
+    np.savez(tmp_path / "cal.npz", x=rng.uniform(size=(6, 2, 3, 8, 8)).astype(np.float32))
+    model = onnx.load(str(src))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.name = "the_conv"
+    onnx.save(model, str(src))
+    step = {
+        "mode": "static",
+        "nodes_to_exclude": ["the_conv"],
+        "static": {
+            "calibration": {"source": "npz", "path": str(tmp_path / "cal.npz")},
+            "method": "percentile",
+            "percentile": 99.9,
+        },
+        "tolerance": {"min_cosine": 0.8},  # a tiny random model: plumbing, not accuracy
+    }
+    entry = _run(src, tmp_path / "o", step)["steps"][0]
+    assert entry["report"]["calibration"]["samples"] == 6
+    assert entry["report"]["calibration"]["percentile"] == 99.9
+    assert entry["report"]["float_compute_ops"] == {"Conv": 1}  # excluded, stays float
+
+
+def test_fp16_auto_block_list_catches_a_planted_overflow(tmp_path: Path) -> None:
+    src = models.fp16_overflow(tmp_path / "f.onnx")
+    entry = _run(src, tmp_path / "o", {"mode": "fp16"})["steps"][0]
+    blocked = entry["report"]["blocked_nodes"]
+    assert set(blocked) == {"scale_up", "scale_down"}
+    assert blocked["scale_up"].startswith("output |value| up to")
+    assert blocked["scale_down"].startswith("input |value| up to")
+    assert entry["report"]["fp16_initializers"] >= 1
+    assert entry["report"]["cast_round_trips_removed"] >= 1
+    assert entry["verification"]["passed"]
+    with pytest.raises(VerificationError, match="output differs from its parent"):
+        _run(src, tmp_path / "o2", {"mode": "fp16", "fp16": {"auto_block": False}})
+    assert finished_artifacts(tmp_path / "o2") == []
+
+
+def test_int4_weight_only(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 64, external=False)
+    entry = _run(src, tmp_path / "o", {"mode": "int4", "int4": {"block_size": 32}})["steps"][0]
+    assert entry["report"]["new_quantized_ops"] == {"MatMulNBits": 2}
+    path = tmp_path / "o" / entry["output"]["path"]
+    assert op_histogram(onnx.load(str(path))) == {"com.microsoft::MatMulNBits": 2}
+    with pytest.raises(StepError, match="quantized nothing"):
+        _run(path, tmp_path / "o2", {"mode": "int4", "int4": {"block_size": 32}})
+
+
+def test_top1_agreement_budget() -> None:
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
+    got = ref.copy()
+    got[2] = [0.45, 0.55]  # one of four top-1 answers flips
+    result = compare_outputs([ref], [got], ["p"], Tol(1.0, 1.0, 0.0, min_top1=0.9))
+    assert result["outputs"][0]["top1_agreement"] == 0.75
+    assert not result["passed"]
+    assert "top-1 agreement 0.7500 below 0.9" in result["outputs"][0]["problem"]
+    assert compare_outputs([ref], [got], ["p"], Tol(1.0, 1.0, 0.0, min_top1=0.75))["passed"]
