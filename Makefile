@@ -35,6 +35,7 @@ pytest: install
 bench: install
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/quantize.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

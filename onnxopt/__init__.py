@@ -17,6 +17,7 @@ __all__ = [
     "__version__",
     "export",
     "inspect_model",
+    "quantize",
     "load_config",
     "parse_config",
     "run_pipeline",
@@ -32,6 +33,7 @@ _LAZY = {
     "run_pipeline": "onnxopt.pipeline",
     "export": "onnxopt.api",
     "simplify": "onnxopt.api",
+    "quantize": "onnxopt.api",
 }
 
 

@@ -85,3 +85,32 @@ def simplify(
         "steps": [{"type": "simplify", **step}],
     }
     return run_to_file(parse_config(data, "simplify()"), output, source=source)
+
+
+def quantize(
+    model: str | Path,
+    output: str | Path,
+    mode: str,
+    *,
+    dims: dict[str, int] | None = None,
+    target: dict[str, Any] | None = None,
+    verify: dict[str, Any] | None = None,
+    external_data: str = "auto",
+    **step: Any,
+) -> dict[str, Any]:
+    """Quantize an ONNX model; ``**step`` takes the quantize keys (static, dynamic, fp16, ...).
+
+    Returns:
+        The manifest of the one-step pipeline.
+    """
+    source = Path(model)
+    data = {
+        "name": "quantize",
+        "model": {"path": str(source.resolve())},
+        "dims": dims or {},
+        "target": target or {},
+        "verify": verify or {},
+        "external_data": external_data,
+        "steps": [{"type": "quantize", "mode": mode, **step}],
+    }
+    return run_to_file(parse_config(data, "quantize()"), output, source=source)

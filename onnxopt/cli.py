@@ -456,6 +456,106 @@ def simplify(
         _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
 
 
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="Input .onnx model.")],
+    output: OutputOpt,
+    mode: Annotated[str, typer.Option("--mode", "-m", help="dynamic, static, fp16 or int4.")],
+    op_types: Annotated[
+        str | None, typer.Option("--op-types", help="Op types to quantize, e.g. MatMul,Gemm.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Node name kept float (repeatable).")
+    ] = None,
+    per_channel: Annotated[
+        bool, typer.Option("--per-channel/--per-tensor", help="Weight scales (int8 modes).")
+    ] = True,
+    weight_type: Annotated[str, typer.Option("--weight-type", help="int8 or uint8.")] = "int8",
+    activation_type: Annotated[
+        str, typer.Option("--activation-type", help="static: uint8 or int8.")
+    ] = "uint8",
+    quant_format: Annotated[
+        str, typer.Option("--format", help="static: qdq or qoperator.")
+    ] = "qdq",
+    method: Annotated[
+        str, typer.Option("--method", help="static: minmax, entropy, percentile, distribution.")
+    ] = "minmax",
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", help="static: .npz file or folder of .npz samples."),
+    ] = None,
+    calibration_samples: Annotated[
+        int, typer.Option("--calibration-samples", help="static: samples to use.")
+    ] = 16,
+    allow_synthetic_calibration: Annotated[
+        bool,
+        typer.Option("--allow-synthetic-calibration", help="static: calibrate on generated data."),
+    ] = False,
+    block_size: Annotated[int, typer.Option("--block-size", help="int4: block size.")] = 32,
+    keep_io_types: Annotated[
+        bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 I/O.")
+    ] = True,
+    min_top1: Annotated[
+        float | None, typer.Option("--min-top1", help="Lowest top-1 agreement accepted.")
+    ] = None,
+    measure_speed: Annotated[
+        bool, typer.Option("--measure-speed/--no-measure-speed", help="Time against parent.")
+    ] = True,
+    dims: DimOpt = None,
+    provider: ProviderOpt = "cpu",
+    threads: ThreadsOpt = None,
+    inputs_file: InputsFileOpt = None,
+    seed: SeedOpt = 0,
+    min_cosine: CosOpt = None,
+    external_data: ExternalOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Quantize an ONNX model (INT8 dynamic/static, fp16, int4), verified and timed."""
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        tolerance: dict[str, Any] = _tolerance(None, None, min_cosine)
+        if min_top1 is not None:
+            tolerance["min_top1_agreement"] = min_top1
+        step: dict[str, Any] = {
+            "type": "quantize",
+            "mode": mode,
+            "nodes_to_exclude": exclude or [],
+            "measure_speed": measure_speed,
+            "tolerance": tolerance,
+            "dynamic": {"weight_type": weight_type, "per_channel": per_channel},
+            "static": {
+                "format": quant_format,
+                "activation_type": activation_type,
+                "weight_type": weight_type,
+                "per_channel": per_channel,
+                "method": method,
+                "allow_synthetic_calibration": allow_synthetic_calibration,
+                "calibration": {
+                    "source": "npz" if calibration else "synthetic",
+                    "path": str(calibration.resolve()) if calibration else None,
+                    "samples": calibration_samples,
+                },
+            },
+            "fp16": {"keep_io_types": keep_io_types},
+            "int4": {"block_size": block_size},
+        }
+        if op_types:
+            step["op_types_to_quantize"] = [t.strip() for t in op_types.split(",") if t.strip()]
+        data = _one_step_config(
+            step,
+            {"path": str(model.resolve())},
+            dims,
+            provider,
+            threads,
+            external_data,
+            seed,
+            inputs_file,
+        )
+        _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
+
+
 def _csv_ints(text: str | None, flag: str) -> list[int] | None:
     if not text:
         return None

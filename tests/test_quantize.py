@@ -158,3 +158,26 @@ def test_top1_agreement_budget() -> None:
     assert not result["passed"]
     assert "top-1 agreement 0.7500 below 0.9" in result["outputs"][0]["problem"]
     assert compare_outputs([ref], [got], ["p"], Tol(1.0, 1.0, 0.0, min_top1=0.75))["passed"]
+
+
+def test_cli_quantize_and_python_api(tmp_path: Path) -> None:
+    import json
+
+    import onnxopt
+
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 64, external=False)
+    out = tmp_path / "m.int4.onnx"
+    proc = run_cli("quantize", src, "-o", out, "-m", "int4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["steps"][0]["report"]["new_quantized_ops"] == {"MatMulNBits": 2}
+    assert "speed" in manifest["steps"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int4.onnx", "m.onnx"]
+    proc = run_cli("quantize", src, "-o", tmp_path / "s.onnx", "-m", "static")
+    assert proc.returncode == ExitCode.USAGE
+    assert "synthetic" in error_line(proc)
+    manifest = onnxopt.quantize(
+        src, tmp_path / "d.onnx", "dynamic", measure_speed=False, tolerance={"min_cosine": 0.95}
+    )
+    assert "speed" not in manifest["steps"][0]
+    assert manifest["steps"][0]["report"]["new_quantized_ops"]["MatMulInteger"] == 2

@@ -37,8 +37,9 @@ def _verification_cell(entry: dict[str, Any]) -> str:
     if not ver:
         return "-"
     text = verification_summary(ver)
-    if entry.get("guard"):
-        text += f", speed {entry['guard']['ratio']:.2f}x"
+    timing = entry.get("guard") or entry.get("speed")
+    if timing:
+        text += f", {timing['speedup']:.2f}x speed-up" if timing.get("speedup") else ""
     return f"[green]{text}[/]" if ver.get("passed") else f"[red]{text}[/]"
 
 
