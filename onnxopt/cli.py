@@ -460,7 +460,7 @@ def simplify(
 def quantize(
     model: Annotated[Path, typer.Argument(help="Input .onnx model.")],
     output: OutputOpt,
-    mode: Annotated[str, typer.Option("--mode", "-m", help="dynamic, static, fp16 or int4.")],
+    mode: Annotated[str, typer.Option("--mode", "-m", help="dynamic, static, fp16, int4 or auto.")],
     op_types: Annotated[
         str | None, typer.Option("--op-types", help="Op types to quantize, e.g. MatMul,Gemm.")
     ] = None,
@@ -482,8 +482,20 @@ def quantize(
     ] = "minmax",
     calibration: Annotated[
         Path | None,
-        typer.Option("--calibration", help="static: .npz file or folder of .npz samples."),
+        typer.Option(
+            "--calibration", help="static: an .npz, a folder of .npz samples or of images."
+        ),
     ] = None,
+    calibration_callable: Annotated[
+        str | None,
+        typer.Option("--calibration-callable", help="static: module:function yielding dicts."),
+    ] = None,
+    diagnose: Annotated[
+        bool, typer.Option("--diagnose", help="Find and exclude nodes that break the budget.")
+    ] = False,
+    require_speedup: Annotated[
+        bool, typer.Option("--require-speedup", help="auto: fail (exit 4) if none is faster.")
+    ] = False,
     calibration_samples: Annotated[
         int, typer.Option("--calibration-samples", help="static: samples to use.")
     ] = 16,
@@ -533,13 +545,16 @@ def quantize(
                 "method": method,
                 "allow_synthetic_calibration": allow_synthetic_calibration,
                 "calibration": {
-                    "source": "npz" if calibration else "synthetic",
+                    "source": _calibration_source(calibration, calibration_callable),
                     "path": str(calibration.resolve()) if calibration else None,
+                    "callable": calibration_callable,
                     "samples": calibration_samples,
                 },
             },
             "fp16": {"keep_io_types": keep_io_types},
             "int4": {"block_size": block_size},
+            "auto": {"require_speedup": require_speedup},
+            "diagnose": diagnose,
         }
         if op_types:
             step["op_types_to_quantize"] = [t.strip() for t in op_types.split(",") if t.strip()]
@@ -554,6 +569,16 @@ def quantize(
             inputs_file,
         )
         _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
+
+
+def _calibration_source(path: Path | None, function: str | None) -> str:
+    if function:
+        return "callable"
+    if path is None:
+        return "synthetic"
+    if path.is_dir() and not any(path.glob("*.npz")):
+        return "images"
+    return "npz"
 
 
 def _csv_ints(text: str | None, flag: str) -> list[int] | None:

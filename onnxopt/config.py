@@ -142,18 +142,43 @@ class VerifyConfig(StrictModel):
     )
 
 
+class ImagePreprocessing(StrictModel):
+    """How images become one model input (RGB, resized, center-cropped, normalized)."""
+
+    input: str | None = Field(None, description="Input that receives the image (default: first).")
+    resize: int | None = Field(
+        256, ge=1, description="Resize so the shorter side has this length (None: keep)."
+    )
+    crop: tuple[int, int] = Field((224, 224), description="Center crop [height, width].")
+    scale: float = Field(1 / 255, description="Pixel values are multiplied by this first.")
+    mean: list[float] = Field(
+        default_factory=lambda: [0.485, 0.456, 0.406], description="Per-channel mean (RGB)."
+    )
+    std: list[float] = Field(
+        default_factory=lambda: [0.229, 0.224, 0.225], description="Per-channel std (RGB)."
+    )
+    layout: Literal["nchw", "nhwc"] = Field("nchw", description="Tensor layout.")
+    channels: Literal["rgb", "bgr"] = Field("rgb", description="Channel order.")
+
+
 class CalibrationConfig(StrictModel):
     """Where calibration samples come from (kept apart from the verification inputs)."""
 
-    source: Literal["synthetic", "npz"] = Field(
+    source: Literal["synthetic", "npz", "images", "callable"] = Field(
         "synthetic",
         description="synthetic: generated from the inputs spec (needs "
-        "allow_synthetic_calibration); npz: an .npz file or a folder of .npz files.",
+        "allow_synthetic_calibration); npz: an .npz file or a folder of .npz files; images: "
+        "a folder of images with 'preprocessing'; callable: 'module:function' or "
+        "'file.py:function' returning an iterable of input dicts (runs that code).",
     )
     path: str | None = Field(
         None,
-        description="For npz: a file whose arrays are [samples, *input shape] (or one sample), "
-        "or a folder of .npz files, one sample each.",
+        description="npz: a file whose arrays are [samples, *input shape] (or one sample), "
+        "or a folder of .npz files, one sample each; images: a folder of images.",
+    )
+    callable: str | None = Field(None, description="For source callable: the function.")
+    preprocessing: ImagePreprocessing = Field(
+        default_factory=ImagePreprocessing, description="For source images."
     )
     samples: int = Field(16, ge=1, description="Samples to use (synthetic: to generate).")
     seed: int = Field(1000, description="Seed of synthetic samples (apart from verification's).")
@@ -435,11 +460,34 @@ class BenchStep(StepBase):
     _millis = field_validator("latency_budget_ms", mode="before")(parse_millis)
 
 
+class AutoOptions(StrictModel):
+    """Try candidate recipes, keep the fastest that meets the accuracy budget."""
+
+    candidates: list[Literal["static_u8s8", "static_s8s8", "dynamic", "int4", "fp16"]] | None = (
+        Field(
+            None,
+            description="Recipes to try (default: those that fit the model, the target and "
+            "the calibration data available).",
+        )
+    )
+    require_speedup: bool = Field(
+        False,
+        description="Fail (exit 4) when no candidate is faster than the parent; otherwise the "
+        "parent is kept with a warning.",
+    )
+    warmup: int = Field(5, ge=0, description="Warm-up runs per candidate.")
+    runs: int = Field(30, ge=1, description="Timed runs per candidate per trial.")
+    trials: int = Field(2, ge=1, description="Trials, each with fresh sessions.")
+
+
 class QuantizeStep(StepBase):
     """INT8 dynamic/static, fp16 or int4 weight-only quantization, verified against a budget."""
 
     type: Literal["quantize"] = Field(description="Step type.")
-    mode: Literal["dynamic", "static", "fp16", "int4"] = Field(description="Quantization mode.")
+    mode: Literal["dynamic", "static", "fp16", "int4", "auto"] = Field(
+        description="Quantization mode; auto tries candidate recipes and keeps the fastest "
+        "within the accuracy budget."
+    )
     op_types_to_quantize: list[str] | None = Field(
         None,
         description="Op types to quantize (dynamic default: MatMul, Gemm, Attention, LSTM, "
@@ -452,6 +500,17 @@ class QuantizeStep(StepBase):
     static: StaticOptions = Field(default_factory=StaticOptions, description="static mode.")
     fp16: Fp16Options = Field(default_factory=Fp16Options, description="fp16 mode.")
     int4: Int4Options = Field(default_factory=Int4Options, description="int4 mode.")
+    auto: AutoOptions = Field(default_factory=AutoOptions, description="auto mode.")
+    diagnose: bool = Field(
+        False,
+        description="When the budget fails (int8 modes): rank nodes by the error quantizing "
+        "them adds, exclude the most sensitive ones group by group until the budget holds, "
+        "and report the exclusion list.",
+    )
+    diagnose_group: int = Field(1, ge=1, description="Nodes excluded per diagnosis round.")
+    diagnose_max_excluded: int = Field(
+        16, ge=1, description="Give up after excluding this many nodes."
+    )
     measure_speed: bool = Field(
         True, description="Time the result against its parent on the target (interleaved)."
     )

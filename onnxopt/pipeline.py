@@ -514,6 +514,12 @@ class Pipeline:
         try:
             tmp = partial / name
             result: StepResult = runner(step.type)(parent, tmp, step, ctx)
+            if result.keep_parent and parent is not None:
+                entry["report"] = result.report
+                entry["warnings"] = result.warnings
+                for text in result.warnings:
+                    log.warning("step %d (%s): %s", index, step.type, text)
+                return self._keep_parent(entry, parent, parent_digest, started)
             if not tmp.is_file():
                 raise VerificationError(f"step {index} ({step.type}) wrote no model")
             check_model(tmp)
@@ -537,7 +543,11 @@ class Pipeline:
                 entry["guard"] = self._guard(index, step, parent, tmp, ctx)
                 if entry["guard"]["kept_parent"]:
                     return self._keep_parent(entry, parent, parent_digest, started)
-            elif getattr(step, "measure_speed", False) and parent is not None:
+            elif (
+                getattr(step, "measure_speed", False)
+                and getattr(step, "mode", None) != "auto"  # auto measured its candidates
+                and parent is not None
+            ):
                 entry["speed"] = self._guard(index, step, parent, tmp, ctx)
             publish(tmp, final)
         except BaseException as err:
@@ -617,7 +627,8 @@ class Pipeline:
             duration_s=round(time.perf_counter() - started, 3),
             output=None,
         )
-        entry["warnings"].append("speed guard: the new artifact was slower; kept the parent")
+        if entry.get("guard"):
+            entry["warnings"].append("speed guard: the new artifact was slower; kept the parent")
         self._write_manifest()
         self.emit("step_end", entry=entry)
         return parent, parent_digest

@@ -285,6 +285,10 @@ def compare_outputs(
                 top1 = float(np.mean(np.argmax(ref64, axis=1) == np.argmax(got64, axis=1)))
                 row["top1_agreement"] = top1
                 top1_ok = tol.min_top1 is None or top1 >= tol.min_top1
+                if ref.shape[1] > 5:
+                    top5 = np.argsort(-got64, axis=1)[:, :5]
+                    hits = (top5 == np.argmax(ref64, axis=1)[:, None]).any(axis=1)
+                    row["top5_agreement"] = float(np.mean(hits))
             row["passed"] = within and cosine >= tol.min_cosine and top1_ok
             if not within:
                 row["problem"] = (

@@ -65,3 +65,16 @@ def raises() -> nn.Module:
 
 def not_a_module() -> int:
     return 42
+
+
+def calibration_batches():  # type: ignore[no-untyped-def]
+    """Calibration samples for tests/models.py:compute_model, as a user's generator."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        yield {"x": rng.uniform(size=(1, 3, 8, 8)).astype(np.float32)}
+
+
+def bad_calibration():  # type: ignore[no-untyped-def]
+    yield {"wrong_name": 1}

@@ -186,3 +186,31 @@ def fp16_overflow(path: Path) -> Path:
         inits,
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def outlier_chain(path: Path, width: int = 64) -> Path:
+    """Three MatMuls; the middle weight has one huge outlier, which wrecks per-tensor int8.
+
+    The outlier feeds a column that the last layer ignores (its row of weights is zero), so
+    in float it does not matter, but it sets the middle layer's int8 scale.
+    """
+    rng = np.random.default_rng(5)
+    inits, nodes, prev = [], [], "x"
+    for i in range(3):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        if i == 1:
+            w[0, 0] = 200.0
+        if i == 2:
+            w[0, :] = 0.0
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        out = "y" if i == 2 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [out], name=f"mm{i}"))
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from onnxopt.config import parse_config
-from onnxopt.errors import ConfigError, ExitCode, StepError, VerificationError
+from onnxopt.errors import ConfigError, ExitCode, InputError, StepError, VerificationError
 from onnxopt.modelio import op_histogram
 from onnxopt.pipeline import run_pipeline
 from onnxopt.verify import Tol, compare_outputs
@@ -181,3 +181,160 @@ def test_cli_quantize_and_python_api(tmp_path: Path) -> None:
     )
     assert "speed" not in manifest["steps"][0]
     assert manifest["steps"][0]["report"]["new_quantized_ops"]["MatMulInteger"] == 2
+
+
+def test_auto_without_calibration_data_tries_calibration_free_recipes(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 64, external=False)
+    step = {"mode": "auto", "tolerance": {"min_cosine": 0.95}, "auto": {"runs": 10, "trials": 1}}
+    entry = _run(src, tmp_path / "o", step)["steps"][0]
+    report = entry["report"]
+    assert [c["recipe"] for c in report["candidates"]] == ["dynamic", "int4"]
+    assert "no representative calibration data" in report["not_tried"]["static_u8s8"]
+    assert "fp16" in report["not_tried"]
+    for cand in report["candidates"]:
+        assert cand["status"] == "verified"
+        assert cand["ratio_ci"][0] <= 1 / cand["speedup"] <= cand["ratio_ci"][1]
+    if report["chosen"] is None:
+        assert entry["kept_parent"] is True
+    else:
+        assert report["chosen"] in ("dynamic", "int4")
+        chosen = next(c for c in report["candidates"] if c["recipe"] == report["chosen"])
+        assert chosen["verdict"] == "faster"
+
+
+def test_auto_keeps_the_parent_when_nothing_meets_the_budget(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 64, external=False)
+    step = {"mode": "auto", "tolerance": {"min_cosine": 0.9999999}}
+    manifest = _run(src, tmp_path / "o", step)
+    entry = manifest["steps"][0]
+    assert entry["kept_parent"] is True
+    assert entry["report"]["reason"] == "no candidate met the accuracy budget"
+    assert {c["status"] for c in entry["report"]["candidates"]} == {"outside budget"}
+    assert manifest["final_artifact"] == str(src)
+    assert finished_artifacts(tmp_path / "o") == []
+    cfg = write_yaml(
+        tmp_path / "p.yaml", _cfg(src, tmp_path / "o2", {**step, "auto": {"require_speedup": True}})
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.GATE
+    assert "no candidate met the accuracy budget" in error_line(proc)
+
+
+def test_auto_does_not_pick_the_planted_slower_recipe(tmp_path: Path) -> None:
+    # Dynamic quantization of convolutions is measured 4-5x slower than fp32 on CPUs: the
+    # planted slow candidate. auto must not choose it and must call it slower.
+    import onnxopt
+    from tests.conftest import SAMPLES
+
+    src = tmp_path / "resnet.onnx"
+    onnxopt.export(
+        f"{SAMPLES / 'resnet.py'}:build",
+        src,
+        [{"name": "image", "shape": ["batch", 3, 96, 96], "range": [0, 1]}],
+        factory_args={"width": 16},
+        dims={"batch": 1},
+    )
+    step = {
+        "mode": "auto",
+        "op_types_to_quantize": ["Conv", "MatMul", "Gemm"],
+        "static": {"allow_synthetic_calibration": True, "calibration": {"samples": 4}},
+        "tolerance": {"min_cosine": 0.9},
+        "auto": {"candidates": ["dynamic", "static_u8s8"], "runs": 15, "trials": 2},
+    }
+    report = _run(src, tmp_path / "o", step, target={"intra_op_threads": 1})["steps"][0]["report"]
+    rows = {c["recipe"]: c for c in report["candidates"]}
+    assert rows["dynamic"]["verdict"] == "slower"
+    assert report["chosen"] != "dynamic"
+
+
+def test_diagnose_finds_and_excludes_the_sensitive_node(tmp_path: Path) -> None:
+    src = models.outlier_chain(tmp_path / "o.onnx")
+    step = {"mode": "dynamic", "dynamic": {"per_channel": False}, "tolerance": {"min_cosine": 0.98}}
+    with pytest.raises(VerificationError, match="cosine"):
+        _run(src, tmp_path / "plain", step)
+    entry = _run(src, tmp_path / "diag", {**step, "diagnose": True})["steps"][0]
+    diagnosis = entry["report"]["diagnosis"]
+    assert diagnosis["needed"] is True and diagnosis["passed"] is True
+    assert diagnosis["ranking"][0]["node"] == "mm1"
+    assert diagnosis["ranking"][0]["error"] > diagnosis["ranking"][1]["error"]
+    # mm1's outlier also inflates the activation range that mm2 quantizes at run time
+    assert diagnosis["nodes_to_exclude"] == ["mm1", "mm2"]
+    assert [r["passed"] for r in diagnosis["rounds"]] == [False, True]
+    assert diagnosis["yaml"] == "nodes_to_exclude: [mm1, mm2]"
+    assert entry["report"]["float_compute_ops"] == {"MatMul": 2}
+    assert entry["verification"]["passed"]
+    # the pasted exclusion list reproduces the result without diagnosis
+    again = _run(src, tmp_path / "pasted", {**step, "nodes_to_exclude": ["mm1", "mm2"]})
+    assert again["steps"][0]["verification"]["passed"]
+
+
+def test_callable_calibration_source(tmp_path: Path) -> None:
+    factories = Path(__file__).with_name("factories.py")
+    src = models.compute_model(tmp_path / "c.onnx")
+    step = {
+        "mode": "static",
+        "tolerance": {"min_cosine": 0.3},  # plumbing: uniform calibration, normal inputs
+        "static": {
+            "calibration": {"source": "callable", "callable": f"{factories}:calibration_batches"}
+        },
+    }
+    entry = _run(src, tmp_path / "o", step)["steps"][0]
+    assert entry["report"]["calibration"]["source"] == "callable"
+    assert entry["report"]["calibration"]["samples"] == 5
+    bad = {
+        **step,
+        "static": {
+            "calibration": {"source": "callable", "callable": f"{factories}:bad_calibration"}
+        },
+    }
+    with pytest.raises(InputError, match="expected dicts with the inputs"):
+        _run(src, tmp_path / "o2", bad)
+
+
+def test_image_folder_calibration_source(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("ignored")
+    src = models.compute_model(tmp_path / "c.onnx")
+    cal = {"source": "images", "path": str(folder), "preprocessing": {"resize": 10, "crop": [8, 8]}}
+    # plumbing, not accuracy: random images against normal-distributed verification inputs
+    step = {"mode": "static", "tolerance": {"min_cosine": 0.3}, "static": {"calibration": cal}}
+    entry = _run(src, tmp_path / "o", step)["steps"][0]
+    assert entry["report"]["calibration"]["samples"] == 3
+    wrong = {**cal, "preprocessing": {"resize": 32, "crop": [16, 16]}}
+    with pytest.raises(InputError, match=r"gives shape \[1, 3, 16, 16\]"):
+        _run(src, tmp_path / "o2", {**step, "static": {"calibration": wrong}})
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot decode image broken.png"):
+        _run(src, tmp_path / "o3", step)
+
+
+def test_cli_diagnose_prints_the_exclusion_line(tmp_path: Path) -> None:
+    import json
+
+    src = models.outlier_chain(tmp_path / "o.onnx")
+    args = [
+        "quantize",
+        src,
+        "-o",
+        tmp_path / "q.onnx",
+        "-m",
+        "dynamic",
+        "--per-tensor",
+        "--min-cosine",
+        "0.95",
+        "--no-measure-speed",
+    ]
+    plain = run_cli(*args)
+    assert plain.returncode == ExitCode.VERIFICATION
+    proc = run_cli(*args, "--diagnose", "--json")
+    assert proc.returncode == 0, proc.stderr
+    diagnosis = json.loads(proc.stdout)["steps"][0]["report"]["diagnosis"]
+    assert diagnosis["yaml"] == "nodes_to_exclude: [mm1, mm2]"
+    assert "paste into the step: nodes_to_exclude: [mm1, mm2]" in proc.stderr

@@ -60,9 +60,11 @@ class StepResult:
             otherwise the engine verifies against the parent ONNX model.
         warnings: messages to show and record.
         source_label: what the parent was, when it is not an ONNX file (e.g. PyTorch).
+        keep_parent: the step decided that its parent is the better artifact (no new file).
     """
 
     report: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     source_label: str | None = None
+    keep_parent: bool = False

@@ -54,6 +54,21 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Give unnamed top-level nodes a stable name (``<op>_<index>``) so they can be excluded."""
+    taken = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            named += 1
+    return named
+
+
 def constants_to_initializers(model: onnx.ModelProto) -> int:
     """Turn top-level ``Constant`` nodes holding tensors into initializers; return how many.
 
@@ -146,10 +161,14 @@ def calibration_samples(cfg: QuantizeStep, ctx: StepContext) -> list[Inputs]:
                 "static.allow_synthetic_calibration: true if random data is representative",
             )
         return [make_inputs(ctx.specs, ctx.dims, cal.seed + i) for i in range(cal.samples)]
+    if cal.source == "callable":
+        return _checked(_callable_samples(cal.callable, cal.samples, ctx), "callable")
     if not cal.path:
-        raise ConfigError("static.calibration.source npz needs static.calibration.path")
+        raise ConfigError(f"static.calibration.source {cal.source} needs static.calibration.path")
     path = Path(cal.path)
     path = path if path.is_absolute() else ctx.base_dir / path
+    if cal.source == "images":
+        return _checked(_image_samples(path, cal, ctx), str(path))
     names = [s.name for s in ctx.specs]
     ranks = {s.name: len(s.shape) for s in ctx.specs}
     samples: list[Inputs] = []
@@ -171,12 +190,106 @@ def calibration_samples(cfg: QuantizeStep, ctx: StepContext) -> list[Inputs]:
             samples = [{n: arrays[n][i] for n in names} for i in range(count)]
         else:
             samples = [{n: arrays[n] for n in names}]
+    return _checked(samples, str(path))
+
+
+def _checked(samples: list[Inputs], where: str) -> list[Inputs]:
     if not samples:
-        raise InputError(f"calibration data at {path} is empty")
+        raise InputError(f"calibration data from {where} is empty")
     for i, sample in enumerate(samples):
         for name, arr in sample.items():
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                 raise InputError(f"calibration sample {i}: input {name!r} has NaN or Inf")
+    return samples
+
+
+def _callable_samples(spec: str | None, limit: int, ctx: StepContext) -> list[Inputs]:
+    from onnxopt.steps.export import load_factory
+
+    if not spec:
+        raise ConfigError("static.calibration.source callable needs static.calibration.callable")
+    fn = load_factory(spec, ctx.base_dir)
+    names = {s.name for s in ctx.specs}
+    samples: list[Inputs] = []
+    try:
+        for item in fn():
+            if not isinstance(item, dict) or set(item) != names:
+                got = sorted(item) if isinstance(item, dict) else type(item).__name__
+                raise InputError(
+                    f"calibration callable {spec!r} yielded {got}; expected dicts with the "
+                    f"inputs {sorted(names)}"
+                )
+            samples.append({k: np.asarray(v) for k, v in item.items()})
+            if len(samples) >= limit:
+                break
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(
+            f"calibration callable {spec!r} raised {type(err).__name__}: {_first_line(err)}"
+        ) from None
+    return samples
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _image_samples(folder: Path, cal: Any, ctx: StepContext) -> list[Inputs]:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        from onnxopt.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "image calibration needs Pillow, which is not installed",
+            hint="pip install 'onnxopt[plot]' -c constraints.txt (brings Pillow)",
+        ) from None
+    pre = cal.preprocessing
+    if not folder.is_dir():
+        raise InputError(f"calibration image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    spec = next((s for s in ctx.specs if s.name == (pre.input or ctx.specs[0].name)), None)
+    if spec is None:
+        raise ConfigError(f"preprocessing.input {pre.input!r} is not a model input")
+    others = [s for s in ctx.specs if s.name != spec.name]
+    samples = []
+    for i, file in enumerate(files[: cal.samples]):
+        try:
+            with Image.open(file) as img:
+                rgb = img.convert("RGB")
+        except (OSError, UnidentifiedImageError) as err:
+            raise InputError(f"cannot decode image {file.name}: {_first_line(err)}") from None
+        if pre.resize:
+            w, h = rgb.size
+            ratio = pre.resize / min(w, h)
+            rgb = rgb.resize((max(1, round(w * ratio)), max(1, round(h * ratio))))
+        ch, cw = pre.crop
+        w, h = rgb.size
+        if w < cw or h < ch:
+            raise InputError(f"image {file.name} is {w}x{h} after resizing, smaller than the crop")
+        left, top = (w - cw) // 2, (h - ch) // 2
+        arr = np.asarray(rgb.crop((left, top, left + cw, top + ch)), dtype=np.float32)
+        arr = (arr * pre.scale - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+        if pre.channels == "bgr":
+            arr = arr[..., ::-1]
+        if pre.layout == "nchw":
+            arr = arr.transpose(2, 0, 1)
+        arr = arr[None].astype(spec.dtype)
+        want = [d if isinstance(d, int) else None for d in spec.shape]
+        if len(want) != arr.ndim or any(
+            w is not None and w != g for w, g in zip(want, arr.shape, strict=False)
+        ):
+            raise InputError(
+                f"image preprocessing gives shape {list(arr.shape)} but input {spec.name!r} "
+                f"expects {spec.shape}",
+                hint="set preprocessing crop (and layout) to the model's input size",
+            )
+        sample = {spec.name: np.ascontiguousarray(arr)}
+        if others:
+            sample.update(make_inputs(others, ctx.dims, cal.seed + i))
+        samples.append(sample)
     return samples
 
 
@@ -456,67 +569,150 @@ WHY_NOTHING = {
 }
 
 
-def run(src: Path | None, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
-    """Quantize ``src`` into ``dst`` with ``cfg.mode``."""
-    assert src is not None
-    notes: list[str] = []
-    warnings: list[str] = []
+def _preflight(cfg: QuantizeStep, provider: str, model: onnx.ModelProto) -> list[str]:
+    warnings = []
     if cfg.mode in ("dynamic", "static"):
-        note = cpu_int8_note(ctx.target.provider)
+        note = cpu_int8_note(provider)
         if note:
             warnings.append(note)
-    if cfg.mode == "fp16" and ctx.target.provider.lower() in ("cpu", "cpuexecutionprovider"):
+    if cfg.mode == "fp16" and provider.lower() in ("cpu", "cpuexecutionprovider"):
         warnings.append(
             "float16 on the CPU provider is usually slower than float32 (few fp16 kernels, "
             "inserted casts); fp16 pays on GPU providers"
         )
-    work = Path(tempfile.mkdtemp(prefix="quantize-", dir=dst.parent))
-    prepared = work / "prepared.onnx"
-    model = load_model(src)
-    before = op_counts(model)
-    moved = constants_to_initializers(model)
-    if moved:
-        notes.append(f"{moved} Constant-node weights turned into initializers")
-    save_model(model, prepared, external_data="always" if _big(src) else "never")
-    del model
-    current = prepared
-    if cfg.mode == "static" and cfg.static.preprocess:
-        current = _preprocess(prepared, work / "preprocessed.onnx", notes)
-    raw = work / "quantized.onnx"
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ONNX Runtime's quantizers log advice on the root logger
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            facts = MODES[cfg.mode](current, raw, cfg, ctx)
-    except (ConfigError, InputError):
-        raise
-    except Exception as err:
-        raise StepError(
-            f"{cfg.mode} quantization failed: {_first_line(err)}",
-            hint="exclude the failing nodes with nodes_to_exclude, or try another mode",
-        ) from None
-    finally:
-        root.setLevel(level)
-    result = load_model(raw)
-    counts = op_counts(result)
-    counts["new_quantized_ops"] = {
-        op: n - before["quantized_ops"].get(op, 0)
-        for op, n in counts["quantized_ops"].items()
-        if n > before["quantized_ops"].get(op, 0)
-    }
-    if cfg.mode == "fp16":
-        if facts["fp16_initializers"] == 0:
-            raise StepError(f"fp16 conversion converted nothing: {WHY_NOTHING['fp16']}")
-    elif not counts["new_quantized_ops"]:
-        raise StepError(
-            f"{cfg.mode} quantization quantized nothing: {WHY_NOTHING[cfg.mode]}",
-            hint="check op_types_to_quantize and nodes_to_exclude against 'onnxopt inspect'",
-        )
-    save_model(result, dst, external_data=ctx.config.external_data)
-    del result
-    shutil.rmtree(work, ignore_errors=True)
-    return StepResult(
-        report={"mode": cfg.mode, **facts, **counts, "notes": notes},
-        warnings=warnings,
+    in_subgraphs = sum(
+        1
+        for graph in list(iter_graphs(model.graph))[1:]
+        for node in graph.node
+        if node.op_type in COMPUTE_OPS
     )
+    if in_subgraphs:
+        warnings.append(
+            f"{in_subgraphs} compute nodes sit inside control-flow subgraphs (If/Loop/Scan); "
+            "ONNX Runtime's quantizers leave them float"
+        )
+    return warnings
+
+
+def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
+    """Quantize ``src`` into ``dst`` with one concrete mode; return the report."""
+    notes: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix="quantize-", dir=dst.parent))
+    try:
+        prepared = work / "prepared.onnx"
+        model = load_model(src)
+        before = op_counts(model)
+        warnings = _preflight(cfg, ctx.target.provider, model)
+        moved = constants_to_initializers(model)
+        name_nodes(model)
+        if moved:
+            notes.append(f"{moved} Constant-node weights turned into initializers")
+        save_model(model, prepared, external_data="always" if _big(src) else "never")
+        del model
+        current = prepared
+        if cfg.mode == "static" and cfg.static.preprocess:
+            current = _preprocess(prepared, work / "preprocessed.onnx", notes)
+        raw = work / "quantized.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # ONNX Runtime's quantizers log advice on the root logger
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                facts = MODES[cfg.mode](current, raw, cfg, ctx)
+        except (ConfigError, InputError):
+            raise
+        except Exception as err:
+            raise StepError(
+                f"{cfg.mode} quantization failed: {_first_line(err)}",
+                hint="exclude the failing nodes with nodes_to_exclude, or try another mode",
+            ) from None
+        finally:
+            root.setLevel(level)
+        result = load_model(raw)
+        counts = op_counts(result)
+        counts["new_quantized_ops"] = {
+            op: n - before["quantized_ops"].get(op, 0)
+            for op, n in counts["quantized_ops"].items()
+            if n > before["quantized_ops"].get(op, 0)
+        }
+        if cfg.mode == "fp16":
+            if facts["fp16_initializers"] == 0:
+                raise StepError(f"fp16 conversion converted nothing: {WHY_NOTHING['fp16']}")
+        elif not counts["new_quantized_ops"]:
+            raise StepError(
+                f"{cfg.mode} quantization quantized nothing: {WHY_NOTHING[cfg.mode]}",
+                hint="check op_types_to_quantize and nodes_to_exclude against 'onnxopt inspect'",
+            )
+        save_model(result, dst, external_data=ctx.config.external_data)
+        del result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"mode": cfg.mode, **facts, **counts, "notes": notes, "warnings": warnings}
+
+
+def run(src: Path | None, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
+    """Quantize ``src`` into ``dst`` with ``cfg.mode`` (``auto``: see :mod:`quantize_auto`)."""
+    assert src is not None
+    from onnxopt.bench.machine import machine_info
+
+    info = machine_info()
+    cpu = {
+        "cpu": info["cpu"],
+        "int8_dot_product": info["int8_dot_product"],
+        "flags": info["cpu_flags"],
+        "provider": ctx.target.provider,
+    }
+    if cfg.mode == "auto":
+        from onnxopt.steps.quantize_auto import run_auto
+
+        result = run_auto(src, dst, cfg, ctx)
+        result.report["target"] = cpu
+        return result
+    report = quantize_once(src, dst, cfg, ctx)
+    warnings = report.pop("warnings")
+    report["target"] = cpu
+    if cfg.diagnose and cfg.mode in ("static", "dynamic", "int4"):
+        report["diagnosis"] = _diagnose_if_needed(src, dst, cfg, ctx)
+        if report["diagnosis"].get("nodes_to_exclude"):
+            report.update(op_counts(load_model(dst, load_weights=False)))
+    return StepResult(report=report, warnings=warnings)
+
+
+def _diagnose_if_needed(
+    src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext
+) -> dict[str, Any]:
+    """Check the budget; when it fails, find and exclude the sensitive nodes."""
+    from onnxopt.errors import VerificationError
+    from onnxopt.pipeline import Pipeline, verify_model
+    from onnxopt.runtime import make_session, run_session
+    from onnxopt.steps.base import Reference
+    from onnxopt.steps.quantize_diagnose import diagnose
+    from onnxopt.verify import resolve_tolerance
+
+    session = make_session(src, ctx.target, level="disable")
+    reference = Reference(
+        main=run_session(session, ctx.inputs, src.name),
+        second=run_session(session, ctx.second_inputs, src.name)
+        if ctx.second_inputs is not None
+        else None,
+    )
+    del session
+    tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
+    first = verify_model(dst, reference, tol, ctx)
+    if first["passed"]:
+        return {"needed": False}
+    failure = Pipeline._first_failure(first)
+    result = diagnose(src, dst, cfg, ctx, reference)
+    result.update(needed=True, initial_failure=failure)
+    if not result["passed"]:
+        raise VerificationError(
+            f"quantize: {failure}; diagnosis excluded {len(result['nodes_to_exclude'])} "
+            "node(s) without meeting the budget",
+            hint="widen the budget, give representative calibration data, or try another mode",
+        )
+    log.warning(
+        "quantize: budget met after excluding %d node(s); paste into the step: %s",
+        len(result["nodes_to_exclude"]),
+        result["yaml"],
+    )
+    return result

@@ -1,0 +1,113 @@
+"""Find the nodes whose quantization breaks the accuracy budget, and exclude them.
+
+Each compute node is quantized alone (every other one excluded) and the model's outputs are
+compared with the float model's on the verification inputs: the error that quantizing
+*that* node introduces. Nodes are then excluded most sensitive first, a group at a time,
+re-quantizing and re-verifying after each group, until the budget holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from onnxopt.config import QuantizeStep
+from onnxopt.errors import OnnxoptError
+from onnxopt.modelio import load_model
+from onnxopt.steps.base import Reference, StepContext
+from onnxopt.verify import resolve_tolerance
+
+log = logging.getLogger("onnxopt")
+
+
+def rank_nodes(
+    src: Path, cfg: QuantizeStep, ctx: StepContext, reference: Reference
+) -> list[dict[str, Any]]:
+    """Compute nodes, most sensitive first: the output error when only that node is quantized.
+
+    Comparing intermediate activations is cheaper but misleads when one channel dominates a
+    tensor (its cosine stays high while every other channel is ruined), so each node is
+    measured by its effect on the model's outputs.
+    """
+    from onnxopt.pipeline import verify_model
+    from onnxopt.steps.quantize import (
+        COMPUTE_OPS,
+        constants_to_initializers,
+        name_nodes,
+        quantize_once,
+    )
+
+    model = load_model(src, load_weights=False)
+    constants_to_initializers(model)
+    name_nodes(model)
+    names = [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    names = [n for n in names if n not in cfg.nodes_to_exclude]
+    del model
+    tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
+    ranked = []
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        probe = Path(tmp) / "one.onnx"
+        for name in names:
+            others = [n for n in names if n != name] + list(cfg.nodes_to_exclude)
+            one = cfg.model_copy(update={"nodes_to_exclude": others, "diagnose": False})
+            try:
+                quantize_once(src, probe, one, ctx)
+            except OnnxoptError:
+                continue  # this node is not quantizable in this mode
+            verification = verify_model(probe, reference, tol, ctx)
+            cosine = min(
+                (o.get("cosine", 1.0) for o in verification["main"]["outputs"]), default=1.0
+            )
+            ranked.append({"node": name, "error": 1.0 - cosine, "cosine_alone": cosine})
+    ranked.sort(key=lambda r: r["error"], reverse=True)
+    return ranked
+
+
+def diagnose(
+    src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext, reference: Reference
+) -> dict[str, Any]:
+    """Exclude sensitive nodes until the budget holds; write the passing model to ``dst``.
+
+    Returns:
+        A report with the ranking, the rounds tried and the final exclusion list (``passed``
+        tells whether the budget was met).
+    """
+    from onnxopt.pipeline import verify_model
+    from onnxopt.steps.quantize import quantize_once
+
+    tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
+    ranking = rank_nodes(src, cfg, ctx, reference)
+    excluded = list(cfg.nodes_to_exclude)
+    rounds: list[dict[str, Any]] = []
+    candidates = [r["node"] for r in ranking if r["node"] not in excluded]
+    passed = False
+    while candidates and len(excluded) - len(cfg.nodes_to_exclude) < cfg.diagnose_max_excluded:
+        group, candidates = candidates[: cfg.diagnose_group], candidates[cfg.diagnose_group :]
+        excluded += group
+        trial = cfg.model_copy(update={"nodes_to_exclude": list(excluded), "diagnose": False})
+        try:
+            quantize_once(src, dst, trial, ctx)
+        except OnnxoptError as err:
+            rounds.append({"excluded": list(excluded), "error": err.message})
+            break
+        verification = verify_model(dst, reference, tol, ctx)
+        cosines = [o.get("cosine", 1.0) for o in verification["main"]["outputs"]]
+        rounds.append(
+            {
+                "excluded": list(excluded),
+                "cosine": min(cosines, default=1.0),
+                "passed": verification["passed"],
+            }
+        )
+        if verification["passed"]:
+            passed = True
+            break
+    return {
+        "ranking": ranking[:20],
+        "rounds": rounds,
+        "passed": passed,
+        "nodes_to_exclude": excluded,
+        "yaml": "nodes_to_exclude: [" + ", ".join(excluded) + "]",
+    }
