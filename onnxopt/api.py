@@ -59,6 +59,30 @@ def export(
     return run_to_file(parse_config(data, "export()"), output)
 
 
+def _on_onnx(
+    kind: str,
+    model: str | Path,
+    output: str | Path,
+    step: dict[str, Any],
+    dims: dict[str, int] | None,
+    target: dict[str, Any] | None,
+    verify: dict[str, Any] | None,
+    external_data: str,
+) -> dict[str, Any]:
+    """Run one step on an ONNX file and put the verified result at ``output``."""
+    source = Path(model)
+    data = {
+        "name": kind,
+        "model": {"path": str(source.resolve())},
+        "dims": dims or {},
+        "target": target or {},
+        "verify": verify or {},
+        "external_data": external_data,
+        "steps": [{"type": kind, **step}],
+    }
+    return run_to_file(parse_config(data, f"{kind}()"), output, source=source)
+
+
 def simplify(
     model: str | Path,
     output: str | Path,
@@ -74,17 +98,7 @@ def simplify(
     Returns:
         The manifest of the one-step pipeline.
     """
-    source = Path(model)
-    data = {
-        "name": "simplify",
-        "model": {"path": str(source.resolve())},
-        "dims": dims or {},
-        "target": target or {},
-        "verify": verify or {},
-        "external_data": external_data,
-        "steps": [{"type": "simplify", **step}],
-    }
-    return run_to_file(parse_config(data, "simplify()"), output, source=source)
+    return _on_onnx("simplify", model, output, step, dims, target, verify, external_data)
 
 
 def quantize(
@@ -103,14 +117,6 @@ def quantize(
     Returns:
         The manifest of the one-step pipeline.
     """
-    source = Path(model)
-    data = {
-        "name": "quantize",
-        "model": {"path": str(source.resolve())},
-        "dims": dims or {},
-        "target": target or {},
-        "verify": verify or {},
-        "external_data": external_data,
-        "steps": [{"type": "quantize", "mode": mode, **step}],
-    }
-    return run_to_file(parse_config(data, "quantize()"), output, source=source)
+    return _on_onnx(
+        "quantize", model, output, {"mode": mode, **step}, dims, target, verify, external_data
+    )

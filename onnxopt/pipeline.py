@@ -62,6 +62,23 @@ def _resolve(base_dir: Path, path: str) -> Path:
 # ---------------------------------------------------------------- verification
 
 
+def reference_outputs(parent: Path, ctx: StepContext) -> Reference:
+    """Outputs of ``parent`` on the shared (and second-shape) inputs.
+
+    The parent runs as written, with ONNX Runtime's graph rewrites disabled, so a bug in a
+    rewrite cannot hide in the reference.
+    """
+    session = make_session(parent, ctx.target, level="disable")
+    return Reference(
+        main=run_session(session, ctx.inputs, parent.name),
+        second=(
+            run_session(session, ctx.second_inputs, parent.name)
+            if ctx.second_inputs is not None
+            else None
+        ),
+    )
+
+
 def verify_model(
     child: Path,
     reference: Reference,
@@ -398,6 +415,19 @@ class Pipeline:
         self.manifest["artifacts_on_disk"] = sorted(keep)
         return removed
 
+    def _reuse(
+        self, previous: dict[str, Any] | None, index: int, key: str
+    ) -> dict[str, Any] | None:
+        """Record a cache hit for step ``index`` and return its entry, or None on a miss."""
+        hit = self._cached(previous, index, key)
+        if hit is None:
+            return None
+        cached = dict(hit, status="cached")
+        self.manifest["steps"].append(cached)
+        self._write_manifest()
+        self.emit("step_end", entry=cached)
+        return cached
+
     def _run_bench(
         self,
         index: int,
@@ -423,12 +453,7 @@ class Pipeline:
         )
         name = f"{index:02d}-bench.json"
         path = self.out_dir / name
-        hit = self._cached(previous, index, key)
-        if hit is not None:
-            cached = dict(hit, status="cached")
-            self.manifest["steps"].append(cached)
-            self._write_manifest()
-            self.emit("step_end", entry=cached)
+        if self._reuse(previous, index, key) is not None:
             return
         entry: dict[str, Any] = {
             "index": index,
@@ -478,12 +503,8 @@ class Pipeline:
         total = len(self.config.steps)
         label = step.name or step.type
         self.emit("step_start", index=index, total=total, step=label)
-        hit = self._cached(previous, index, key)
-        if hit is not None:
-            cached = dict(hit, status="cached")
-            self.manifest["steps"].append(cached)
-            self._write_manifest()
-            self.emit("step_end", entry=cached)
+        cached = self._reuse(previous, index, key)
+        if cached is not None:
             if cached.get("kept_parent"):
                 assert parent is not None
                 return parent, parent_digest
@@ -654,18 +675,7 @@ class Pipeline:
         pinned = pinned_dims(child, parent_axes)
         if pinned:
             return {"passed": False, "problem": f"dynamic dims became fixed: {', '.join(pinned)}"}
-        # The reference is the parent as written: no ONNX Runtime rewrites that could hide a bug.
-        session = make_session(parent, ctx.target, level="disable")
-        reference = Reference(
-            main=run_session(session, ctx.inputs, parent.name),
-            second=(
-                run_session(session, ctx.second_inputs, parent.name)
-                if ctx.second_inputs is not None
-                else None
-            ),
-        )
-        del session
-        return verify_model(child, reference, tol, ctx)
+        return verify_model(child, reference_outputs(parent, ctx), tol, ctx)
 
 
 def run_pipeline(

@@ -683,20 +683,11 @@ def _diagnose_if_needed(
 ) -> dict[str, Any]:
     """Check the budget; when it fails, find and exclude the sensitive nodes."""
     from onnxopt.errors import VerificationError
-    from onnxopt.pipeline import Pipeline, verify_model
-    from onnxopt.runtime import make_session, run_session
-    from onnxopt.steps.base import Reference
+    from onnxopt.pipeline import Pipeline, reference_outputs, verify_model
     from onnxopt.steps.quantize_diagnose import diagnose
     from onnxopt.verify import resolve_tolerance
 
-    session = make_session(src, ctx.target, level="disable")
-    reference = Reference(
-        main=run_session(session, ctx.inputs, src.name),
-        second=run_session(session, ctx.second_inputs, src.name)
-        if ctx.second_inputs is not None
-        else None,
-    )
-    del session
+    reference = reference_outputs(src, ctx)
     tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
     first = verify_model(dst, reference, tol, ctx)
     if first["passed"]:

@@ -19,7 +19,7 @@ from typing import Any
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import GateError, OnnxoptError
 from onnxopt.modelio import check_model, iter_graphs, load_model, move_model
-from onnxopt.steps.base import Reference, StepContext, StepResult
+from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.verify import resolve_tolerance
 
 log = logging.getLogger("onnxopt")
@@ -83,22 +83,14 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     """Try candidates, verify each, time the survivors with the parent, keep the fastest."""
     from onnxopt.bench.core import Candidate, measure, summarize_measured
     from onnxopt.config import BenchStep
-    from onnxopt.pipeline import verify_model
-    from onnxopt.runtime import make_session, run_session
+    from onnxopt.pipeline import reference_outputs, verify_model
     from onnxopt.steps.quantize import quantize_once
 
     model = load_model(src, load_weights=False)
     ops: Counter[str] = Counter(n.op_type for g in iter_graphs(model.graph) for n in g.node)
     del model
     names, skipped = choose_candidates(cfg, ops, ctx.target.provider)
-    session = make_session(src, ctx.target, level="disable")
-    reference = Reference(
-        main=run_session(session, ctx.inputs, src.name),
-        second=run_session(session, ctx.second_inputs, src.name)
-        if ctx.second_inputs is not None
-        else None,
-    )
-    del session
+    reference = reference_outputs(src, ctx)
     work = Path(tempfile.mkdtemp(prefix="auto-", dir=dst.parent))
     rows: list[dict[str, Any]] = []
     survivors: list[tuple[str, Path]] = []
