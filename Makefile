@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/quantize.py
+	$(PY) benchmarks/prune.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

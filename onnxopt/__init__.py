@@ -17,6 +17,7 @@ __all__ = [
     "__version__",
     "export",
     "inspect_model",
+    "prune",
     "quantize",
     "load_config",
     "parse_config",
@@ -34,6 +35,7 @@ _LAZY = {
     "export": "onnxopt.api",
     "simplify": "onnxopt.api",
     "quantize": "onnxopt.api",
+    "prune": "onnxopt.api",
 }
 
 

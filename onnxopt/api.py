@@ -120,3 +120,21 @@ def quantize(
     return _on_onnx(
         "quantize", model, output, {"mode": mode, **step}, dims, target, verify, external_data
     )
+
+
+def prune(
+    model: str | Path,
+    output: str | Path,
+    *,
+    dims: dict[str, int] | None = None,
+    target: dict[str, Any] | None = None,
+    verify: dict[str, Any] | None = None,
+    external_data: str = "auto",
+    **step: Any,
+) -> dict[str, Any]:
+    """Prune an ONNX model; ``**step`` takes the prune keys (method, ratio, round_to, ...).
+
+    Returns:
+        The manifest of the one-step pipeline.
+    """
+    return _on_onnx("prune", model, output, step, dims, target, verify, external_data)

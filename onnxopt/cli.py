@@ -571,6 +571,73 @@ def quantize(
         _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
 
 
+@app.command()
+def prune(
+    model: Annotated[Path, typer.Argument(help="Input .onnx model (float).")],
+    output: OutputOpt,
+    method: Annotated[
+        str, typer.Option("--method", help="channel (structured) or magnitude (zeros).")
+    ] = "channel",
+    ratio: Annotated[
+        float, typer.Option("--ratio", help="Fraction of channels / weights to remove.")
+    ] = 0.5,
+    criterion: Annotated[str, typer.Option("--criterion", help="l1 or l2.")] = "l1",
+    round_to: Annotated[
+        int, typer.Option("--round-to", help="Keep a multiple of this many channels.")
+    ] = 1,
+    min_channels: Annotated[int, typer.Option("--min-channels", help="Keep at least.")] = 1,
+    ignore: Annotated[
+        list[str] | None, typer.Option("--ignore", help="Producer node left alone (repeatable).")
+    ] = None,
+    scope: Annotated[str, typer.Option("--scope", help="magnitude: global or layer.")] = "global",
+    pattern: Annotated[
+        str | None, typer.Option("--pattern", help="magnitude: N:M such as 2:4.")
+    ] = None,
+    min_cosine: CosOpt = None,
+    min_top1: Annotated[
+        float | None, typer.Option("--min-top1", help="Lowest top-1 agreement accepted.")
+    ] = None,
+    dims: DimOpt = None,
+    provider: ProviderOpt = "cpu",
+    threads: ThreadsOpt = None,
+    inputs_file: InputsFileOpt = None,
+    seed: SeedOpt = 0,
+    external_data: ExternalOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Prune an ONNX model: whole channels (smaller, faster) or smallest weights (sparser)."""
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        tolerance: dict[str, Any] = _tolerance(None, None, min_cosine)
+        if min_top1 is not None:
+            tolerance["min_top1_agreement"] = min_top1
+        step: dict[str, Any] = {
+            "type": "prune",
+            "method": method,
+            "ratio": ratio,
+            "criterion": criterion,
+            "round_to": round_to,
+            "min_channels": min_channels,
+            "ignore": ignore or [],
+            "scope": scope,
+            "pattern": pattern,
+            "tolerance": tolerance,
+        }
+        data = _one_step_config(
+            step,
+            {"path": str(model.resolve())},
+            dims,
+            provider,
+            threads,
+            external_data,
+            seed,
+            inputs_file,
+        )
+        _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
+
+
 def _calibration_source(path: Path | None, function: str | None) -> str:
     if function:
         return "callable"

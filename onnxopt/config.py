@@ -516,10 +516,46 @@ class QuantizeStep(StepBase):
     )
 
 
-Step = Annotated[ExportStep | SimplifyStep | BenchStep | QuantizeStep, Field(discriminator="type")]
+class PruneStep(StepBase):
+    """Structured channel pruning or unstructured magnitude pruning on the ONNX graph."""
+
+    type: Literal["prune"] = Field(description="Step type.")
+    method: Literal["channel", "magnitude"] = Field(
+        "channel",
+        description="channel: remove whole channels (smaller, faster dense model); magnitude: "
+        "zero the smallest weights (smaller when compressed, not faster on dense kernels).",
+    )
+    ratio: float = Field(0.5, ge=0, lt=1, description="Fraction of channels / weights to remove.")
+    criterion: Literal["l1", "l2"] = Field("l1", description="Channel importance: weight norm.")
+    round_to: int = Field(1, ge=1, description="Keep a multiple of this many channels (8, 16).")
+    min_channels: int = Field(1, ge=1, description="Keep at least this many channels per group.")
+    ignore: list[str] = Field(
+        default_factory=list, description="Producer node names whose groups are left alone."
+    )
+    scope: Literal["global", "layer"] = Field(
+        "global", description="magnitude: one threshold for all layers, or one per layer."
+    )
+    pattern: str | None = Field(
+        None, description="magnitude: N:M structured sparsity such as '2:4' instead of ratio."
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _n_m(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        n, sep, m = value.partition(":")
+        if not (sep and n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
+            raise ValueError(f"expected N:M such as '2:4', found {value!r}")
+        return value
+
+
+Step = Annotated[
+    ExportStep | SimplifyStep | BenchStep | QuantizeStep | PruneStep, Field(discriminator="type")
+]
 
 #: Step types that exist in the roadmap but not yet in this release.
-PLANNED_STEPS = {"prune": 5}
+PLANNED_STEPS: dict[str, int] = {}
 
 
 class PipelineConfig(StrictModel):
@@ -642,7 +678,7 @@ def _loc_text(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("export", "simplify", "bench", "quantize") and text.endswith("]"):
+        elif part in ("export", "simplify", "bench", "quantize", "prune") and text.endswith("]"):
             continue  # discriminator tag inserted by pydantic
         else:
             text += f".{part}" if text else str(part)
@@ -675,7 +711,7 @@ def _check_step_types(data: dict[str, Any], source: str) -> None:
     steps = data.get("steps")
     if not isinstance(steps, list):
         return
-    known = ["export", "simplify", "bench", "quantize"]
+    known = ["export", "simplify", "bench", "quantize", "prune"]
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
             raise ConfigError(

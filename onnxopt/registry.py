@@ -12,6 +12,7 @@ STEPS: dict[str, str] = {
     "simplify": "onnxopt.steps.simplify:run",
     "bench": "onnxopt.steps.bench:run",
     "quantize": "onnxopt.steps.quantize:run",
+    "prune": "onnxopt.steps.prune:run",
 }
 
 

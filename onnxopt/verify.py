@@ -26,6 +26,8 @@ DEFAULT_TOLERANCE: dict[str, tuple[float, float, float]] = {
     "quantize:dynamic": (math.inf, math.inf, 0.99),
     "quantize:static": (math.inf, math.inf, 0.99),
     "quantize:int4": (math.inf, math.inf, 0.98),
+    # Pruning changes the function on purpose: no bound unless the config sets a budget.
+    "prune": (math.inf, math.inf, -1.0),
 }
 
 #: Value used for a symbolic dim that neither the config nor the CLI gives a value for.

@@ -62,9 +62,11 @@ def test_unknown_step_type_suggests() -> None:
     assert "steps[0].type: unknown step type 'simplfy'; did you mean 'simplify'?" in msg
 
 
-def test_planned_step_is_not_available_yet() -> None:
-    msg = _err({**BASE, "steps": [{"type": "simplify"}, {"type": "prune"}]})
-    assert "steps[1]: step type 'prune' is not available yet" in msg
+def test_planned_step_is_not_available_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("onnxopt.config").config.PLANNED_STEPS, "distill", 9)
+    msg = _err({**BASE, "steps": [{"type": "simplify"}, {"type": "distill"}]})
+    assert "steps[1]: step type 'distill' is not available yet" in msg
+    assert "(planned, issue 9)" in msg
 
 
 def test_wrong_type_names_field_and_found_value() -> None:

@@ -1,0 +1,331 @@
+"""prune: channel groups on graphs built in code, checked against hand-sliced references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.config import parse_config
+from onnxopt.errors import ExitCode, StepError
+from onnxopt.pipeline import run_pipeline
+from tests.conftest import error_line, run_cli, write_yaml
+
+RNG = np.random.default_rng(0)
+OPSET = [helper.make_opsetid("", 18)]
+
+
+def w(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def build(
+    path: Path,
+    nodes: list,
+    inits: dict[str, np.ndarray],
+    x_shape: list,
+    y_shape: list,
+) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def prune(src: Path, out: Path, **step: object) -> tuple[dict, Path]:
+    cfg = {
+        "model": {"path": str(src)},
+        "output_dir": str(out),
+        "steps": [{"type": "prune", **step}],
+    }
+    entry = run_pipeline(parse_config(cfg), out.parent)["steps"][0]
+    return entry, out / entry["output"]["path"]
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def keep_by_l1(*mats: np.ndarray, count: int) -> np.ndarray:
+    """Channels kept by summed L1 norms over output channels (axis 0 of each matrix)."""
+    score = sum(np.abs(m.reshape(m.shape[0], -1)).sum(axis=1) for m in mats)
+    return np.sort(np.argsort(-score, kind="stable")[:count])
+
+
+def same_outputs(pruned: Path, src: Path, replaced: dict[str, np.ndarray], shape: tuple) -> None:
+    """The pruned model equals the source graph run with hand-sliced weights."""
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        if init.name in replaced:
+            init.CopyFrom(numpy_helper.from_array(replaced[init.name], init.name))
+    for node in model.graph.node:  # a depthwise conv's group follows its channels
+        for attr in node.attribute:
+            if attr.name == "group" and attr.i > 1:
+                attr.i = replaced[node.input[1]].shape[0]
+    del model.graph.value_info[:]
+    reference = ort.InferenceSession(model.SerializeToString())
+    x = RNG.standard_normal(shape).astype(np.float32)
+    want = reference.run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(pruned)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    onnx.checker.check_model(str(pruned))
+
+
+def test_conv_chain(tmp_path: Path) -> None:
+    wa, ba, wb = w(8, 3, 3, 3), w(8), w(4, 8, 3, 3)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1, 1, 1, 1], name="A"),
+            helper.make_node("Relu", ["a"], ["r"]),
+            helper.make_node("Conv", ["r", "wb"], ["y"], pads=[1, 1, 1, 1], name="B"),
+        ],
+        {"wa": wa, "ba": ba, "wb": wb},
+        ["N", 3, 8, 8],
+        ["N", 4, 8, 8],
+    )
+    entry, out = prune(src, tmp_path / "o", ratio=0.5)
+    keep = keep_by_l1(wa, count=4)
+    got = weights(out)
+    assert got["wa"].shape == (4, 3, 3, 3) and got["wb"].shape == (4, 4, 3, 3)
+    same_outputs(out, src, {"wa": wa[keep], "ba": ba[keep], "wb": wb[:, keep]}, (2, 3, 8, 8))
+    groups = {tuple(g["producers"]): g for g in entry["report"]["groups"]}
+    assert groups[("A",)]["channels_after"] == 4
+    assert groups[("B",)]["prunable"] is False  # reaches the graph output
+    assert entry["report"]["macs_after"] < entry["report"]["macs_before"]
+    assert entry["report"]["parameters_after"] < entry["report"]["parameters_before"]
+    assert "second_shape" in entry["verification"]
+
+
+def test_residual_block_prunes_both_sides_together(tmp_path: Path) -> None:
+    wa, wb, wc = w(8, 3, 1, 1), w(8, 8, 3, 3), w(4, 8, 1, 1)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], name="A"),
+            helper.make_node("Relu", ["a"], ["r"]),
+            helper.make_node("Conv", ["r", "wb"], ["b"], pads=[1, 1, 1, 1], name="B"),
+            helper.make_node("Add", ["b", "r"], ["s"]),
+            helper.make_node("Relu", ["s"], ["t"]),
+            helper.make_node("Conv", ["t", "wc"], ["y"], name="C"),
+        ],
+        {"wa": wa, "wb": wb, "wc": wc},
+        ["N", 3, 6, 6],
+        ["N", 4, 6, 6],
+    )
+    entry, out = prune(src, tmp_path / "o", ratio=0.5)
+    keep = keep_by_l1(wa, wb, count=4)
+    group = next(g for g in entry["report"]["groups"] if "A" in g["producers"])
+    assert sorted(group["producers"]) == ["A", "B"] and group["channels_after"] == 4
+    same_outputs(
+        out, src, {"wa": wa[keep], "wb": wb[keep][:, keep], "wc": wc[:, keep]}, (2, 3, 6, 6)
+    )
+
+
+def test_concat_branches_use_channel_offsets(tmp_path: Path) -> None:
+    wa, wb, wc = w(6, 3, 1, 1), w(4, 3, 1, 1), w(5, 10, 1, 1)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], name="A"),
+            helper.make_node("Conv", ["x", "wb"], ["b"], name="B"),
+            helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+            helper.make_node("Conv", ["c", "wc"], ["y"], name="C"),
+        ],
+        {"wa": wa, "wb": wb, "wc": wc},
+        ["N", 3, 4, 4],
+        ["N", 5, 4, 4],
+    )
+    entry, out = prune(src, tmp_path / "o", ratio=0.5)
+    ka, kb = keep_by_l1(wa, count=3), keep_by_l1(wb, count=2)
+    cols = np.concatenate([ka, 6 + kb])
+    same_outputs(out, src, {"wa": wa[ka], "wb": wb[kb], "wc": wc[:, cols]}, (2, 3, 4, 4))
+
+
+def test_depthwise_block(tmp_path: Path) -> None:
+    wa, wd, bd, wb = w(8, 3, 1, 1), w(8, 1, 3, 3), w(8), w(4, 8, 1, 1)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], name="A"),
+            helper.make_node(
+                "Conv", ["a", "wd", "bd"], ["d"], group=8, pads=[1, 1, 1, 1], name="DW"
+            ),
+            helper.make_node("Relu", ["d"], ["r"]),
+            helper.make_node("Conv", ["r", "wb"], ["y"], name="B"),
+        ],
+        {"wa": wa, "wd": wd, "bd": bd, "wb": wb},
+        ["N", 3, 5, 5],
+        ["N", 4, 5, 5],
+    )
+    _, out = prune(src, tmp_path / "o", ratio=0.5)
+    keep = keep_by_l1(wa, count=4)
+    same_outputs(
+        out, src, {"wa": wa[keep], "wd": wd[keep], "bd": bd[keep], "wb": wb[:, keep]}, (2, 3, 5, 5)
+    )
+    dw = next(n for n in onnx.load(str(out)).graph.node if n.name == "DW")
+    assert helper.get_attribute_value(next(a for a in dw.attribute if a.name == "group")) == 4
+
+
+def test_conv_flatten_gemm(tmp_path: Path) -> None:
+    wa, wg, bg = w(6, 3, 3, 3), w(10, 6 * 16), w(10)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="A"),
+            helper.make_node("Flatten", ["a"], ["f"], axis=1),
+            helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="G"),
+        ],
+        {"wa": wa, "wg": wg, "bg": bg},
+        ["N", 3, 4, 4],
+        ["N", 10],
+    )
+    _, out = prune(src, tmp_path / "o", ratio=0.5)
+    keep = keep_by_l1(wa, count=3)
+    cols = (keep[:, None] * 16 + np.arange(16)[None, :]).ravel()
+    same_outputs(out, src, {"wa": wa[keep], "wg": wg[:, cols]}, (2, 3, 4, 4))
+
+
+def test_transformer_mlp_block(tmp_path: Path) -> None:
+    w1, b1, w2, b2 = w(16, 32), w(32), w(32, 16), w(16)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Add", ["h", "b1"], ["hb"]),
+            helper.make_node("Sigmoid", ["hb"], ["s"]),
+            helper.make_node("MatMul", ["s", "w2"], ["o"], name="fc2"),
+            helper.make_node("Add", ["o", "b2"], ["y"]),
+        ],
+        {"w1": w1, "b1": b1, "w2": w2, "b2": b2},
+        ["N", "S", 16],
+        ["N", "S", 16],
+    )
+    entry, out = prune(src, tmp_path / "o", ratio=0.25, round_to=8)
+    keep = keep_by_l1(w1.T, count=24)
+    same_outputs(out, src, {"w1": w1[:, keep], "b1": b1[keep], "w2": w2[keep]}, (2, 5, 16))
+    fc1 = next(g for g in entry["report"]["groups"] if g["producers"] == ["fc1"])
+    assert fc1["channels_after"] == 24  # 32 * 0.75, a multiple of round_to
+
+
+def test_unsupported_pattern_is_left_intact_and_reported(tmp_path: Path) -> None:
+    wa, wb = w(8, 3, 1, 1), w(4, 8, 1, 1)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], name="A"),
+            helper.make_node("Transpose", ["a"], ["t"], perm=[0, 1, 3, 2]),
+            helper.make_node("Conv", ["t", "wb"], ["y"], name="B"),
+        ],
+        {"wa": wa, "wb": wb},
+        ["N", 3, 4, 4],
+        ["N", 4, 4, 4],
+    )
+    with pytest.raises(StepError, match="removed nothing") as info:
+        prune(src, tmp_path / "o", ratio=0.5)
+    assert "Transpose is not understood" in str(info.value)
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "model": {"path": str(src)},
+            "output_dir": str(tmp_path / "o2"),
+            "steps": [{"type": "prune", "ratio": 0.5}],
+        },
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.FAILURE
+    assert "channel pruning removed nothing" in error_line(proc)
+
+
+def test_magnitude_sparsity_and_two_four_pattern(tmp_path: Path) -> None:
+    w1, w2 = w(64, 64), w(64, 8)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("MatMul", ["h", "w2"], ["y"]),
+        ],
+        {"w1": w1, "w2": w2},
+        ["N", 64],
+        ["N", 8],
+    )
+    entry, out = prune(src, tmp_path / "o", method="magnitude", ratio=0.6)
+    report = entry["report"]
+    assert report["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert report["compressed_size_after"] < report["compressed_size_before"]
+    assert any("no faster" in warning for warning in entry["warnings"])
+    got = weights(out)["w1"]
+    threshold = np.sort(np.abs(np.concatenate([w1.ravel(), w2.ravel()])))[
+        int(0.6 * (w1.size + w2.size)) - 1
+    ]
+    np.testing.assert_array_equal(got, np.where(np.abs(w1) > threshold, w1, 0))
+    entry, out = prune(src, tmp_path / "o24", method="magnitude", pattern="2:4")
+    got = weights(out)["w1"]
+    blocks = (got.T.reshape(64, 16, 4) == 0).sum(axis=-1)  # groups of 4 along the input dim
+    assert (blocks == 2).all()
+    assert entry["report"]["sparsity"] == pytest.approx(0.5)
+
+
+def test_prune_budget_turns_a_large_drop_into_a_failure(tmp_path: Path) -> None:
+    wa, wb = w(16, 3, 3, 3), w(4, 16, 3, 3)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="A"),
+            helper.make_node("Conv", ["a", "wb"], ["y"], pads=[1, 1, 1, 1], name="B"),
+        ],
+        {"wa": wa, "wb": wb},
+        ["N", 3, 6, 6],
+        ["N", 4, 6, 6],
+    )
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "model": {"path": str(src)},
+            "output_dir": str(tmp_path / "o"),
+            "steps": [{"type": "prune", "ratio": 0.75, "tolerance": {"min_cosine": 0.99}}],
+        },
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.VERIFICATION
+    assert "cosine" in error_line(proc)
+
+
+def test_cli_prune_and_python_api(tmp_path: Path) -> None:
+    import json
+
+    import onnxopt
+
+    wa, wb = w(8, 3, 3, 3), w(4, 8, 3, 3)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="A"),
+            helper.make_node("Conv", ["a", "wb"], ["y"], pads=[1, 1, 1, 1], name="B"),
+        ],
+        {"wa": wa, "wb": wb},
+        ["N", 3, 6, 6],
+        ["N", 4, 6, 6],
+    )
+    proc = run_cli("prune", src, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["steps"][0]["report"]
+    assert report["method"] == "channel" and report["macs_after"] < report["macs_before"]
+    manifest = onnxopt.prune(src, tmp_path / "q.onnx", method="magnitude", ratio=0.5)
+    assert manifest["steps"][0]["report"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    bad = run_cli(
+        "prune", src, "-o", tmp_path / "r.onnx", "--method", "magnitude", "--pattern", "4:2"
+    )
+    assert bad.returncode == ExitCode.USAGE
+    assert "expected N:M" in error_line(bad)
