@@ -579,9 +579,24 @@ def prune(
         str, typer.Option("--method", help="channel (structured) or magnitude (zeros).")
     ] = "channel",
     ratio: Annotated[
-        float, typer.Option("--ratio", help="Fraction of channels / weights to remove.")
-    ] = 0.5,
-    criterion: Annotated[str, typer.Option("--criterion", help="l1 or l2.")] = "l1",
+        str,
+        typer.Option(
+            "--ratio", help="Fraction to remove, or 'auto' (largest within --min-cosine)."
+        ),
+    ] = "0.5",
+    layer_ratio: Annotated[
+        list[str] | None,
+        typer.Option("--layer-ratio", help="PATTERN=RATIO for producer names (repeatable)."),
+    ] = None,
+    criterion: Annotated[
+        str, typer.Option("--criterion", help="l1, l2 or activation (data-driven).")
+    ] = "l1",
+    compensate: Annotated[
+        bool, typer.Option("--compensate", help="Fold removed channels' means into biases.")
+    ] = False,
+    measure_speed: Annotated[
+        bool, typer.Option("--measure-speed/--no-measure-speed", help="Time against parent.")
+    ] = True,
     round_to: Annotated[
         int, typer.Option("--round-to", help="Keep a multiple of this many channels.")
     ] = 1,
@@ -616,8 +631,14 @@ def prune(
         step: dict[str, Any] = {
             "type": "prune",
             "method": method,
-            "ratio": ratio,
+            "ratio": ratio if ratio == "auto" else _float_arg(ratio, "--ratio"),
+            "layer_ratios": {
+                k: _float_arg(v, "--layer-ratio")
+                for k, v in (_parse_kv_json(layer_ratio, "--layer-ratio")).items()
+            },
             "criterion": criterion,
+            "compensate": compensate,
+            "measure_speed": measure_speed,
             "round_to": round_to,
             "min_channels": min_channels,
             "ignore": ignore or [],
@@ -636,6 +657,13 @@ def prune(
             inputs_file,
         )
         _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
+
+
+def _float_arg(value: Any, flag: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} expects a number, found {value!r}") from None
 
 
 def _calibration_source(path: Path | None, function: str | None) -> str:

@@ -525,8 +525,31 @@ class PruneStep(StepBase):
         description="channel: remove whole channels (smaller, faster dense model); magnitude: "
         "zero the smallest weights (smaller when compressed, not faster on dense kernels).",
     )
-    ratio: float = Field(0.5, ge=0, lt=1, description="Fraction of channels / weights to remove.")
-    criterion: Literal["l1", "l2"] = Field("l1", description="Channel importance: weight norm.")
+    ratio: float | Literal["auto"] = Field(
+        0.5,
+        description="Fraction of channels / weights to remove, or 'auto': the largest ratio "
+        "(binary search up to auto_max_ratio) that stays within the tolerance budget.",
+    )
+    layer_ratios: dict[str, float] = Field(
+        default_factory=dict,
+        description="channel: ratio per group by producer-name pattern (fnmatch), e.g. "
+        "{'layers.3.*': 0.7}; the first pattern matching a producer of the group wins.",
+    )
+    measure_speed: bool = Field(
+        True, description="Time the result against its parent on the target (interleaved)."
+    )
+    auto_max_ratio: float = Field(0.9, gt=0, lt=1, description="Upper end of the auto search.")
+    auto_steps: int = Field(6, ge=1, le=20, description="Bisection steps of the auto search.")
+    criterion: Literal["l1", "l2", "activation"] = Field(
+        "l1",
+        description="Channel importance: L1/L2 norm of the group's weights, or 'activation': "
+        "mean absolute activation of its channels on the verification inputs.",
+    )
+    compensate: bool = Field(
+        False,
+        description="Fold the mean contribution of removed channels (measured on the "
+        "verification inputs) into the next layer's bias (Conv and Gemm consumers).",
+    )
     round_to: int = Field(1, ge=1, description="Keep a multiple of this many channels (8, 16).")
     min_channels: int = Field(1, ge=1, description="Keep at least this many channels per group.")
     ignore: list[str] = Field(
@@ -538,6 +561,30 @@ class PruneStep(StepBase):
     pattern: str | None = Field(
         None, description="magnitude: N:M structured sparsity such as '2:4' instead of ratio."
     )
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not 0 <= value < 1:
+            raise ValueError(f"ratio must be in [0, 1) or 'auto', found {value}")
+        return value
+
+    @field_validator("layer_ratios")
+    @classmethod
+    def _layer_ratios(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"layer ratios must be in [0, 1), found {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_needs_budget(self) -> PruneStep:
+        t = self.tolerance
+        if self.ratio == "auto" and t.min_cosine is None and t.min_top1_agreement is None:
+            raise ValueError(
+                "ratio 'auto' needs a budget: tolerance.min_cosine or min_top1_agreement"
+            )
+        return self
 
     @field_validator("pattern")
     @classmethod

@@ -329,3 +329,114 @@ def test_cli_prune_and_python_api(tmp_path: Path) -> None:
     )
     assert bad.returncode == ExitCode.USAGE
     assert "expected N:M" in error_line(bad)
+
+
+def _three_convs(tmp_path: Path) -> Path:
+    wa, wb, wc = w(16, 3, 3, 3), w(16, 16, 3, 3), w(4, 16, 3, 3)
+    return build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="stage1.conv"),
+            helper.make_node("Relu", ["a"], ["ra"]),
+            helper.make_node("Conv", ["ra", "wb"], ["b"], pads=[1, 1, 1, 1], name="stage2.conv"),
+            helper.make_node("Relu", ["b"], ["rb"]),
+            helper.make_node("Conv", ["rb", "wc"], ["y"], pads=[1, 1, 1, 1], name="head"),
+        ],
+        {"wa": wa, "wb": wb, "wc": wc},
+        ["N", 3, 6, 6],
+        ["N", 4, 6, 6],
+    )
+
+
+def test_layer_ratios_by_name_pattern(tmp_path: Path) -> None:
+    src = _three_convs(tmp_path)
+    entry, _ = prune(src, tmp_path / "o", ratio=0.25, layer_ratios={"stage2.*": 0.75})
+    after = {g["producers"][0]: g["channels_after"] for g in entry["report"]["groups"]}
+    assert after == {"stage1.conv": 12, "stage2.conv": 4, "head": 4}
+
+
+def test_ratio_auto_finds_the_largest_ratio_within_budget(tmp_path: Path) -> None:
+    src = _three_convs(tmp_path)
+    entry, _ = prune(src, tmp_path / "o", ratio="auto", tolerance={"min_cosine": 0.9}, auto_steps=5)
+    auto = entry["report"]["auto"]
+    assert 0 < auto["ratio"] < 0.9
+    assert entry["verification"]["main"]["outputs"][0]["cosine"] >= 0.9
+    passed = [t["ratio"] for t in auto["search"] if t["passed"]]
+    failed = [t["ratio"] for t in auto["search"] if not t["passed"]]
+    assert auto["ratio"] == max(passed)
+    assert failed and min(failed) > auto["ratio"]  # every larger ratio tried missed the budget
+    with pytest.raises(Exception, match="needs a budget"):
+        prune(src, tmp_path / "o2", ratio="auto")
+
+
+def test_compensation_folds_removed_means_into_the_next_bias(tmp_path: Path) -> None:
+    # Channels with a large positive bias have a large mean after Relu: dropping them without
+    # compensation shifts the output; folding their mean into the next bias undoes most of it.
+    wa, ba, wb = w(8, 3, 1, 1), (np.abs(w(8)) * 5 + 3).astype(np.float32), w(4, 8, 1, 1)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A"),
+            helper.make_node("Relu", ["a"], ["r"]),
+            helper.make_node("Conv", ["r", "wb"], ["y"], name="B"),
+        ],
+        {"wa": wa, "ba": ba, "wb": wb},
+        ["N", 3, 4, 4],
+        ["N", 4, 4, 4],
+    )
+    entry, out = prune(src, tmp_path / "o", ratio=0.5, compensate=True)
+    report = entry["report"]
+    with_comp = entry["verification"]["main"]["outputs"][0]["cosine"]
+    assert report["groups"][0]["compensated"] == ["B"]
+    assert with_comp > report["cosine_without_compensation"] + 0.01
+    assert "B_compensation_bias" in weights(out)
+
+
+def test_activation_criterion_keeps_the_busiest_channels(tmp_path: Path) -> None:
+    wa = w(8, 3, 1, 1)
+    ba = np.array([-50, 0, -50, 0, -50, 0, -50, 0], np.float32)  # odd channels stay active
+    wb = w(4, 8, 1, 1)
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A"),
+            helper.make_node("Relu", ["a"], ["r"]),
+            helper.make_node("Conv", ["r", "wb"], ["y"], name="B"),
+        ],
+        {"wa": wa, "ba": ba, "wb": wb},
+        ["N", 3, 4, 4],
+        ["N", 4, 4, 4],
+    )
+    _, out = prune(src, tmp_path / "o", ratio=0.5, criterion="activation")
+    np.testing.assert_array_equal(weights(out)["ba"], np.zeros(4, np.float32))
+
+
+def test_cli_ratio_auto_layer_ratio_and_compensate(tmp_path: Path) -> None:
+    import json
+
+    src = _three_convs(tmp_path)
+    proc = run_cli(
+        "prune",
+        src,
+        "-o",
+        tmp_path / "a.onnx",
+        "--ratio",
+        "auto",
+        "--min-cosine",
+        "0.9",
+        "--layer-ratio",
+        "stage1.*=0",
+        "--compensate",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    entry = json.loads(proc.stdout)["steps"][0]
+    report = entry["report"]
+    assert 0 < report["auto"]["ratio"] < 0.9
+    after = {g["producers"][0]: g["channels_after"] for g in report["groups"]}
+    assert after["stage1.conv"] == 16  # pattern ratio 0 keeps every channel
+    assert "cosine_without_compensation" in report
+    assert "speed" in entry
+    bad = run_cli("prune", src, "-o", tmp_path / "b.onnx", "--ratio", "lots")
+    assert bad.returncode == ExitCode.USAGE
+    assert "--ratio expects a number" in error_line(bad)

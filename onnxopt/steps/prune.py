@@ -465,13 +465,144 @@ def _keep_count(size: int, ratio: float, min_channels: int, round_to: int) -> in
     return max(min(size, max(keep, min_channels, 1)), 1)
 
 
-def channel_prune(model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext) -> dict[str, Any]:
+def _group_ratio(names: list[str], cfg: PruneStep, override: float | None) -> float:
+    import fnmatch
+
+    for pattern, ratio in cfg.layer_ratios.items():
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            return ratio
+    if override is not None:
+        return override
+    assert isinstance(cfg.ratio, float | int)
+    return float(cfg.ratio)
+
+
+def activation_stats(
+    model: onnx.ModelProto, names: list[str], ctx: StepContext
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (mean, mean |x|) of tensors on the verification inputs.
+
+    Channels are axis 1 for rank-4 tensors (NCHW) and the last axis otherwise.
+    """
+    import tempfile
+
+    from onnxopt.runtime import make_session, run_session
+
+    probe_model = onnx.ModelProto()
+    probe_model.CopyFrom(model)
+    present = {o.name for o in probe_model.graph.output}
+    for name in names:
+        if name not in present:
+            probe_model.graph.output.append(onnx.ValueInfoProto(name=name))
+    del probe_model.graph.value_info[:]
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        path = save_model(probe_model, Path(tmp) / "stats.onnx")
+        session = make_session(path, ctx.target, level="disable")
+        outs = [o.name for o in session.get_outputs()]
+        for name, value in zip(outs, run_session(session, ctx.inputs, "stats"), strict=True):
+            if name not in names:
+                continue
+            axis = 1 if value.ndim == 4 else value.ndim - 1
+            others = tuple(i for i in range(value.ndim) if i != axis)
+            stats[name] = (value.mean(axis=others), np.abs(value).mean(axis=others))
+    return stats
+
+
+def _activation_importance(
+    group: Group, stats: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Mean |activation| of each channel as the next layers read it (after activations)."""
+    total = np.zeros(group.size)
+    found = False
+    for kind, node, extra in group.members:
+        if kind not in ("conv_in", "mm_in", "in_at", "flatten_in") or node.input[0] not in stats:
+            continue
+        magnitude = stats[node.input[0]][1]
+        if kind == "flatten_in":
+            total += magnitude.reshape(group.size, int(extra)).mean(axis=1)
+        elif kind == "in_at":
+            total += magnitude[int(extra) : int(extra) + group.size]
+        else:
+            total += magnitude
+        found = True
+    if not found:  # nobody reads the channels through a weight: use the producers' outputs
+        for producer in group.producers:
+            if producer.output[0] in stats:
+                total += stats[producer.output[0]][1]
+    return total
+
+
+def _bias(a: ChannelAnalysis, node: onnx.NodeProto, size: int) -> str | None:
+    """Name of a private bias initializer of a Conv/Gemm consumer (created when absent)."""
+    if len(node.input) > 2 and node.input[2]:
+        name = node.input[2]
+        if name not in a.inits or a.uses.get(name, 0) > 1:
+            return None
+        return name
+    name = f"{node.name or node.op_type}_compensation_bias"
+    tensor = numpy_helper.from_array(np.zeros(size, np.float32), name)
+    a.graph.initializer.append(tensor)
+    a.inits[name] = a.graph.initializer[-1]
+    while len(node.input) < 2:
+        node.input.append("")
+    node.input.append(name)
+    return name
+
+
+def _compensate(
+    group: Group,
+    keep: np.ndarray,
+    a: ChannelAnalysis,
+    stats: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> list[str]:
+    """Add the removed channels' mean contribution to each consumer's bias."""
+    removed = np.setdiff1d(np.arange(group.size), keep)
+    done = []
+    for kind, node, extra in group.members:
+        if kind not in ("conv_in", "mm_in", "in_at", "flatten_in"):
+            continue
+        if node.op_type == "MatMul" or node.input[0] not in stats:
+            continue
+        mean = stats[node.input[0]][0]
+        w = a._weight(node, 1)
+        assert w is not None
+        if kind == "flatten_in":
+            spatial = int(extra)
+            idx = (removed[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
+        elif kind == "in_at":
+            idx = int(extra) + removed
+        else:
+            idx = removed
+        if node.op_type == "Conv":
+            delta = np.einsum("mckl,c->m", w[:, idx], mean[idx])
+        elif _attr(node, "transB", 0):
+            delta = w[:, idx] @ mean[idx]
+        else:
+            delta = mean[idx] @ w[idx]
+        name = _bias(a, node, delta.shape[0])
+        if name is None:
+            continue
+        bias = numpy_helper.to_array(a.inits[name]).astype(np.float32)
+        _set(a, name, (bias + delta).astype(np.float32))
+        done.append(node.name or node.op_type)
+    return done
+
+
+def channel_prune(
+    model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext, ratio_override: float | None = None
+) -> dict[str, Any]:
     """Prune channels of ``model`` in place; return the per-group report."""
     from onnxopt.inspection import _fixed_copy, _shapes
 
     shapes = _shapes(_fixed_copy(model, ctx.dims))
     analysis = ChannelAnalysis(model, shapes)
     groups = analysis.run()
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if cfg.criterion == "activation" or cfg.compensate:
+        wanted = {p.output[0] for g in groups.values() for p in g.producers}
+        wanted |= {n.input[0] for g in groups.values() for _, n, _ in g.members}
+        stats = activation_stats(model, sorted(wanted), ctx)
     report_groups = []
     pruned_any = False
     pending: dict[str, np.ndarray] = {}
@@ -485,8 +616,12 @@ def channel_prune(model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext) -> d
             entry.update(prunable=False, reasons=group.problems, channels_after=group.size)
             report_groups.append(entry)
             continue
-        scores = _importance(group, analysis, cfg.criterion)
-        count = _keep_count(group.size, cfg.ratio, cfg.min_channels, cfg.round_to)
+        if cfg.criterion == "activation":
+            scores = _activation_importance(group, stats)
+        else:
+            scores = _importance(group, analysis, cfg.criterion)
+        ratio = _group_ratio(names, cfg, ratio_override)
+        count = _keep_count(group.size, ratio, cfg.min_channels, cfg.round_to)
         keep = np.sort(np.argsort(-scores, kind="stable")[:count])
         entry.update(
             prunable=True,
@@ -494,6 +629,8 @@ def channel_prune(model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext) -> d
             importance_range=[float(scores.min()), float(scores.max())],
         )
         if count < group.size:
+            if cfg.compensate:
+                entry["compensated"] = _compensate(group, keep, analysis, stats)
             _apply(group, keep, analysis, pending)
             pruned_any = True
         report_groups.append(entry)
@@ -532,8 +669,11 @@ def _n_m_mask(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     return np.moveaxis(mask, -1, axis)
 
 
-def magnitude_prune(model: onnx.ModelProto, cfg: PruneStep) -> dict[str, Any]:
+def magnitude_prune(
+    model: onnx.ModelProto, cfg: PruneStep, ratio_override: float | None = None
+) -> dict[str, Any]:
     """Zero the smallest weights in place; return per-layer sparsity."""
+    ratio = ratio_override if ratio_override is not None else float(cfg.ratio)
     weights = _weights_of(model)
     if not weights:
         raise StepError("magnitude pruning found no Conv/Gemm/MatMul weight initializers")
@@ -545,12 +685,12 @@ def magnitude_prune(model: onnx.ModelProto, cfg: PruneStep) -> dict[str, Any]:
             masks[name] = _n_m_mask(w, n, m, axis=1 if w.ndim > 2 else 0)
     elif cfg.scope == "global":
         everything = np.concatenate([np.abs(w).ravel() for w in arrays.values()])
-        k = int(cfg.ratio * everything.size)
+        k = int(ratio * everything.size)
         threshold = np.partition(everything, k - 1)[k - 1] if k > 0 else -np.inf
         masks = {name: np.abs(w) > threshold for name, w in arrays.items()}
     else:
         for name, w in arrays.items():
-            k = int(cfg.ratio * w.size)
+            k = int(ratio * w.size)
             threshold = np.partition(np.abs(w).ravel(), k - 1)[k - 1] if k > 0 else -np.inf
             masks[name] = np.abs(w) > threshold
     layers = []
@@ -563,6 +703,77 @@ def magnitude_prune(model: onnx.ModelProto, cfg: PruneStep) -> dict[str, Any]:
     return {"layers": layers, "sparsity": zeros / total}
 
 
+def _cosine_without_compensation(
+    src: Path, cfg: PruneStep, ctx: StepContext, ratio: float | None
+) -> float:
+    """Fidelity of the same pruning without compensation, for the report."""
+    import tempfile
+
+    from onnxopt.pipeline import reference_outputs, verify_model
+    from onnxopt.verify import resolve_tolerance
+
+    plain = load_model(src)
+    channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        probe = save_model(plain, Path(tmp) / "plain.onnx")
+        result = verify_model(
+            probe, reference_outputs(src, ctx), resolve_tolerance("prune", cfg.tolerance), ctx
+        )
+    return min((o.get("cosine", 1.0) for o in result["main"]["outputs"]), default=1.0)
+
+
+def _search_ratio(
+    src: Path, model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext
+) -> tuple[float, list[dict[str, Any]]]:
+    """Bisect the largest ratio whose pruned model stays within the budget."""
+    import tempfile
+
+    from onnxopt.pipeline import reference_outputs, verify_model
+    from onnxopt.verify import resolve_tolerance
+
+    reference = reference_outputs(src, ctx)
+    tol = resolve_tolerance("prune", cfg.tolerance)
+    lo, hi = 0.0, cfg.auto_max_ratio
+    trail: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        for step in range(cfg.auto_steps + 1):
+            ratio = hi if step == 0 else (lo + hi) / 2
+            trial = onnx.ModelProto()
+            trial.CopyFrom(model)
+            try:
+                if cfg.method == "channel":
+                    if not channel_prune(trial, cfg, ctx, ratio)["pruned"]:
+                        trail.append({"ratio": ratio, "passed": False, "note": "nothing pruned"})
+                        hi = ratio
+                        continue
+                else:
+                    magnitude_prune(trial, cfg, ratio)
+                save_model(trial, probe)
+                verification = verify_model(probe, reference, tol, ctx)
+            except StepError as err:
+                trail.append({"ratio": ratio, "passed": False, "note": err.message})
+                hi = ratio
+                continue
+            cosine = min(
+                (o.get("cosine", 1.0) for o in verification["main"]["outputs"]), default=1.0
+            )
+            trail.append({"ratio": ratio, "passed": verification["passed"], "cosine": cosine})
+            if verification["passed"]:
+                lo = ratio
+                if step == 0:
+                    break
+            else:
+                hi = ratio
+    if lo <= 0.0:
+        raise StepError(
+            "ratio auto: no ratio above 0 keeps the model within the budget",
+            hint=f"searched up to {cfg.auto_max_ratio} in {cfg.auto_steps} steps; widen the "
+            "budget or prune fewer layers (ignore, layer_ratios)",
+        )
+    return lo, trail
+
+
 def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepResult:
     """Prune ``src`` into ``dst``."""
     from onnxopt.artifacts import model_size
@@ -573,21 +784,29 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
     before = summary(model)
     macs_before = compute_macs(model, ctx.dims, src)["macs"]
     warnings: list[str] = []
+    search: list[dict[str, Any]] | None = None
+    ratio: float | None = None
+    if cfg.ratio == "auto":
+        ratio, search = _search_ratio(src, model, cfg, ctx)
     if cfg.method == "channel":
-        facts = channel_prune(model, cfg, ctx)
+        facts = channel_prune(model, cfg, ctx, ratio)
         if not facts["pruned"]:
             reasons = [g.get("reasons") for g in facts["groups"] if not g["prunable"]]
             raise StepError(
                 f"channel pruning removed nothing: {len(facts['groups'])} group(s) found, "
-                f"none prunable at ratio {cfg.ratio}",
+                f"none prunable at ratio {ratio if ratio is not None else cfg.ratio}",
                 hint=f"first reasons: {reasons[:2]}" if reasons else "raise the ratio",
             )
     else:
-        facts = magnitude_prune(model, cfg)
+        facts = magnitude_prune(model, cfg, ratio)
         warnings.append(
             "unstructured sparsity: dense CPU kernels do not skip zeros, so the model is no "
             "faster; it compresses better (see compressed_size)"
         )
+    if search is not None:
+        facts["auto"] = {"ratio": ratio, "search": search}
+    if cfg.method == "channel" and cfg.compensate:
+        facts["cosine_without_compensation"] = _cosine_without_compensation(src, cfg, ctx, ratio)
     save_model(model, dst, external_data=ctx.config.external_data)
     after_model = load_model(dst)
     after = summary(after_model)
