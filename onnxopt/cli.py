@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onnxopt import __version__
-from onnxopt.errors import ConfigError, ExitCode, OnnxoptError
+from onnxopt.errors import ConfigError, ExitCode, OnnxoptError, Terminated
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,9 +102,11 @@ def _funnel(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         _error(str(err))
         raise typer.Exit(int(err.exit_code)) from None
-    except KeyboardInterrupt:
-        _error("interrupted; no unfinished artifact was kept")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        _error(f"{'terminated' if terminated else 'interrupted'}; no unfinished artifact was kept")
+        code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+        raise typer.Exit(int(code)) from None
     except Exception as err:
         if debug:
             traceback.print_exc()
@@ -207,12 +209,15 @@ def _execute(
     force: bool,
     as_json: bool,
     quiet: bool,
+    wait: bool = True,
 ) -> dict[str, Any]:
     from onnxopt.pipeline import run_pipeline
 
     progress = _Progress(_stderr(), enabled=not quiet and not as_json)
     try:
-        return run_pipeline(config, base_dir, out_dir=out_dir, force=force, on_event=progress)
+        return run_pipeline(
+            config, base_dir, out_dir=out_dir, force=force, on_event=progress, wait=wait
+        )
     except OnnxoptError as err:
         _json_on_failure(err, as_json)
         raise
@@ -303,6 +308,10 @@ def run(
         Path | None, typer.Option("--output-dir", "-o", help="Override the config's output_dir.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Ignore cached artifacts.")] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="Fail at once if another run uses the output folder."),
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -313,7 +322,15 @@ def run(
         from onnxopt.config import load_config
 
         config, base_dir = load_config(pipeline)
-        manifest = _execute(config, base_dir, output_dir, force=force, as_json=as_json, quiet=quiet)
+        manifest = _execute(
+            config,
+            base_dir,
+            output_dir,
+            force=force,
+            as_json=as_json,
+            quiet=quiet,
+            wait=not no_wait,
+        )
         _show(manifest, as_json, quiet)
 
 
@@ -965,6 +982,13 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (SIGTERM is handled like Ctrl-C, with exit code 143)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()

@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     VERIFICATION = 3
     GATE = 4
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 class OnnxoptError(Exception):
@@ -70,6 +71,10 @@ class GateError(OnnxoptError):
     """A benchmark gate (regression or latency budget) failed (exit 4)."""
 
     exit_code = ExitCode.GATE
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the CLI's SIGTERM handler: cleaned up like Ctrl-C, exits 143."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -134,6 +134,43 @@ def verification_summary(verification: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- engine
 
+LOCK_NAME = ".onnxopt.lock"
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path, *, wait: bool, emit: Event) -> Any:
+    """One run per output folder: an exclusive advisory lock on OUT/.onnxopt.lock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = out_dir / LOCK_NAME
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            if not wait:
+                raise InputError(
+                    f"output folder {out_dir} is in use by another onnxopt run ({holder})",
+                    hint="wait for it, drop --no-wait, or use another output folder",
+                ) from None
+            log.warning("output folder %s is in use (%s); waiting for it", out_dir, holder)
+            emit("waiting", holder=holder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
 
 class Pipeline:
     """One run of a pipeline config into an output folder."""
@@ -146,7 +183,9 @@ class Pipeline:
         out_dir: Path | None = None,
         force: bool = False,
         on_event: Event | None = None,
+        wait: bool = True,
     ) -> None:
+        self.wait = wait
         self.config = config
         self.base_dir = base_dir
         self.out_dir = (out_dir or _resolve(base_dir, config.output_dir)).resolve()
@@ -172,8 +211,6 @@ class Pipeline:
                 f"cannot write to output folder {self.out_dir} ({err.strerror})",
                 hint="choose a writable output_dir",
             ) from None
-        for stale in self.out_dir.glob(".*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
 
     def _source_model(self) -> Path | None:
         if self.config.model.path is None:
@@ -322,6 +359,12 @@ class Pipeline:
         """
         cfg = self.config
         self._prepare_out_dir()
+        with _folder_lock(self.out_dir, wait=self.wait, emit=self.emit):
+            return self._run_locked(cfg)
+
+    def _run_locked(self, cfg: PipelineConfig) -> dict[str, Any]:
+        for stale in self.out_dir.glob(".*.partial"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         previous = artifacts.read_manifest(self.out_dir)
         inherited = self._owned(previous)
         self.manifest = {
@@ -685,6 +728,7 @@ def run_pipeline(
     out_dir: str | Path | None = None,
     force: bool = False,
     on_event: Event | None = None,
+    wait: bool = True,
 ) -> dict[str, Any]:
     """Run a pipeline and return its manifest.
 
@@ -694,6 +738,7 @@ def run_pipeline(
         out_dir: output folder (default: the config's ``output_dir``).
         force: ignore cached artifacts.
         on_event: progress callback ``(event, **data)``.
+        wait: when another run holds the output folder, wait for it (else fail at once).
     """
     return Pipeline(
         config,
@@ -701,6 +746,7 @@ def run_pipeline(
         out_dir=Path(out_dir) if out_dir is not None else None,
         force=force,
         on_event=on_event,
+        wait=wait,
     ).run()
 
 

@@ -1,0 +1,142 @@
+"""Hardening: SIGTERM, one run per output folder, deterministic artifacts, fuzzed configs."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from onnxopt.config import parse_config
+from onnxopt.errors import ConfigError, ExitCode
+from onnxopt.pipeline import run_pipeline
+from tests import models
+from tests.conftest import SAMPLES, error_line, finished_artifacts, run_cli, write_yaml
+
+
+def _start(cfg: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "onnxopt", "run", str(cfg), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+
+
+def test_sigterm_exits_143_and_leaves_no_partial_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "model": {"factory": f"{SAMPLES / 'resnet.py'}:build"},
+            "inputs": [{"name": "image", "shape": ["batch", 3, 224, 224]}],
+            "output_dir": str(out),
+            "steps": [{"type": "export"}],
+        },
+    )
+    proc = _start(cfg)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out / "manifest.json").read_text())["steps"]:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.TERMINATED, stderr
+    assert "terminated" in stderr and "Traceback" not in stderr
+    assert finished_artifacts(out) == []
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+
+
+def test_second_run_on_the_same_folder_waits_or_fails_with_no_wait(tmp_path: Path) -> None:
+    src = models.add_relu(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {"model": {"path": str(src)}, "output_dir": str(out), "steps": [{"type": "simplify"}]},
+    )
+    with (out / ".onnxopt.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 12345")
+        held.flush()
+        proc = run_cli("run", cfg, "--no-wait")
+        assert proc.returncode == ExitCode.USAGE
+        assert "in use by another onnxopt run (pid 12345)" in error_line(proc)
+        waiting = _start(cfg)
+        time.sleep(3)
+        assert waiting.poll() is None  # still waiting for the lock
+        assert finished_artifacts(out) == []
+        fcntl.flock(held, fcntl.LOCK_UN)
+    _, stderr = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, stderr
+    assert "waiting for it" in stderr
+    assert len(finished_artifacts(out)) == 1
+
+
+def test_same_input_and_config_give_byte_identical_artifacts(tmp_path: Path) -> None:
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
+    steps = [
+        {"type": "simplify", "backend": ["onnxsim", "ort"]},
+        {"type": "prune", "ratio": 0.25, "measure_speed": False},
+        {
+            "type": "quantize",
+            "mode": "dynamic",
+            "measure_speed": False,
+            "tolerance": {"min_cosine": 0.9},
+        },
+    ]
+    digests = []
+    for name in ("a", "b"):
+        cfg = {"model": {"path": str(src)}, "output_dir": str(tmp_path / name), "steps": steps}
+        manifest = run_pipeline(parse_config(cfg), tmp_path)
+        digests.append([(s["output"]["path"], s["output"]["sha256"]) for s in manifest["steps"]])
+    assert digests[0] == digests[1]
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+known_keys = st.sampled_from(
+    [
+        "model",
+        "steps",
+        "inputs",
+        "dims",
+        "target",
+        "verify",
+        "output_dir",
+        "name",
+        "type",
+        "path",
+        "factory",
+        "mode",
+    ]
+)
+config_like = st.dictionaries(known_keys | st.text(max_size=8), yaml_values, max_size=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config_like | yaml_values)
+def test_any_document_is_a_config_or_a_config_error(data: object) -> None:
+    text = yaml.safe_dump(data)
+    try:
+        parse_config(yaml.safe_load(text), "fuzz.yaml")
+    except ConfigError as err:
+        assert str(err).startswith("fuzz.yaml") or "environment variable" in str(err)
