@@ -57,6 +57,23 @@ def finished_artifacts(folder: Path) -> list[str]:
     )
 
 
+def wait_for_first_step(out: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Block until a running pipeline's manifest shows its first step under way."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out / "manifest.json").read_text())["steps"]:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the pipeline never started its first step")
+
+
 @pytest.fixture(scope="session")
 def mlp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The MLP sample exported once (dynamic batch)."""

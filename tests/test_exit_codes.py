@@ -7,12 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from onnxopt.errors import ExitCode
 from tests import models
-from tests.conftest import SAMPLES, error_line, finished_artifacts, run_cli, write_yaml
+from tests.conftest import (
+    SAMPLES,
+    error_line,
+    finished_artifacts,
+    run_cli,
+    wait_for_first_step,
+    write_yaml,
+)
 
 
 def test_runtime_failure_exits_1(tmp_path: Path) -> None:
@@ -75,17 +81,7 @@ def test_interrupt_exits_130_and_leaves_no_partial_artifact(tmp_path: Path) -> N
         env={**os.environ, "COLUMNS": "160"},
     )
     manifest = out / "manifest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until step 1 is under way
-        try:
-            if json.loads(manifest.read_text())["steps"]:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("the pipeline never started its first step")
+    wait_for_first_step(out, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.INTERRUPTED, stderr

@@ -19,7 +19,14 @@ from onnxopt.config import parse_config
 from onnxopt.errors import ConfigError, ExitCode
 from onnxopt.pipeline import run_pipeline
 from tests import models
-from tests.conftest import SAMPLES, error_line, finished_artifacts, run_cli, write_yaml
+from tests.conftest import (
+    SAMPLES,
+    error_line,
+    finished_artifacts,
+    run_cli,
+    wait_for_first_step,
+    write_yaml,
+)
 
 
 def _start(cfg: Path, *extra: str) -> subprocess.Popen[str]:
@@ -44,14 +51,7 @@ def test_sigterm_exits_143_and_leaves_no_partial_artifact(tmp_path: Path) -> Non
         },
     )
     proc = _start(cfg)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((out / "manifest.json").read_text())["steps"]:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
+    wait_for_first_step(out, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.TERMINATED, stderr
