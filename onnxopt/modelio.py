@@ -161,17 +161,25 @@ def save_model(model: onnx.ModelProto, final: Path, *, external_data: str = "aut
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         tmp_model = tmp_dir / final.name
-        if use_external:
-            onnx.save_model(
-                model,
-                str(tmp_model),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-        else:
-            onnx.save_model(model, str(tmp_model))
+        try:
+            if use_external:
+                onnx.save_model(
+                    model,
+                    str(tmp_model),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=1024,
+                )
+            else:
+                onnx.save_model(model, str(tmp_model))
+        except OSError as err:
+            from onnxopt.errors import StepError
+
+            raise StepError(
+                f"cannot write {final.name} in {final.parent}: {err.strerror or err}",
+                hint="free disk space or choose another output folder",
+            ) from None
         if (tmp_dir / data_name).exists():
             os.replace(tmp_dir / data_name, final.parent / data_name)
         else:

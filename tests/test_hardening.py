@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -140,3 +141,101 @@ def test_any_document_is_a_config_or_a_config_error(data: object) -> None:
         parse_config(yaml.safe_load(text), "fuzz.yaml")
     except ConfigError as err:
         assert str(err).startswith("fuzz.yaml") or "environment variable" in str(err)
+
+
+def test_disk_full_during_save_keeps_the_previous_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import onnx
+
+    from onnxopt.artifacts import model_digest
+    from onnxopt.errors import StepError
+
+    src = models.add_relu(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    first = run_pipeline(
+        parse_config(
+            {"model": {"path": str(src)}, "output_dir": str(out), "steps": [{"type": "simplify"}]}
+        ),
+        tmp_path,
+    )
+    kept = out / first["steps"][0]["output"]["path"]
+    digest = model_digest(kept)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", full)  # the disk, not the thing under test
+    cfg = parse_config(
+        {
+            "model": {"path": str(src)},
+            "output_dir": str(out),
+            "steps": [{"type": "simplify"}, {"type": "simplify", "backend": "ort"}],
+        }
+    )
+    with pytest.raises(StepError, match="No space left on device"):
+        run_pipeline(cfg, tmp_path)
+    assert model_digest(kept) == digest
+    assert finished_artifacts(out) == [kept.name]
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_bad_calibration_data_is_a_clear_input_error(tmp_path: Path) -> None:
+    import numpy as np
+
+    src = models.compute_model(tmp_path / "c.onnx")
+    nan = np.random.default_rng(0).uniform(size=(4, 1, 3, 8, 8)).astype(np.float32)
+    nan[1, 0, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=nan)
+    np.savez(tmp_path / "other.npz", z=nan)
+    (tmp_path / "empty").mkdir()
+    for path, expected in (
+        (tmp_path / "nan.npz", "has NaN or Inf"),
+        (tmp_path / "other.npz", "has no arrays ['x']"),
+        (tmp_path / "empty", "holds no images"),
+    ):
+        cfg = write_yaml(
+            tmp_path / "p.yaml",
+            {
+                "model": {"path": str(src)},
+                "output_dir": str(tmp_path / "o"),
+                "steps": [
+                    {
+                        "type": "quantize",
+                        "mode": "static",
+                        "static": {
+                            "calibration": {
+                                "source": "images" if path.is_dir() else "npz",
+                                "path": str(path),
+                            }
+                        },
+                    }
+                ],
+            },
+        )
+        proc = run_cli("run", cfg)
+        assert proc.returncode == ExitCode.USAGE, proc.stderr
+        assert expected in error_line(proc)
+        assert finished_artifacts(tmp_path / "o") == []
+
+
+def test_inputs_file_missing_an_array(tmp_path: Path) -> None:
+    import numpy as np
+
+    src = models.add_relu(tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", other=np.ones((2, 4), np.float32))
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "model": {"path": str(src)},
+            "output_dir": str(tmp_path / "o"),
+            "verify": {"inputs_file": str(tmp_path / "in.npz")},
+            "steps": [{"type": "simplify"}],
+        },
+    )
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.USAGE
+    assert "has no array 'x'" in error_line(proc)
