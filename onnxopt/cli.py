@@ -164,8 +164,10 @@ def _parse_kv_json(values: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def _tolerance(atol: float | None, rtol: float | None, cos: float | None) -> dict[str, float]:
-    tol = {"atol": atol, "rtol": rtol, "min_cosine": cos}
+def _tolerance(
+    atol: float | None, rtol: float | None, cos: float | None, top1: float | None = None
+) -> dict[str, float]:
+    tol = {"atol": atol, "rtol": rtol, "min_cosine": cos, "min_top1_agreement": top1}
     return {k: v for k, v in tol.items() if v is not None}
 
 
@@ -261,6 +263,33 @@ def _one_step_config(
         "verify": {"seed": seed, "inputs_file": str(inputs_file) if inputs_file else None},
         "steps": [step],
     }
+
+
+def _on_onnx(
+    step: dict[str, Any],
+    model: Path,
+    output: Path,
+    dims: list[str] | None,
+    provider: str,
+    threads: int | None,
+    external_data: str,
+    seed: int,
+    inputs_file: Path | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Run a step subcommand whose input is an ONNX file."""
+    data = _one_step_config(
+        step,
+        {"path": str(model.resolve())},
+        dims,
+        provider,
+        threads,
+        external_data,
+        seed,
+        inputs_file,
+    )
+    _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
 
 
 def _single_step(
@@ -460,17 +489,19 @@ def simplify(
             },
             "tolerance": _tolerance(atol, rtol, min_cosine),
         }
-        data = _one_step_config(
+        _on_onnx(
             step,
-            {"path": str(model.resolve())},
+            model,
+            output,
             dims,
             provider,
             threads,
             external_data,
             seed,
             inputs_file,
+            as_json,
+            quiet,
         )
-        _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
 
 
 @app.command()
@@ -544,9 +575,7 @@ def quantize(
     """Quantize an ONNX model (INT8 dynamic/static, fp16, int4), verified and timed."""
     _setup_logging(debug, quiet)
     with _funnel(debug):
-        tolerance: dict[str, Any] = _tolerance(None, None, min_cosine)
-        if min_top1 is not None:
-            tolerance["min_top1_agreement"] = min_top1
+        tolerance = _tolerance(None, None, min_cosine, min_top1)
         step: dict[str, Any] = {
             "type": "quantize",
             "mode": mode,
@@ -575,17 +604,19 @@ def quantize(
         }
         if op_types:
             step["op_types_to_quantize"] = [t.strip() for t in op_types.split(",") if t.strip()]
-        data = _one_step_config(
+        _on_onnx(
             step,
-            {"path": str(model.resolve())},
+            model,
+            output,
             dims,
             provider,
             threads,
             external_data,
             seed,
             inputs_file,
+            as_json,
+            quiet,
         )
-        _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
 
 
 @app.command()
@@ -642,9 +673,7 @@ def prune(
     """Prune an ONNX model: whole channels (smaller, faster) or smallest weights (sparser)."""
     _setup_logging(debug, quiet)
     with _funnel(debug):
-        tolerance: dict[str, Any] = _tolerance(None, None, min_cosine)
-        if min_top1 is not None:
-            tolerance["min_top1_agreement"] = min_top1
+        tolerance = _tolerance(None, None, min_cosine, min_top1)
         step: dict[str, Any] = {
             "type": "prune",
             "method": method,
@@ -663,17 +692,19 @@ def prune(
             "pattern": pattern,
             "tolerance": tolerance,
         }
-        data = _one_step_config(
+        _on_onnx(
             step,
-            {"path": str(model.resolve())},
+            model,
+            output,
             dims,
             provider,
             threads,
             external_data,
             seed,
             inputs_file,
+            as_json,
+            quiet,
         )
-        _single_step(data, output, source=model, as_json=as_json, quiet=quiet)
 
 
 def _float_arg(value: Any, flag: str) -> float:
