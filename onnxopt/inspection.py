@@ -111,24 +111,12 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
 
 def _runtime_shapes(path: Path, names: list[str], dims: dict[str, int]) -> dict[str, list[int]]:
     """Shapes of named intermediate values, read by running the model once in ONNX Runtime."""
-    from onnxopt.runtime import make_session, run_session
+    from onnxopt.runtime import run_exposing
 
     model = load_model(path)
-    present = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-            present.add(name)
     inputs = make_inputs(specs_from_model(model), dims, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        from onnxopt.modelio import save_model
-
-        probe = save_model(model, Path(tmp) / "probe.onnx")
-        del model
-        session = make_session(probe, None, level="disable")
-        outs = run_session(session, inputs, path.name)
-        names_out = [o.name for o in session.get_outputs()]
-    return {n: list(a.shape) for n, a in zip(names_out, outs, strict=True) if n in names}
+    (values,) = run_exposing(model, names, [inputs], where=path.name)
+    return {n: list(v.shape) for n, v in values.items()}
 
 
 def compute_macs(

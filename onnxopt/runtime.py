@@ -128,6 +128,49 @@ def make_session(
         ) from None
 
 
+def run_exposing(
+    model: Any,
+    names: list[str],
+    feeds_list: list[dict[str, np.ndarray]],
+    *,
+    target: Target | None = None,
+    work_dir: Path | None = None,
+    where: str = "model",
+) -> list[dict[str, np.ndarray]]:
+    """Values of intermediate tensors: run ``model`` with ``names`` added as outputs.
+
+    ``model`` (an onnx.ModelProto) is modified: the extra outputs are appended; pass a copy
+    to keep the original. Graph optimizations are disabled so tensors keep their names.
+
+    Returns:
+        One ``{name: value}`` dict of the requested tensors per feeds in ``feeds_list``.
+    """
+    import tempfile
+
+    import onnx
+
+    from onnxopt.modelio import save_model
+
+    present = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+    wanted = set(names)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        probe = save_model(model, Path(tmp) / "probe.onnx")
+        session = make_session(probe, target, level="disable")
+        outs = [o.name for o in session.get_outputs()]
+        return [
+            {
+                n: v
+                for n, v in zip(outs, run_session(session, feeds, where), strict=True)
+                if n in wanted
+            }
+            for feeds in feeds_list
+        ]
+
+
 def run_session(
     session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str = "model"
 ) -> list[np.ndarray]:

@@ -484,28 +484,19 @@ def activation_stats(
 
     Channels are axis 1 for rank-4 tensors (NCHW) and the last axis otherwise.
     """
-    import tempfile
-
-    from onnxopt.runtime import make_session, run_session
+    from onnxopt.runtime import run_exposing
 
     probe_model = onnx.ModelProto()
     probe_model.CopyFrom(model)
-    present = {o.name for o in probe_model.graph.output}
-    for name in names:
-        if name not in present:
-            probe_model.graph.output.append(onnx.ValueInfoProto(name=name))
     del probe_model.graph.value_info[:]
+    (values,) = run_exposing(
+        probe_model, names, [ctx.inputs], target=ctx.target, work_dir=ctx.work_dir, where="stats"
+    )
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
-        path = save_model(probe_model, Path(tmp) / "stats.onnx")
-        session = make_session(path, ctx.target, level="disable")
-        outs = [o.name for o in session.get_outputs()]
-        for name, value in zip(outs, run_session(session, ctx.inputs, "stats"), strict=True):
-            if name not in names:
-                continue
-            axis = 1 if value.ndim == 4 else value.ndim - 1
-            others = tuple(i for i in range(value.ndim) if i != axis)
-            stats[name] = (value.mean(axis=others), np.abs(value).mean(axis=others))
+    for name, value in values.items():
+        axis = 1 if value.ndim == 4 else value.ndim - 1
+        others = tuple(i for i in range(value.ndim) if i != axis)
+        stats[name] = (value.mean(axis=others), np.abs(value).mean(axis=others))
     return stats
 
 

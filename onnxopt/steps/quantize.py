@@ -408,44 +408,34 @@ def fp16_overflow_nodes(src: Path, ctx: StepContext) -> dict[str, str]:
 
     Consumers are blocked too: a value that overflows float16 must not be cast back to it.
     """
-    from onnxopt.runtime import make_session, run_session
+    from onnxopt.runtime import run_exposing
 
     model = load_model(src)
-    present = {o.name for o in model.graph.output}
     producers: dict[str, str] = {}
-    for node in model.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-            producers[name] = node.name or f"{node.op_type}:{name}"
     consumers: dict[str, list[str]] = {}
     for node in model.graph.node:
+        for name in node.output:
+            producers[name] = node.name or f"{node.op_type}:{name}"
         for name in node.input:
             consumers.setdefault(name, []).append(node.name or f"{node.op_type}:{node.output[0]}")
+    feeds_list = [f for f in (ctx.inputs, ctx.second_inputs) if f is not None]
+    names = [n for n in producers if n]
     found: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
-        probe = save_model(model, Path(tmp) / "probe.onnx")
-        del model
-        session = make_session(probe, None, level="disable")
-        names = [o.name for o in session.get_outputs()]
-        for feeds in (ctx.inputs, ctx.second_inputs):
-            if feeds is None:
+    for values in run_exposing(model, names, feeds_list, work_dir=ctx.work_dir, where=src.name):
+        for name, value in values.items():
+            if value.dtype.kind != "f" or value.size == 0:
                 continue
-            for name, value in zip(names, run_session(session, feeds, src.name), strict=True):
-                if name not in producers or value.dtype.kind != "f" or value.size == 0:
-                    continue
-                finite = np.isfinite(value)
-                peak = float(np.abs(value[finite]).max()) if finite.any() else 0.0
-                if not finite.all():
-                    reason = "inf/NaN in float32"
-                elif peak > FP16_MAX:
-                    reason = f"|value| up to {peak:.3g} > {FP16_MAX:g}"
-                else:
-                    continue
-                found.setdefault(producers[name], f"output {reason}")
-                for user in consumers.get(name, []):
-                    found.setdefault(user, f"input {reason}")
+            finite = np.isfinite(value)
+            peak = float(np.abs(value[finite]).max()) if finite.any() else 0.0
+            if not finite.all():
+                reason = "inf/NaN in float32"
+            elif peak > FP16_MAX:
+                reason = f"|value| up to {peak:.3g} > {FP16_MAX:g}"
+            else:
+                continue
+            found.setdefault(producers[name], f"output {reason}")
+            for user in consumers.get(name, []):
+                found.setdefault(user, f"input {reason}")
     return found
 
 
