@@ -510,9 +510,9 @@ class Pipeline:
             "output": None,
         }
         self.manifest["steps"].append(entry)
-        self._write_manifest()
         started = time.perf_counter()
-        try:
+        try:  # from here on, an interrupt marks this entry (the window starts at the append)
+            self._write_manifest()
             report = bench_step.run([(n, p) for n, p, _ in chain], step, ctx)
             artifacts.write_json_atomic(path, report)
             with artifacts.atomic_path(path.with_suffix(".md")) as tmp:
@@ -570,12 +570,12 @@ class Pipeline:
             "versions": artifacts.tool_versions(include_torch=step.type == "export"),
         }
         self.manifest["steps"].append(entry)
-        self._write_manifest()
         started = time.perf_counter()
         partial = self.out_dir / f".{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        try:
+        try:  # from here on, an interrupt marks this entry and removes the scratch folder
+            self._write_manifest()
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
             tmp = partial / name
             result: StepResult = runner(step.type)(parent, tmp, step, ctx)
             if result.keep_parent and parent is not None:
