@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from onnxopt.errors import InputError
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
 _CHUNK = 1 << 20
@@ -106,8 +108,13 @@ def _dist_version(name: str) -> str | None:
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it into place only on success."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as err:
+        raise InputError(
+            f"cannot write {final} ({err.strerror})", hint="choose a writable folder"
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -117,6 +124,31 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def check_writable(final: Path) -> None:
+    """Fail now, with a clear error, if ``final`` could not be written later.
+
+    Used before long measurements so that an unwritable report path is found in a second,
+    not after minutes of benchmarking. Creates the parent folder if needed.
+    """
+    if final.is_dir():
+        raise InputError(f"{final} is a folder; give a file path")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".probe", dir=final.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(
+            f"cannot write {final} ({err.strerror})", hint="choose a writable folder"
+        ) from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to ``path`` so that readers never see a half-written file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def file_mode() -> int:

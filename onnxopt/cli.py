@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -105,6 +106,7 @@ def _funnel(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
         _error(f"{'terminated' if terminated else 'interrupted'}; no unfinished artifact was kept")
+        _SIGNALS["reported"] = 1
         code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
         raise typer.Exit(int(code)) from None
     except Exception as err:
@@ -936,20 +938,23 @@ def bench(
             intra_op_threads=threads,
             inter_op_threads=inter_threads,
         )
+        from onnxopt.artifacts import check_writable, write_json_atomic, write_text_atomic
+
+        for out_path in (output, markdown_out, csv_out, plot_out):
+            if out_path is not None:
+                check_writable(out_path)
         progress = _stderr()
         if not quiet and not as_json:
             progress.print(f"measuring {len(models)} model(s) on {provider} ...", highlight=False)
         report = run_bench(
             [Candidate(n, m) for n, m in zip(names, models, strict=True)], source, cfg, target
         )
-        from onnxopt.artifacts import write_json_atomic
-
         if output is not None:
             write_json_atomic(output, report)
         if markdown_out is not None:
-            markdown_out.write_text(bench_report.markdown(report), encoding="utf-8")
+            write_text_atomic(markdown_out, bench_report.markdown(report))
         if csv_out is not None:
-            csv_out.write_text(bench_report.to_csv(report), encoding="utf-8")
+            write_text_atomic(csv_out, bench_report.to_csv(report))
         if plot_out is not None:
             bench_report.plot(report, plot_out)
         if as_json:
@@ -1013,13 +1018,57 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
+_SIGNALS: dict[str, float] = {}  # the last signal acted on, when, and whether it was reported
+_CLEANUP_S = 3.0
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: unwind, removing unfinished work (exit code 130/143).
+
+    A repeat within a few seconds is ignored, so that a double Ctrl-C, or a SIGTERM right
+    after one, cannot cut the cleanup short (it takes well under a second). A later repeat
+    interrupts again, in case the first was swallowed by library code; SIGKILL always works.
+    """
+    import signal
+    import time
+
+    now = time.monotonic()
+    if now - _SIGNALS.get("at", -_CLEANUP_S) < _CLEANUP_S:
+        return
+    _SIGNALS.update(at=now, signum=signum)
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
 
 
 def main() -> None:
     """Console-script entry point (SIGTERM is handled like Ctrl-C, with exit code 143)."""
     import signal
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    app()
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
+    try:
+        app()
+    except KeyboardInterrupt as err:  # while Typer was still building the command line
+        _error("stopped before any work started; nothing was written")
+        sys.stderr.flush()
+        os._exit(int(ExitCode.TERMINATED if isinstance(err, Terminated) else ExitCode.INTERRUPTED))
+    except SystemExit as done:
+        if done.code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+            # The cleanup is done. Exit now: if the interrupt landed while an extension
+            # module was evaluating Python code, CPython has flagged it "unhandled" and
+            # would otherwise end the process by SIGINT, hiding the documented exit code.
+            code = int(done.code)
+            if "signum" in _SIGNALS:  # typer reports any interrupt before a command as 130
+                code = int(
+                    ExitCode.TERMINATED
+                    if _SIGNALS["signum"] == signal.SIGTERM
+                    else ExitCode.INTERRUPTED
+                )
+            if not _SIGNALS.get("reported"):
+                _error("stopped before any work started; nothing was written")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise

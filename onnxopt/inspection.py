@@ -131,12 +131,15 @@ def compute_macs(
     mac_nodes = [
         node for graph in iter_graphs(model.graph) for node in graph.node if _mac_kind(node)
     ]
+    # values an ONNX Runtime run can expose: those of the main graph, not of If/Loop bodies
+    top_level = {o for node in model.graph.node for o in node.output}
+    top_level |= {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
     missing = {
         name
         for node in mac_nodes
         if node_macs(node, shapes) is None
         for name in (*node.input[:2], node.output[0])
-        if name and name not in shapes
+        if name and name not in shapes and name in top_level
     }
     source = "shape inference"
     if missing and path is not None:

@@ -95,6 +95,14 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
             hint="check that the file is really an ONNX model",
         )
     _check_external_locations(model, file)
+    try:  # by path: external data is looked up beside the file, not read
+        onnx.checker.check_model(str(file))
+    except (onnx.checker.ValidationError, UnicodeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"{file}: not a valid ONNX model (onnx.checker: {first[:200]})",
+            hint="check that the file is complete; re-export it if it was edited or damaged",
+        ) from None
     if load_weights:
         try:
             onnx.load_external_data_for_model(model, str(file.parent))
@@ -258,14 +266,29 @@ def value_info_shape(value: onnx.ValueInfoProto) -> list[Dim]:
 
 
 def value_info_dtype(value: onnx.ValueInfoProto) -> str:
-    """numpy-style dtype name of a tensor value ('unknown' for non-tensors)."""
-    t = value.type
-    if not t.HasField("tensor_type"):
-        return t.WhichOneof("value") or "unknown"
+    """numpy-style dtype of a tensor value; e.g. 'sequence<map<int64,float32>>' otherwise."""
+    return _type_text(value.type)
+
+
+def _elem_text(elem_type: int) -> str:
     try:
-        return str(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
+        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
     except (KeyError, TypeError, ValueError):
-        return onnx.TensorProto.DataType.Name(t.tensor_type.elem_type).lower()
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _type_text(t: onnx.TypeProto) -> str:
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type":
+        return _elem_text(t.tensor_type.elem_type)
+    if kind == "sequence_type":
+        return f"sequence<{_type_text(t.sequence_type.elem_type)}>"
+    if kind == "map_type":
+        key = _elem_text(t.map_type.key_type)
+        return f"map<{key},{_type_text(t.map_type.value_type)}>"
+    if kind == "optional_type":
+        return f"optional<{_type_text(t.optional_type.elem_type)}>"
+    return kind or "unknown"
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -358,3 +381,27 @@ def opset_of(model: onnx.ModelProto) -> int:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
     return 0
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Turn top-level ``Constant`` nodes holding tensors into initializers; return how many.
+
+    Exporters such as Paddle's and spox keep weights in Constant nodes, which ONNX Runtime's
+    quantizers do not accept ("Expected ... to be an initializer").
+    """
+    graph = model.graph
+    keep, moved = [], 0
+    for node in graph.node:
+        attr = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in attr:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attr["value"].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved

@@ -323,7 +323,7 @@ class Pipeline:
     ) -> dict[str, Any] | None:
         if previous is None or self.force:
             return None
-        for entry in previous.get("steps", []):
+        for entry in self._recorded(previous):
             if entry.get("index") != index or entry.get("key") != key:
                 continue
             if entry.get("status") not in ("ok", "cached"):
@@ -345,6 +345,26 @@ class Pipeline:
             except (OnnxoptError, OSError) as err:
                 log.info("cached artifact %s is unusable (%s); rebuilding", out.name, err)
         return None
+
+    @staticmethod
+    def _recorded(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """A manifest's step entries, with those an unfinished run carried over."""
+        if manifest is None:
+            return []
+        return [*manifest.get("steps", []), *manifest.get("carried_over", [])]
+
+    def _carry_over(self, previous: dict[str, Any] | None) -> None:
+        """Keep finished entries of earlier runs that this unfinished run did not reach.
+
+        Without this, a run interrupted before it got to (and re-used) step 3 would forget
+        that step 3 had been done, and the next run would rebuild it.
+        """
+        reached = {(e.get("index"), e.get("key")) for e in self.manifest["steps"]}
+        self.manifest["carried_over"] = [
+            e
+            for e in self._recorded(previous)
+            if e.get("status") in ("ok", "cached") and (e.get("index"), e.get("key")) not in reached
+        ]
 
     # -- running ----------------------------------------------------------
 
@@ -417,6 +437,7 @@ class Pipeline:
         finally:
             self.manifest["ended"] = _now()
             if self.manifest["status"] != "ok":
+                self._carry_over(previous)
                 self._track_artifacts(inherited)
             with contextlib.suppress(OSError):
                 if self.out_dir.is_dir():
@@ -520,15 +541,20 @@ class Pipeline:
             entry["report_file"] = {"path": name, "sha256": artifacts.sha256_file(path)}
             entry["report"] = bench_step.summary(report)
             raise_for_gates(report)
+            entry.update(
+                status="ok", ended=_now(), duration_s=round(time.perf_counter() - started, 3)
+            )
+            self._write_manifest()
         except BaseException as err:
             entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
-            raise
-        finally:
             entry["ended"] = _now()
             entry["duration_s"] = round(time.perf_counter() - started, 3)
-        entry["status"] = "ok"
-        self._write_manifest()
+            if isinstance(err, KeyboardInterrupt):  # a failed gate keeps its report to read
+                entry.pop("report_file", None)
+                path.unlink(missing_ok=True)
+                path.with_suffix(".md").unlink(missing_ok=True)
+            raise
         self.emit("step_end", entry=entry)
 
     def _run_step(
@@ -614,28 +640,31 @@ class Pipeline:
             ):
                 entry["speed"] = self._guard(index, step, parent, tmp, ctx)
             publish(tmp, final)
+            # still inside the try: an interrupt before the manifest records the artifact
+            # removes it, so a file on disk always has an "ok" entry
+            digest = artifacts.model_digest(final)
+            entry.update(
+                status="ok",
+                ended=_now(),
+                duration_s=round(time.perf_counter() - started, 3),
+                output={
+                    "path": name,
+                    "sha256": digest,
+                    "size_bytes": artifacts.model_size(final),
+                    "external_data": [p.name for p in artifacts.external_data_files(final)],
+                },
+            )
+            self._write_manifest()
         except BaseException as err:
             entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
             entry["ended"] = _now()
             entry["duration_s"] = round(time.perf_counter() - started, 3)
+            entry.pop("output", None)
             remove_model(final)
             raise
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-        digest = artifacts.model_digest(final)
-        entry.update(
-            status="ok",
-            ended=_now(),
-            duration_s=round(time.perf_counter() - started, 3),
-            output={
-                "path": name,
-                "sha256": digest,
-                "size_bytes": artifacts.model_size(final),
-                "external_data": [p.name for p in artifacts.external_data_files(final)],
-            },
-        )
-        self._write_manifest()
         self.emit("step_end", entry=entry)
         return final, digest
 
@@ -784,7 +813,13 @@ def run_to_file(
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create output folder {parent} ({err.strerror})") from None
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=parent))
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.work-", dir=parent))
+    except OSError as err:
+        raise InputError(
+            f"cannot write to output folder {parent} ({err.strerror})",
+            hint="choose a writable folder for -o",
+        ) from None
     try:
         manifest = Pipeline(
             config, Path.cwd(), out_dir=scratch, force=True, on_event=on_event

@@ -187,4 +187,25 @@ def run_session(
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StepError(f"{where}: ONNX Runtime failed to run the model: {first[:300]}") from None
-    return [np.asarray(o) for o in outputs]
+    return [as_array(o) for o in outputs]
+
+
+def as_array(value: Any) -> np.ndarray:
+    """One output as an array, non-tensor outputs included, so that it can be compared.
+
+    A sequence of equally shaped tensors is stacked (otherwise flattened and joined); a map
+    becomes its values in key order; a sequence of maps (ZipMap's output) a matrix with one
+    row per item and one column per key.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, dict):
+        return np.asarray([value[k] for k in sorted(value)], dtype=np.float64)
+    if isinstance(value, list | tuple):
+        if not value:
+            return np.zeros((0,), np.float32)
+        parts = [as_array(v) for v in value]
+        if len({p.shape for p in parts}) == 1:
+            return np.stack(parts)
+        return np.concatenate([p.ravel() for p in parts])
+    return np.asarray(value)

@@ -34,6 +34,17 @@ def run_cli(
     )
 
 
+def default_sigint() -> None:
+    """preexec_fn for a child that must react to SIGINT even if this process ignores it.
+
+    A shell starts background jobs (as some CI runners do) with SIGINT ignored; children
+    inherit that, and Python then leaves SIGINT ignored, as it should.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     """Write a pipeline mapping as YAML."""
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -13,6 +13,7 @@ from onnxopt.errors import ExitCode
 from tests import models
 from tests.conftest import (
     SAMPLES,
+    default_sigint,
     error_line,
     finished_artifacts,
     run_cli,
@@ -79,6 +80,7 @@ def test_interrupt_exits_130_and_leaves_no_partial_artifact(tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "160"},
+        preexec_fn=default_sigint,
     )
     manifest = out / "manifest.json"
     wait_for_first_step(out, proc)

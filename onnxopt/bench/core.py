@@ -21,7 +21,7 @@ import numpy as np
 from onnxopt.bench.stats import bootstrap_median_ci, bootstrap_ratio_ci, summarize, verdict
 from onnxopt.config import BenchStep, Target
 from onnxopt.errors import InputError
-from onnxopt.runtime import LEVELS, make_session, provider_id, short_name
+from onnxopt.runtime import LEVELS, as_array, make_session, provider_id, short_name
 
 log = logging.getLogger("onnxopt")
 
@@ -137,7 +137,7 @@ def measure(
             outputs = session.run(None, feeds)
             res.first_run_ms.append((time.perf_counter() - start) * 1000.0)
             if trial == 0:
-                res.outputs = [np.asarray(o) for o in outputs]
+                res.outputs = [as_array(o) for o in outputs]
             sessions.append(session)
         if uses_io_binding(cfg, target.provider):
             device_id = int(target.provider_options.get("device_id", 0))

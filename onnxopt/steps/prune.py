@@ -25,7 +25,7 @@ from onnx import numpy_helper
 
 from onnxopt.config import PruneStep
 from onnxopt.errors import StepError
-from onnxopt.modelio import load_model, save_model, summary
+from onnxopt.modelio import constants_to_initializers, load_model, save_model, summary
 from onnxopt.steps.base import StepContext, StepResult
 
 log = logging.getLogger("onnxopt")
@@ -703,7 +703,7 @@ def _cosine_without_compensation(
     from onnxopt.pipeline import reference_outputs, verify_model
     from onnxopt.verify import resolve_tolerance
 
-    plain = load_model(src)
+    plain = _load(src)
     channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
     with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
         probe = save_model(plain, Path(tmp) / "plain.onnx")
@@ -765,13 +765,20 @@ def _search_ratio(
     return lo, trail
 
 
+def _load(src: Path) -> onnx.ModelProto:
+    """The model with Constant-node weights (Paddle, spox exports) as initializers."""
+    model = load_model(src)
+    constants_to_initializers(model)
+    return model
+
+
 def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepResult:
     """Prune ``src`` into ``dst``."""
     from onnxopt.artifacts import model_size
     from onnxopt.inspection import compute_macs
 
     assert src is not None
-    model = load_model(src)
+    model = _load(src)
     before = summary(model)
     macs_before = compute_macs(model, ctx.dims, src)["macs"]
     warnings: list[str] = []
@@ -783,10 +790,11 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
         facts = channel_prune(model, cfg, ctx, ratio)
         if not facts["pruned"]:
             reasons = [g.get("reasons") for g in facts["groups"] if not g["prunable"]]
+            first = "; ".join(str(r) for r in (reasons[0] or [])[:3]) if reasons else ""
             raise StepError(
                 f"channel pruning removed nothing: {len(facts['groups'])} group(s) found, "
                 f"none prunable at ratio {ratio if ratio is not None else cfg.ratio}",
-                hint=f"first reasons: {reasons[:2]}" if reasons else "raise the ratio",
+                hint=f"first reasons: {first}" if first else "raise the ratio",
             )
     else:
         facts = magnitude_prune(model, cfg, ratio)

@@ -21,7 +21,13 @@ import onnx
 
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import ConfigError, InputError, StepError
-from onnxopt.modelio import iter_graphs, load_model, save_model, topological_sort
+from onnxopt.modelio import (
+    constants_to_initializers,
+    iter_graphs,
+    load_model,
+    save_model,
+    topological_sort,
+)
 from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.verify import Inputs, load_inputs, make_inputs
 
@@ -67,30 +73,6 @@ def name_nodes(model: onnx.ModelProto) -> int:
             taken.add(name)
             named += 1
     return named
-
-
-def constants_to_initializers(model: onnx.ModelProto) -> int:
-    """Turn top-level ``Constant`` nodes holding tensors into initializers; return how many.
-
-    Exporters such as Paddle's and spox keep weights in Constant nodes, which ONNX Runtime's
-    quantizers do not accept ("Expected ... to be an initializer").
-    """
-    graph = model.graph
-    keep, moved = [], 0
-    for node in graph.node:
-        attr = {a.name: a for a in node.attribute}
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in attr:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(attr["value"].t)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-            moved += 1
-        else:
-            keep.append(node)
-    if moved:
-        del graph.node[:]
-        graph.node.extend(keep)
-    return moved
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, Any]:
@@ -519,8 +501,26 @@ def _fp16(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str
     }
 
 
-def _int4(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
+def _nbits_quantizer() -> Any:
+    """onnxruntime's MatMulNBitsQuantizer, imported without its logging side effects.
+
+    The module calls ``logging.basicConfig(level=INFO)`` on import, which would print a
+    line per MatMul (even under ``-q``) and turn on every library's INFO logs.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    return MatMulNBitsQuantizer
+
+
+def _int4(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
+    MatMulNBitsQuantizer = _nbits_quantizer()  # noqa: N806 - a class
 
     opts = cfg.int4
     if opts.block_size & (opts.block_size - 1):

@@ -31,13 +31,9 @@ def rank_nodes(
     tensor (its cosine stays high while every other channel is ruined), so each node is
     measured by its effect on the model's outputs.
     """
+    from onnxopt.modelio import constants_to_initializers
     from onnxopt.pipeline import verify_model
-    from onnxopt.steps.quantize import (
-        COMPUTE_OPS,
-        constants_to_initializers,
-        name_nodes,
-        quantize_once,
-    )
+    from onnxopt.steps.quantize import COMPUTE_OPS, name_nodes, quantize_once
 
     model = load_model(src, load_weights=False)
     constants_to_initializers(model)
