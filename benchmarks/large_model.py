@@ -95,22 +95,31 @@ def main() -> None:
     args = parser.parse_args()
 
     from onnxopt.artifacts import external_data_files
-    from tests.models import matmul_chain
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="large-model-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
         src = folder / "big.onnx"
         if not src.exists():
+            # in a child process: a process forked from a parent that held the model would
+            # inherit the parent's peak memory in its own rusage
             start = time.perf_counter()
-            matmul_chain(src, args.layers, args.width, external=True)
-            print(f"built {src} in {time.perf_counter() - start:.0f} s")
+            code = (
+                f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+                "from tests.models import matmul_chain; "
+                f"matmul_chain(Path({str(src)!r}), {args.layers}, {args.width}, external=True)"
+            )
+            subprocess.run([sys.executable, "-c", code], check=True)
+            print(f"built {src} in {time.perf_counter() - start:.0f} s", flush=True)
         size = sum(p.stat().st_size for p in [src, *external_data_files(src)])
-        print(f"model: {args.layers} x {args.width}^2 float32 = {size / GIB:.2f} GiB")
+        print(f"model: {args.layers} x {args.width}^2 float32 = {size / GIB:.2f} GiB", flush=True)
         out = folder / "out"
         out.mkdir(exist_ok=True)
         wanted = {s.strip() for s in args.only.split(",")} if args.only else None
-        print(f"{'step':<20} {'exit':>4} {'wall s':>7} {'peak RSS GiB':>13} {'x model':>8}  note")
+        print(
+            f"{'step':<20} {'exit':>4} {'wall s':>7} {'peak RSS GiB':>13} {'x model':>8}  note",
+            flush=True,
+        )
         for name, cmd in _steps(src, out):
             if wanted and name not in wanted:
                 continue

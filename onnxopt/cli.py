@@ -28,7 +28,7 @@ app = typer.Typer(
     name="onnxopt",
     help="Take a trained model to the fastest ONNX artifact that still gives the right "
     "answers, and prove both. Exit codes: 0 ok, 1 failure, 2 usage/config/input error, "
-    "3 verification failed, 4 benchmark gate failed, 130 interrupted.",
+    "3 verification failed, 4 benchmark gate failed, 130 interrupted, 143 terminated.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -981,6 +981,81 @@ def bench(
                 highlight=False,
             )
         raise_for_gates(report)
+
+
+report_app = typer.Typer(
+    help="Work with stored bench reports.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("merge")
+def report_merge(
+    reports: Annotated[
+        list[Path], typer.Argument(help="Bench report JSON files; the first is the reference.")
+    ],
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", help="Comma-separated names of the reports (default: stems)."),
+    ] = None,
+    allow_models: Annotated[
+        bool,
+        typer.Option("--allow-different-models", help="Merge even if the models differ."),
+    ] = False,
+    allow_inputs: Annotated[
+        bool,
+        typer.Option("--allow-different-inputs", help="Merge even if the inputs differ."),
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the merged JSON here.")
+    ] = None,
+    markdown_out: Annotated[
+        Path | None, typer.Option("--markdown", help="Write a Markdown comparison here.")
+    ] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write a CSV here.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Merge bench reports from several machines or CI jobs into one comparison.
+
+    Reports whose models (sha256) or inputs (digest) differ are refused unless allowed.
+    """
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        from onnxopt.artifacts import check_writable, write_json_atomic, write_text_atomic
+        from onnxopt.bench import merge
+
+        for out_path in (output, markdown_out, csv_out, plot_out):
+            if out_path is not None:
+                check_writable(out_path)
+        names = [n.strip() for n in labels.split(",")] if labels else None
+        merged = merge.merge_reports(
+            reports,
+            names,
+            allow_different_models=allow_models,
+            allow_different_inputs=allow_inputs,
+        )
+        if output is not None:
+            write_json_atomic(output, merged)
+        if markdown_out is not None:
+            write_text_atomic(markdown_out, merge.markdown(merged))
+        if csv_out is not None:
+            write_text_atomic(csv_out, merge.to_csv(merged))
+        if plot_out is not None:
+            merge.plot(merged, plot_out)
+        if as_json:
+            print(json.dumps(merged, indent=2, default=str))
+        elif not quiet:
+            from rich.console import Console
+
+            console = Console(width=None if sys.stdout.isatty() else 200)
+            console.print(merge.table(merged))
+            for source in merged["sources"]:
+                console.print(merge.machine_line(source), highlight=False)
+            for note in merged["notes"]:
+                console.print(f"note: {note}", highlight=False)
 
 
 @app.command("inspect")

@@ -165,8 +165,8 @@ def to_csv(report: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Latency distributions per model/provider and the ratio chart, as a PNG."""
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or a clear error naming the extra."""
     try:
         import matplotlib
 
@@ -177,6 +177,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
             "--plot needs matplotlib, which is not installed",
             hint="pip install 'onnxopt[plot]' -c constraints.txt",
         ) from None
+    return plt
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency distributions per model/provider and the ratio chart, as a PNG."""
+    plt = pyplot()
     results = report["results"]
     labels = [
         f"{r['model']}\n{r['provider']} t={r.get('threads') or 'd'} b={r.get('batch', 1)}"

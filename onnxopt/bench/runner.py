@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from onnxopt.artifacts import model_digest
 from onnxopt.bench.core import (
     Candidate,
     concurrency,
@@ -89,7 +90,10 @@ def run_bench(
         "created": _now(),
         "machine": machine_info(),
         "settings": cfg.model_dump(mode="json", exclude={"name", "tolerance"}),
-        "models": [{"label": c.label, "path": str(c.path)} for c in candidates],
+        "models": [
+            {"label": c.label, "path": str(c.path), "sha256": model_digest(c.path)}
+            for c in candidates
+        ],
         "results": [],
         "skipped": skipped,
         "concurrency": [],
