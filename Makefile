@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint format typecheck pytest bench clean
+.PHONY: install demo test lint format typecheck pytest bench bench-large clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench: install
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/quantize.py
 	$(PY) benchmarks/prune.py
+
+bench-large: install  # a 2.25 GiB model through every step (~10 min, ~8 GiB memory)
+	$(PY) benchmarks/large_model.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

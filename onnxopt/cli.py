@@ -983,6 +983,56 @@ def bench(
         raise_for_gates(report)
 
 
+@app.command()
+def package(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to package.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the .ort file.")],
+    target_platform: Annotated[
+        str, typer.Option("--target-platform", help="arm (portable) or amd64.")
+    ] = "arm",
+    optimization_level: Annotated[
+        str,
+        typer.Option("--optimization-level", help="disable, basic, extended or all."),
+    ] = "all",
+    optimization_style: Annotated[
+        str, typer.Option("--optimization-style", help="fixed or runtime.")
+    ] = "fixed",
+    type_reduction: Annotated[
+        bool,
+        typer.Option("--type-reduction", help="Also list per-op types in the build config."),
+    ] = False,
+    dims: DimOpt = None,
+    threads: ThreadsOpt = None,
+    inputs_file: InputsFileOpt = None,
+    seed: SeedOpt = 0,
+    min_cosine: CosOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """ORT format (.ort) for ORT Mobile / minimal builds, plus the operator config.
+
+    Writes OUT.ort and OUT.required_operators.config (or
+    OUT.required_operators_and_types.config with --type-reduction), after checking that the
+    .ort file loads in ONNX Runtime and matches the ONNX model.
+    """
+    _setup_logging(debug, quiet)
+    with _funnel(debug):
+        step = {
+            "type": "package",
+            "target_platform": target_platform,
+            "optimization_level": optimization_level,
+            "optimization_style": optimization_style,
+            "type_reduction": type_reduction,
+            "tolerance": _tolerance(atol, rtol, min_cosine, None),
+        }
+        _on_onnx(
+            step, model, output, dims, "cpu", threads, "auto", seed, inputs_file, as_json, quiet
+        )
+
+
 report_app = typer.Typer(
     help="Work with stored bench reports.", no_args_is_help=True, rich_markup_mode=None
 )

@@ -597,9 +597,36 @@ class PruneStep(StepBase):
         return value
 
 
+class PackageStep(StepBase):
+    """ONNX Runtime's ORT format for ORT Mobile / minimal builds, with its operator config."""
+
+    type: Literal["package"] = Field(description="Step type.")
+    target_platform: Literal["arm", "amd64"] = Field(
+        "arm",
+        description="arm: portable (no x86-only layout rewrites, int8 QDQ kept for ARM "
+        "kernels); amd64: may use x86-specific NCHWc layouts.",
+    )
+    optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="Graph optimizations applied before saving the .ort file."
+    )
+    optimization_style: Literal["fixed", "runtime"] = Field(
+        "fixed",
+        description="fixed: optimizations baked in; runtime: saved to replay at load time "
+        "(needs session.enable_saved_runtime_optimizations=1 on the device).",
+    )
+    type_reduction: bool = Field(
+        False,
+        description="Write required_operators_and_types.config (per-op types too) for an "
+        "even smaller minimal build.",
+    )
+
+
 Step = Annotated[
-    ExportStep | SimplifyStep | BenchStep | QuantizeStep | PruneStep, Field(discriminator="type")
+    ExportStep | SimplifyStep | BenchStep | QuantizeStep | PruneStep | PackageStep,
+    Field(discriminator="type"),
 ]
+
+_STEP_TYPES = ("export", "simplify", "bench", "quantize", "prune", "package")
 
 #: Step types that exist in the roadmap but not yet in this release.
 PLANNED_STEPS: dict[str, int] = {}
@@ -642,8 +669,20 @@ class PipelineConfig(StrictModel):
             raise ValueError(
                 "'export' may appear once, as the first step, and only for a PyTorch factory"
             )
+        if kinds.count("quantize") > 1:
+            raise ValueError(
+                "'quantize' appears more than once; quantizing an already quantized model "
+                "stacks precision losses. Use one step (mode: auto tries several recipes)"
+            )
+        if "package" in kinds:
+            later = [k for k in kinds[kinds.index("package") + 1 :] if k != "bench"]
+            if later:
+                raise ValueError(
+                    f"'package' writes the deployable .ort file, so it must come after every "
+                    f"step that changes the model; found {later} after it"
+                )
         for i, step in enumerate(self.steps):
-            if step.guard is not None and step.type in ("export", "bench"):
+            if step.guard is not None and step.type in ("export", "bench", "package"):
                 raise ValueError(
                     f"steps[{i}]: 'guard' compares an artifact with its ONNX parent; "
                     f"a {step.type} step cannot carry one"
@@ -725,7 +764,7 @@ def _loc_text(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("export", "simplify", "bench", "quantize", "prune") and text.endswith("]"):
+        elif part in _STEP_TYPES and text.endswith("]"):
             continue  # discriminator tag inserted by pydantic
         else:
             text += f".{part}" if text else str(part)
@@ -758,7 +797,7 @@ def _check_step_types(data: dict[str, Any], source: str) -> None:
     steps = data.get("steps")
     if not isinstance(steps, list):
         return
-    known = ["export", "simplify", "bench", "quantize", "prune"]
+    known = list(_STEP_TYPES)
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
             raise ConfigError(

@@ -330,6 +330,13 @@ class Pipeline:
                 return None
             if entry.get("kept_parent"):
                 return entry
+            if entry.get("files"):
+                intact = all(
+                    (self.out_dir / f["path"]).is_file()
+                    and artifacts.sha256_file(self.out_dir / f["path"]) == f["sha256"]
+                    for f in entry["files"]
+                )
+                return entry if intact else None
             if entry.get("report_file"):
                 report = self.out_dir / entry["report_file"]["path"]
                 if (
@@ -414,6 +421,10 @@ class Pipeline:
                 if step.type == "bench":
                     self._run_bench(index, step, chain, ctx, previous)
                     continue
+                if step.type == "package":
+                    assert parent is not None
+                    self._run_package(index, step, parent, parent_digest, ctx, previous)
+                    continue
                 parent, parent_digest = self._run_step(
                     index, step, parent, parent_digest, ctx, previous
                 )
@@ -453,6 +464,7 @@ class Pipeline:
         for e in manifest.get("steps", []):
             names.add((e.get("output") or {}).get("path"))
             names.add((e.get("report_file") or {}).get("path"))
+            names.update(f.get("path") for f in e.get("files") or [])
         return {n for n in names if isinstance(n, str) and n and Path(n).name == n}
 
     def _track_artifacts(self, inherited: set[str]) -> None:
@@ -555,6 +567,89 @@ class Pipeline:
                 path.unlink(missing_ok=True)
                 path.with_suffix(".md").unlink(missing_ok=True)
             raise
+        self.emit("step_end", entry=entry)
+
+    def _run_package(
+        self,
+        index: int,
+        step: Any,
+        parent: Path,
+        parent_digest: str,
+        ctx: StepContext,
+        previous: dict[str, Any] | None,
+    ) -> None:
+        """Write NN-package.ort and its operator config; the chain goes on with the parent."""
+        from onnxopt.steps import package
+
+        label = step.name or step.type
+        self.emit("step_start", index=index, total=len(self.config.steps), step=label)
+        key = artifacts.digest_of(
+            index,
+            step.model_dump(mode="json"),
+            parent_digest,
+            self.manifest["inputs"]["digest"],
+            artifacts.tool_versions(),
+        )
+        if self._reuse(previous, index, key) is not None:
+            return
+        names = package.file_names(index, step)
+        finals = [self.out_dir / n for n in names]
+        entry: dict[str, Any] = {
+            "index": index,
+            "type": "package",
+            "name": label,
+            "status": "running",
+            "key": key,
+            "parent": (
+                str(parent.relative_to(self.out_dir))
+                if parent.is_relative_to(self.out_dir)
+                else str(parent)
+            ),
+            "input": {"sha256": parent_digest},
+            "config": step.model_dump(mode="json"),
+            "started": _now(),
+            "output": None,
+        }
+        self.manifest["steps"].append(entry)
+        started = time.perf_counter()
+        partial = self.out_dir / f".{names[0]}.partial"
+        try:  # from here on, an interrupt marks this entry and removes the scratch folder
+            self._write_manifest()
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            tmp_ort, tmp_config = (partial / n for n in names)
+            entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
+            tol = resolve_tolerance("package", step.tolerance)
+            verification = verify_model(tmp_ort, reference_outputs(parent, ctx), tol, ctx)
+            entry["verification"] = verification
+            if not verification["passed"]:
+                raise VerificationError(
+                    f"step {index} (package): the .ort file differs from its ONNX parent: "
+                    f"{self._first_failure(verification)}"
+                )
+            mode = artifacts.file_mode()
+            for tmp in (tmp_config, tmp_ort):  # the .ort last: its presence means complete
+                os.chmod(tmp, mode)
+                os.replace(tmp, self.out_dir / tmp.name)
+            entry["files"] = [
+                {"path": f.name, "sha256": artifacts.sha256_file(f), "size_bytes": f.stat().st_size}
+                for f in finals
+            ]
+            entry.update(
+                status="ok", ended=_now(), duration_s=round(time.perf_counter() - started, 3)
+            )
+            self._write_manifest()
+        except BaseException as err:
+            entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
+            entry["ended"] = _now()
+            entry["duration_s"] = round(time.perf_counter() - started, 3)
+            entry.pop("files", None)
+            for final in finals:
+                final.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         self.emit("step_end", entry=entry)
 
     def _run_step(
@@ -804,8 +899,10 @@ def run_to_file(
             f"output {output} is the input model; onnxopt never overwrites its input",
             hint="choose another -o path",
         )
-    if output.suffix != ".onnx":
-        raise ConfigError(f"-o expects a path ending in .onnx, found {output}")
+    packaging = config.steps[-1].type == "package"
+    suffix = ".ort" if packaging else ".onnx"
+    if output.suffix != suffix:
+        raise ConfigError(f"-o expects a path ending in {suffix}, found {output}")
     if output.is_dir():
         raise InputError(f"output {output} is a folder; give a file path ending in .onnx")
     parent = output.resolve().parent
@@ -824,7 +921,17 @@ def run_to_file(
         manifest = Pipeline(
             config, Path.cwd(), out_dir=scratch, force=True, on_event=on_event
         ).run()
-        move_model(scratch / manifest["final_artifact"], output.resolve())
+        if packaging:
+            files = manifest["steps"][-1]["files"]
+            # the operator config first, the .ort last (its presence means complete)
+            for f in reversed(files):
+                dst = output.resolve()
+                if not f["path"].endswith(".ort"):
+                    dst = dst.with_suffix("." + f["path"].split(".", 1)[1])
+                os.replace(scratch / f["path"], dst)
+                f["path"] = dst.name
+        else:
+            move_model(scratch / manifest["final_artifact"], output.resolve())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     manifest["output_dir"] = str(parent)

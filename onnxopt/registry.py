@@ -13,6 +13,7 @@ STEPS: dict[str, str] = {
     "bench": "onnxopt.steps.bench:run",
     "quantize": "onnxopt.steps.quantize:run",
     "prune": "onnxopt.steps.prune:run",
+    "package": "onnxopt.steps.package:run",
 }
 
 

@@ -209,3 +209,27 @@ def as_array(value: Any) -> np.ndarray:
             return np.stack(parts)
         return np.concatenate([p.ravel() for p in parts])
     return np.asarray(value)
+
+
+def import_quietly(module: str, *loggers: str) -> Any:
+    """Import an onnxruntime tool module without its logging side effects.
+
+    Some of them call ``logging.basicConfig`` on import (a root handler at INFO level, which
+    would print their progress even under ``-q`` and turn on every library's INFO logs) or
+    set their own loggers to DEBUG. The root logger is restored and ``loggers`` are set to
+    WARNING.
+    """
+    import importlib
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return importlib.import_module(module)
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -87,6 +87,8 @@ def pipeline_table(manifest: dict[str, Any]) -> Table:
         table.add_column(col, justify="right" if col in ("#", "size", "nodes", "time") else "left")
     for entry in manifest.get("steps", []):
         out = entry.get("output") or entry.get("report_file") or {}
+        if entry.get("files"):  # package: the .ort file (and its operator config beside it)
+            out = next((f for f in entry["files"] if f["path"].endswith(".ort")), out)
         if entry.get("kept_parent"):
             ratio = entry.get("guard", {}).get("ratio", 0)
             out = {"path": f"[yellow]kept parent (new one {ratio:.2f}x slower)[/]"}
@@ -115,6 +117,12 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
         console.print(
             f"final artifact: [bold]{manifest['output_dir']}/{manifest['final_artifact']}[/]"
         )
+    for entry in manifest.get("steps", []):
+        for f in entry.get("files") or []:
+            if not f["path"].endswith(".ort"):
+                console.print(
+                    f"minimal-build operator config: {manifest['output_dir']}/{f['path']}"
+                )
 
 
 def print_inspect(console: Console, info: dict[str, Any]) -> None:

@@ -501,26 +501,12 @@ def _fp16(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str
     }
 
 
-def _nbits_quantizer() -> Any:
-    """onnxruntime's MatMulNBitsQuantizer, imported without its logging side effects.
-
-    The module calls ``logging.basicConfig(level=INFO)`` on import, which would print a
-    line per MatMul (even under ``-q``) and turn on every library's INFO logs.
-    """
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    return MatMulNBitsQuantizer
-
-
 def _int4(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
-    MatMulNBitsQuantizer = _nbits_quantizer()  # noqa: N806 - a class
+    from onnxopt.runtime import import_quietly
+
+    MatMulNBitsQuantizer = import_quietly(  # noqa: N806 - a class
+        "onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization"
+    ).MatMulNBitsQuantizer
 
     opts = cfg.int4
     if opts.block_size & (opts.block_size - 1):

@@ -1,0 +1,105 @@
+"""The package step: the ONNX artifact in ONNX Runtime's ORT format, for ORT Mobile and
+minimal builds, plus the reduced operator configuration such a build is compiled with.
+
+It uses the converter that ships in onnxruntime (``onnxruntime.tools``): a session saves the
+optimized graph as ``.ort`` (``session.save_model_format=ORT``), and
+``create_config_from_models`` lists the operators (and optionally types) the file needs.
+The pipeline then loads the ``.ort`` file in ONNX Runtime and compares it with the ONNX
+parent on the shared inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+from onnxopt.config import PackageStep
+from onnxopt.errors import StepError
+from onnxopt.steps.base import StepContext
+
+
+def file_names(index: int, cfg: PackageStep) -> tuple[str, str]:
+    """The .ort file and its operator config, named after the step."""
+    config = "required_operators_and_types" if cfg.type_reduction else "required_operators"
+    return f"{index:02d}-package.ort", f"{index:02d}-package.{config}.config"
+
+
+def convert(parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep) -> dict[str, Any]:
+    """Write ``ort_path`` and ``config_path`` from the ONNX model ``parent``; return facts."""
+    import onnxruntime as ort
+
+    from onnxopt.runtime import LEVELS, import_quietly
+
+    tools = import_quietly("onnxruntime.tools.ort_format_model", "ort_format_model.utils")
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel(LEVELS[cfg.optimization_level])
+    opts.optimized_model_filepath = str(ort_path)
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    opts.add_session_config_entry(
+        "session.qdqisint8allowed", "1" if cfg.target_platform == "arm" else "0"
+    )
+    if cfg.optimization_style == "runtime":
+        opts.add_session_config_entry("optimization.minimal_build_optimizations", "save")
+    # the NCHWc layout rewrite is x86-only; leaving it out keeps the file portable
+    disabled = ["NchwcTransformer"] if cfg.target_platform != "amd64" else None
+    try:
+        ort.InferenceSession(
+            str(parent),
+            sess_options=opts,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            tools.create_config_from_models([ort_path], config_path, cfg.type_reduction)
+    except Exception as err:  # onnxruntime raises its own exception types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StepError(
+            f"ORT format conversion of {parent.name} failed: {first[:300]}",
+            hint="the model may use an op or type the ORT format does not support",
+        ) from None
+    if not ort_path.is_file() or not config_path.is_file():
+        raise StepError(f"ORT format conversion of {parent.name} wrote no file")
+    ops = [
+        line.strip()
+        for line in config_path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return {
+        "target_platform": cfg.target_platform,
+        "optimization_level": cfg.optimization_level,
+        "optimization_style": cfg.optimization_style,
+        "ort_bytes": ort_path.stat().st_size,
+        "onnx_bytes": parent.stat().st_size,
+        "operator_config_lines": ops,
+        "operators": [op for line in ops for op in _op_names(line)],
+    }
+
+
+def _op_names(line: str) -> list[str]:
+    """'domain;opset;A,B{"inputs": {...}},C' -> ['domain::A', ...] (type JSON skipped)."""
+    domain, _, rest = line.partition(";")
+    _, _, ops = rest.partition(";")
+    names, depth, current = [], 0, ""
+    for ch in ops + ",":
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            if current.strip():
+                names.append(f"{domain}::{current.strip()}")
+            current = ""
+        elif depth == 0:
+            current += ch
+    return names
+
+
+def run(
+    parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep, ctx: StepContext
+) -> dict[str, Any]:
+    """Convert; the pipeline verifies the .ort file afterwards."""
+    del ctx
+    return convert(parent, ort_path, config_path, cfg)
