@@ -72,6 +72,19 @@ class ModelSource(StrictModel):
         description="Optional state_dict for the factory's module: .pt/.pth (loaded with "
         "weights_only=True) or .safetensors.",
     )
+    huggingface: str | None = Field(
+        None,
+        description="A local Hugging Face model folder (config.json, weights, tokenizer or "
+        "image processor files), loaded offline; needs the 'hf' extra.",
+    )
+    task: Literal["feature-extraction", "text-classification", "image-classification"] = Field(
+        "feature-extraction", description="huggingface: what the exported model computes."
+    )
+    pooling: Literal["auto", "none", "mean", "cls"] = Field(
+        "auto",
+        description="huggingface feature-extraction: sentence embedding pooling; auto follows "
+        "a sentence-transformers folder (1_Pooling, Normalize), else last_hidden_state.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -82,8 +95,12 @@ class ModelSource(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        if (self.path is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'path' (an .onnx file) or 'factory'")
+        given = [k for k in ("path", "factory", "huggingface") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'path' (an .onnx file), 'factory' or 'huggingface' "
+                f"(a local model folder); found {given or 'none'}"
+            )
         if self.weights is not None and self.factory is None:
             raise ValueError("'weights' goes with 'factory', not with an ONNX 'path'")
         return self
@@ -92,6 +109,16 @@ class ModelSource(StrictModel):
     def is_onnx(self) -> bool:
         """True when the model is an existing ONNX file."""
         return self.path is not None
+
+    @property
+    def is_pytorch(self) -> bool:
+        """True when the model must be exported first (a factory or a Hugging Face folder)."""
+        return self.path is None
+
+    @property
+    def label(self) -> str:
+        """How the PyTorch source is named in manifests."""
+        return f"huggingface:{self.huggingface}" if self.huggingface else f"{self.factory}"
 
 
 class Target(StrictModel):
@@ -658,16 +685,18 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _coherent(self) -> PipelineConfig:
         kinds = [s.type for s in self.steps]
-        if self.model.factory is not None:
+        if self.model.is_pytorch:
             if kinds[0] != "export":
                 raise ValueError(
-                    "the model is a PyTorch factory, so the first step must be 'export'"
+                    "the model is a PyTorch factory or Hugging Face folder, so the first step "
+                    "must be 'export'"
                 )
-            if self.inputs is None:
+            if self.inputs is None and self.model.factory is not None:
                 raise ValueError("a PyTorch factory needs an 'inputs' list (names and shapes)")
-        if kinds.count("export") > (1 if self.model.factory else 0):
+        if kinds.count("export") > (1 if self.model.is_pytorch else 0):
             raise ValueError(
-                "'export' may appear once, as the first step, and only for a PyTorch factory"
+                "'export' may appear once, as the first step, and only for a PyTorch factory "
+                "or Hugging Face folder"
             )
         if kinds.count("quantize") > 1:
             raise ValueError(

@@ -44,9 +44,33 @@ def _mac_kind(node: onnx.NodeProto) -> str | None:
 
 
 def _fixed_copy(model: onnx.ModelProto, dims: dict[str, int]) -> onnx.ModelProto:
-    """A weight-less copy whose symbolic input dims are set to concrete values."""
+    """A weight-less copy whose symbolic input dims are set to concrete values.
+
+    Large initializers become typed stubs (dims and type, data marked external), so shape
+    inference sees everything it needs without a second copy of a model's weights; small
+    ones (shape tensors, axes) keep their values for data propagation.
+    """
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy.ir_version = model.ir_version
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    g, c = model.graph, copy.graph
+    c.name = g.name
+    c.node.extend(g.node)
+    c.input.extend(g.input)
+    c.output.extend(g.output)
+    c.value_info.extend(g.value_info)
+    c.sparse_initializer.extend(g.sparse_initializer)
+    for t in g.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 1 << 16:
+            stub = c.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            entry = stub.external_data.add()
+            entry.key, entry.value = "location", "not-loaded"
+        else:
+            c.initializer.append(t)
     specs = specs_from_model(model)
     for value, spec in zip(graph_inputs(copy), specs, strict=True):
         for dim, want in zip(value.type.tensor_type.shape.dim, spec.shape, strict=False):

@@ -225,6 +225,12 @@ class Pipeline:
         cfg = self.config
         if cfg.inputs is not None:
             specs = list(cfg.inputs)
+        elif cfg.model.huggingface:
+            from onnxopt.config import InputSpec
+            from onnxopt.hf import input_specs
+
+            folder = _resolve(self.base_dir, cfg.model.huggingface)
+            specs = [InputSpec(**s) for s in input_specs(folder, cfg.model.task)]
         else:
             assert source is not None
             specs = specs_from_model(load_model(source, load_weights=False))
@@ -297,6 +303,13 @@ class Pipeline:
         from onnxopt.steps.export import factory_source_file
 
         model = self.config.model
+        if model.huggingface:
+            from onnxopt.hf import folder_digest_parts
+
+            folder = _resolve(self.base_dir, model.huggingface)
+            return artifacts.digest_of(
+                "huggingface", model.task, model.pooling, folder_digest_parts(folder)
+            )
         parts: list[Any] = [model.factory, model.factory_args]
         src = factory_source_file(model.factory or "", self.base_dir)
         parts.append(artifacts.sha256_file(src) if src and src.is_file() else None)
@@ -402,7 +415,7 @@ class Pipeline:
             "status": "running",
             "started": _now(),
             "ended": None,
-            "versions": artifacts.tool_versions(include_torch=cfg.model.factory is not None),
+            "versions": artifacts.tool_versions(include_torch=cfg.model.is_pytorch),
             "target": cfg.target.model_dump(mode="json"),
             "steps": [],
             "final_artifact": None,
@@ -620,7 +633,7 @@ class Pipeline:
             tmp_ort, tmp_config = (partial / n for n in names)
             entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
             tol = resolve_tolerance("package", step.tolerance)
-            verification = verify_model(tmp_ort, reference_outputs(parent, ctx), tol, ctx)
+            verification = verify_model(tmp_ort, package.reference(parent, step, ctx), tol, ctx)
             entry["verification"] = verification
             if not verification["passed"]:
                 raise VerificationError(
@@ -683,7 +696,7 @@ class Pipeline:
             "parent": (
                 str(parent.relative_to(self.out_dir))
                 if parent and parent.is_relative_to(self.out_dir)
-                else (str(parent) if parent else f"pytorch:{self.config.model.factory}")
+                else (str(parent) if parent else f"pytorch:{self.config.model.label}")
             ),
             "input": {"sha256": parent_digest},
             "config": step.model_dump(mode="json"),

@@ -22,6 +22,7 @@ from onnxopt.modelio import graph_inputs, value_info_dtype, value_info_shape
 DEFAULT_TOLERANCE: dict[str, tuple[float, float, float]] = {
     "export": (1e-4, 1e-3, 0.9999),
     "simplify": (1e-4, 1e-3, 0.9999),
+    # compared with the parent run at the conversion's own settings: the same kernels
     "package": (1e-4, 1e-3, 0.9999),
     "quantize:fp16": (math.inf, math.inf, 0.999),
     "quantize:dynamic": (math.inf, math.inf, 0.99),

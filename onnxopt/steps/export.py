@@ -125,6 +125,13 @@ def build_module(source: ModelSource, base_dir: Path) -> Any:
     require("torch")
     import torch
 
+    if source.huggingface:
+        from onnxopt.hf import build
+
+        folder = Path(source.huggingface)
+        return build(
+            folder if folder.is_absolute() else base_dir / folder, source.task, source.pooling
+        )
     assert source.factory is not None
     fn = load_factory(source.factory, base_dir)
     try:
@@ -340,7 +347,11 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
             else None
         ),
     )
-    output_names = cfg.output_names or [f"output_{i}" for i in range(len(reference.main))]
+    output_names = (
+        cfg.output_names
+        or getattr(module, "onnxopt_output_names", None)
+        or [f"output_{i}" for i in range(len(reference.main))]
+    )
     if len(output_names) != len(reference.main):
         raise InputError(
             f"output_names has {len(output_names)} names but the module returns "
@@ -407,7 +418,7 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
             },
             verification=verification,
             warnings=warnings_,
-            source_label=f"pytorch:{ctx.config.model.factory}",
+            source_label=f"pytorch:{ctx.config.model.label}",
         )
     summary = "; ".join(f"{a['exporter']}: {a['reason']}" for a in attempts)
     if failed_verification is not None or any("fixed" in a["reason"] for a in attempts):

@@ -26,25 +26,57 @@ def file_names(index: int, cfg: PackageStep) -> tuple[str, str]:
     return f"{index:02d}-package.ort", f"{index:02d}-package.{config}.config"
 
 
+def _options(cfg: PackageStep) -> tuple[Any, list[str] | None]:
+    """Session options and disabled optimizers of the conversion (shared with its reference)."""
+    import onnxruntime as ort
+
+    from onnxopt.runtime import LEVELS
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel(LEVELS[cfg.optimization_level])
+    opts.add_session_config_entry(
+        "session.qdqisint8allowed", "1" if cfg.target_platform == "arm" else "0"
+    )
+    # the NCHWc layout rewrite is x86-only; leaving it out keeps the file portable
+    disabled = ["NchwcTransformer"] if cfg.target_platform != "amd64" else None
+    return opts, disabled
+
+
+def reference(parent: Path, cfg: PackageStep, ctx: StepContext) -> Any:
+    """The parent's outputs under the conversion's own settings (what the .ort freezes)."""
+    import onnxruntime as ort
+
+    from onnxopt.pipeline import Reference
+    from onnxopt.runtime import run_session
+
+    opts, disabled = _options(cfg)
+    session = ort.InferenceSession(
+        str(parent), sess_options=opts, providers=["CPUExecutionProvider"],
+        disabled_optimizers=disabled,
+    )  # fmt: skip
+    return Reference(
+        main=run_session(session, ctx.inputs, parent.name),
+        second=(
+            run_session(session, ctx.second_inputs, parent.name)
+            if ctx.second_inputs is not None
+            else None
+        ),
+    )
+
+
 def convert(parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep) -> dict[str, Any]:
     """Write ``ort_path`` and ``config_path`` from the ONNX model ``parent``; return facts."""
     import onnxruntime as ort
 
-    from onnxopt.runtime import LEVELS, import_quietly
+    from onnxopt.runtime import import_quietly
 
     tools = import_quietly("onnxruntime.tools.ort_format_model", "ort_format_model.utils")
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel(LEVELS[cfg.optimization_level])
+    opts, disabled = _options(cfg)
     opts.optimized_model_filepath = str(ort_path)
     opts.add_session_config_entry("session.save_model_format", "ORT")
-    opts.add_session_config_entry(
-        "session.qdqisint8allowed", "1" if cfg.target_platform == "arm" else "0"
-    )
     if cfg.optimization_style == "runtime":
         opts.add_session_config_entry("optimization.minimal_build_optimizations", "save")
-    # the NCHWc layout rewrite is x86-only; leaving it out keeps the file portable
-    disabled = ["NchwcTransformer"] if cfg.target_platform != "amd64" else None
     try:
         ort.InferenceSession(
             str(parent),

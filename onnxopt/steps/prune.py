@@ -660,37 +660,77 @@ def _n_m_mask(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     return np.moveaxis(mask, -1, axis)
 
 
+def _global_threshold(weights: list[onnx.TensorProto], ratio: float) -> float:
+    """The k-th smallest |w| over all weights (k = ratio x count), without concatenating them.
+
+    A sample brackets the k-th value; one exact pass counts the values below the bracket and
+    keeps only those inside it (a fraction of a percent), which are then partitioned. Peak
+    memory is one tensor at a time instead of copies of every weight (models over 2 GB).
+    """
+    sizes = [int(np.prod(t.dims)) for t in weights]
+    total = sum(sizes)
+    k = int(ratio * total)
+    if k <= 0:
+        return -np.inf
+    rng = np.random.default_rng(0)
+    sample = np.concatenate(
+        [
+            np.abs(
+                w.ravel()[
+                    rng.integers(0, w.size, size=min(w.size, 1 + 2_000_000 * w.size // total))
+                ]
+            )
+            for w in (numpy_helper.to_array(t) for t in weights)
+        ]
+    )
+    q = k / total
+    lo, hi = np.quantile(sample, [max(q - 0.003, 0.0), min(q + 0.003, 1.0)])
+    below, inside = 0, []
+    for t in weights:
+        a = np.abs(numpy_helper.to_array(t).ravel())
+        below += int(np.count_nonzero(a < lo))
+        inside.append(a[(a >= lo) & (a <= hi)])
+    middle = np.concatenate(inside)
+    if below < k <= below + middle.size:
+        return float(np.partition(middle, k - below - 1)[k - below - 1])
+    everything = np.concatenate(  # the sample missed (never seen in practice): exact, dense
+        [np.abs(numpy_helper.to_array(t)).ravel() for t in weights]
+    )
+    return float(np.partition(everything, k - 1)[k - 1])
+
+
 def magnitude_prune(
     model: onnx.ModelProto, cfg: PruneStep, ratio_override: float | None = None
 ) -> dict[str, Any]:
-    """Zero the smallest weights in place; return per-layer sparsity."""
+    """Zero the smallest weights in place, one tensor at a time; return per-layer sparsity."""
     ratio = ratio_override if ratio_override is not None else float(cfg.ratio)
     weights = _weights_of(model)
     if not weights:
         raise StepError("magnitude pruning found no Conv/Gemm/MatMul weight initializers")
-    arrays = {t.name: numpy_helper.to_array(t) for t in weights}
-    masks: dict[str, np.ndarray] = {}
-    if cfg.pattern:
-        n, m = (int(v) for v in cfg.pattern.split(":"))
-        for name, w in arrays.items():
-            masks[name] = _n_m_mask(w, n, m, axis=1 if w.ndim > 2 else 0)
-    elif cfg.scope == "global":
-        everything = np.concatenate([np.abs(w).ravel() for w in arrays.values()])
-        k = int(ratio * everything.size)
-        threshold = np.partition(everything, k - 1)[k - 1] if k > 0 else -np.inf
-        masks = {name: np.abs(w) > threshold for name, w in arrays.items()}
-    else:
-        for name, w in arrays.items():
-            k = int(ratio * w.size)
-            threshold = np.partition(np.abs(w).ravel(), k - 1)[k - 1] if k > 0 else -np.inf
-            masks[name] = np.abs(w) > threshold
+    threshold = (
+        _global_threshold(weights, ratio) if cfg.scope == "global" and not cfg.pattern else None
+    )
     layers = []
+    total = zeros = 0
     for t in weights:
-        pruned = np.where(masks[t.name], arrays[t.name], 0).astype(arrays[t.name].dtype)
-        t.CopyFrom(numpy_helper.from_array(pruned, t.name))
-        layers.append({"weight": t.name, "sparsity": float(1 - masks[t.name].mean())})
-    total = sum(arrays[t.name].size for t in weights)
-    zeros = sum(int((~masks[t.name]).sum()) for t in weights)
+        w = np.array(numpy_helper.to_array(t))  # a writable copy
+        if cfg.pattern:
+            n, m = (int(v) for v in cfg.pattern.split(":"))
+            keep = _n_m_mask(w, n, m, axis=1 if w.ndim > 2 else 0)
+        else:
+            if threshold is None:  # per layer
+                k = int(ratio * w.size)
+                cut = np.partition(np.abs(w).ravel(), k - 1)[k - 1] if k > 0 else -np.inf
+            else:
+                cut = threshold
+            keep = np.abs(w) > cut
+        w[~keep] = 0
+        t.CopyFrom(numpy_helper.from_array(w, t.name))
+        pruned = int(keep.size - np.count_nonzero(keep))
+        layers.append({"weight": t.name, "sparsity": pruned / keep.size})
+        total += keep.size
+        zeros += pruned
+        del w, keep
     return {"layers": layers, "sparsity": zeros / total}
 
 
@@ -780,7 +820,7 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
     assert src is not None
     model = _load(src)
     before = summary(model)
-    macs_before = compute_macs(model, ctx.dims, src)["macs"]
+    macs_before = compute_macs(load_model(src, load_weights=False), ctx.dims, src)["macs"]
     warnings: list[str] = []
     search: list[dict[str, Any]] | None = None
     ratio: float | None = None
@@ -807,7 +847,8 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
     if cfg.method == "channel" and cfg.compensate:
         facts["cosine_without_compensation"] = _cosine_without_compensation(src, cfg, ctx, ratio)
     save_model(model, dst, external_data=ctx.config.external_data)
-    after_model = load_model(dst)
+    del model  # models over 2 GB: do not hold two copies
+    after_model = load_model(dst, load_weights=False)
     after = summary(after_model)
     report: dict[str, Any] = {
         "method": cfg.method,

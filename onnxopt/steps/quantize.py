@@ -24,6 +24,7 @@ from onnxopt.errors import ConfigError, InputError, StepError
 from onnxopt.modelio import (
     constants_to_initializers,
     iter_graphs,
+    iter_tensors,
     load_model,
     save_model,
     topological_sort,
@@ -332,6 +333,9 @@ def _dynamic(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[
         weight_type=_quant_type(opts.weight_type),
         nodes_to_exclude=cfg.nodes_to_exclude or None,
         use_external_data_format=_big(src),
+        # after transformer fusions (com.microsoft ops) ONNX shape inference cannot type every
+        # tensor; the values there are float activations
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     return {"op_types_to_quantize": ops, "per_channel": opts.per_channel}
 
@@ -529,6 +533,27 @@ def _int4(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str
     }
 
 
+def _save_prepared(model: onnx.ModelProto, src: Path, prepared: Path) -> None:
+    """Save the renamed graph beside links to ``src``'s external data files.
+
+    The weights of a model over 2 GB are never read into this process: the graph is saved
+    with its external references unchanged and the .data files are copied (disk to disk)
+    next to it, so the quantizer reads them itself.
+    """
+    locations = {
+        entry.value
+        for tensor in iter_tensors(model)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    for location in sorted(locations):
+        target = prepared.parent / location
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.parent / location, target)  # onnx refuses hard and soft links
+    onnx.save_model(model, str(prepared))
+
+
 def _big(path: Path) -> bool:
     from onnxopt.artifacts import model_size
 
@@ -576,14 +601,14 @@ def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> 
     work = Path(tempfile.mkdtemp(prefix="quantize-", dir=dst.parent))
     try:
         prepared = work / "prepared.onnx"
-        model = load_model(src)
+        model = load_model(src, load_weights=False)  # external weights stay on disk
         before = op_counts(model)
         warnings = _preflight(cfg, ctx.target.provider, model)
         moved = constants_to_initializers(model)
         name_nodes(model)
         if moved:
             notes.append(f"{moved} Constant-node weights turned into initializers")
-        save_model(model, prepared, external_data="always" if _big(src) else "never")
+        _save_prepared(model, src, prepared)
         del model
         current = prepared
         if cfg.mode == "static" and cfg.static.preprocess:
