@@ -1,4 +1,8 @@
-"""A model over 2 GB (external data) through inspect and simplify. Slow; CI runs it."""
+"""A model over 2 GB (external data) through inspect, simplify, prune and bench. Slow; CI runs it.
+
+Quantization (dynamic, int4) and onnxsim on the same model are measured by
+benchmarks/large_model.py (time and peak memory per step, in docs/performance.md).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,11 @@ def test_model_over_2gb_through_simplify(tmp_path: Path) -> None:
         {
             "model": {"path": str(src)},
             "output_dir": str(out),
-            "steps": [{"type": "simplify", "backend": "ort"}],
+            "steps": [
+                {"type": "simplify", "backend": "ort"},
+                {"type": "prune", "method": "magnitude", "ratio": 0.5, "measure_speed": False},
+                {"type": "bench", "runs": 3, "trials": 1, "warmup": 1},
+            ],
         }
     )
     manifest = run_pipeline(cfg, tmp_path)
@@ -38,6 +46,12 @@ def test_model_over_2gb_through_simplify(tmp_path: Path) -> None:
     assert entry["verification"]["passed"] is True
     assert entry["output"]["size_bytes"] > TWO_GB
     assert entry["output"]["external_data"] == [entry["output"]["path"] + ".data"]
+    pruned = manifest["steps"][1]
+    assert pruned["verification"]["passed"] is True
+    assert pruned["report"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert pruned["output"]["external_data"] == [pruned["output"]["path"] + ".data"]
+    bench = manifest["steps"][2]
+    assert [r["model"] for r in bench["report"]["results"]] == ["source", "01-simplify", "02-prune"]
     # re-running is a cache hit, even for 2 GB of weights
     again = run_pipeline(cfg, tmp_path)
-    assert again["steps"][0]["status"] == "cached"
+    assert [s["status"] for s in again["steps"]] == ["cached"] * 3

@@ -440,3 +440,36 @@ def test_cli_ratio_auto_layer_ratio_and_compensate(tmp_path: Path) -> None:
     bad = run_cli("prune", src, "-o", tmp_path / "b.onnx", "--ratio", "lots")
     assert bad.returncode == ExitCode.USAGE
     assert "--ratio expects a number" in error_line(bad)
+
+
+def test_magnitude_pruning_streams_external_weights(tmp_path: Path) -> None:
+    """Weights in external data go file to file (the path models over 2 GB take)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from onnxopt.config import parse_config
+    from onnxopt.pipeline import run_pipeline
+    from tests import models
+
+    src = models.matmul_chain(tmp_path / "ext.onnx", 3, 64, external=True)
+    dense = models.matmul_chain(tmp_path / "dense.onnx", 3, 64, external=False)
+    results = []
+    for source, name in ((src, "ext"), (dense, "dense")):
+        cfg = {
+            "model": {"path": str(source)},
+            "output_dir": str(tmp_path / name),
+            "external_data": "always" if name == "ext" else "never",
+            "steps": [{"type": "prune", "method": "magnitude", "ratio": 0.5}],
+        }
+        manifest = run_pipeline(parse_config(cfg), tmp_path)
+        entry = manifest["steps"][0]
+        out = tmp_path / name / entry["output"]["path"]
+        if name == "ext":
+            assert entry["output"]["external_data"] == [out.name + ".data"]
+        model = onnx.load(str(out))
+        results.append({t.name: numpy_helper.to_array(t) for t in model.graph.initializer})
+        assert entry["report"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    # streaming and in-memory pruning give the same weights
+    for name, weights in results[1].items():
+        np.testing.assert_array_equal(results[0][name], weights)

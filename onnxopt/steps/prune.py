@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -660,7 +661,12 @@ def _n_m_mask(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     return np.moveaxis(mask, -1, axis)
 
 
-def _global_threshold(weights: list[onnx.TensorProto], ratio: float) -> float:
+Reader = Callable[[onnx.TensorProto], np.ndarray]
+
+
+def _global_threshold(
+    weights: list[onnx.TensorProto], ratio: float, read: Reader = numpy_helper.to_array
+) -> float:
     """The k-th smallest |w| over all weights (k = ratio x count), without concatenating them.
 
     A sample brackets the k-th value; one exact pass counts the values below the bracket and
@@ -680,40 +686,51 @@ def _global_threshold(weights: list[onnx.TensorProto], ratio: float) -> float:
                     rng.integers(0, w.size, size=min(w.size, 1 + 2_000_000 * w.size // total))
                 ]
             )
-            for w in (numpy_helper.to_array(t) for t in weights)
+            for w in (read(t) for t in weights)
         ]
     )
     q = k / total
     lo, hi = np.quantile(sample, [max(q - 0.003, 0.0), min(q + 0.003, 1.0)])
     below, inside = 0, []
     for t in weights:
-        a = np.abs(numpy_helper.to_array(t).ravel())
+        a = np.abs(read(t).ravel())
         below += int(np.count_nonzero(a < lo))
         inside.append(a[(a >= lo) & (a <= hi)])
     middle = np.concatenate(inside)
     if below < k <= below + middle.size:
         return float(np.partition(middle, k - below - 1)[k - below - 1])
     everything = np.concatenate(  # the sample missed (never seen in practice): exact, dense
-        [np.abs(numpy_helper.to_array(t)).ravel() for t in weights]
+        [np.abs(read(t)).ravel() for t in weights]
     )
     return float(np.partition(everything, k - 1)[k - 1])
 
 
 def magnitude_prune(
-    model: onnx.ModelProto, cfg: PruneStep, ratio_override: float | None = None
+    model: onnx.ModelProto,
+    cfg: PruneStep,
+    ratio_override: float | None = None,
+    *,
+    read: Reader = numpy_helper.to_array,
+    write: Callable[[onnx.TensorProto, np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
-    """Zero the smallest weights in place, one tensor at a time; return per-layer sparsity."""
+    """Zero the smallest weights, one tensor at a time; return per-layer sparsity.
+
+    By default the tensors are read from and written back into ``model``; ``read`` and
+    ``write`` let weights held in external data stream from one file to another instead.
+    """
     ratio = ratio_override if ratio_override is not None else float(cfg.ratio)
     weights = _weights_of(model)
     if not weights:
         raise StepError("magnitude pruning found no Conv/Gemm/MatMul weight initializers")
     threshold = (
-        _global_threshold(weights, ratio) if cfg.scope == "global" and not cfg.pattern else None
+        _global_threshold(weights, ratio, read)
+        if cfg.scope == "global" and not cfg.pattern
+        else None
     )
     layers = []
     total = zeros = 0
     for t in weights:
-        w = np.array(numpy_helper.to_array(t))  # a writable copy
+        w = np.array(read(t))  # a writable copy
         if cfg.pattern:
             n, m = (int(v) for v in cfg.pattern.split(":"))
             keep = _n_m_mask(w, n, m, axis=1 if w.ndim > 2 else 0)
@@ -725,7 +742,10 @@ def magnitude_prune(
                 cut = threshold
             keep = np.abs(w) > cut
         w[~keep] = 0
-        t.CopyFrom(numpy_helper.from_array(w, t.name))
+        if write is None:
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+        else:
+            write(t, w)
         pruned = int(keep.size - np.count_nonzero(keep))
         layers.append({"weight": t.name, "sparsity": pruned / keep.size})
         total += keep.size
@@ -805,6 +825,69 @@ def _search_ratio(
     return lo, trail
 
 
+def _external(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _read_external(folder: Path) -> Reader:
+    def read(tensor: onnx.TensorProto) -> np.ndarray:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return numpy_helper.to_array(tensor)
+        info = _external(tensor)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        array = np.fromfile(
+            folder / info["location"], dtype=dtype, count=count, offset=int(info.get("offset", 0))
+        )
+        return array.reshape(tuple(tensor.dims))
+
+    return read
+
+
+def magnitude_prune_streaming(src: Path, dst: Path, cfg: PruneStep) -> dict[str, Any]:
+    """Magnitude pruning of a model whose weights are external data, one tensor in memory.
+
+    The graph is loaded without its weights; each weight is read from the source .data
+    file, pruned and appended to ``dst``'s own .data file, and every other external tensor
+    is copied across, so a model over 2 GB never has two copies of its weights in memory.
+    """
+    from onnxopt.modelio import iter_tensors
+
+    model = load_model(src, load_weights=False)
+    constants_to_initializers(model)
+    read = _read_external(src.parent)
+    data_name = dst.name + ".data"
+
+    with open(dst.parent / data_name, "wb") as out:
+
+        def place(tensor: onnx.TensorProto, raw: bytes) -> None:
+            offset = out.tell()
+            out.write(raw)
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", str(offset)),
+                               ("length", str(len(raw)))):  # fmt: skip
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+
+        def write(tensor: onnx.TensorProto, array: np.ndarray) -> None:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                place(tensor, array.tobytes())
+            else:  # an inline weight (small): kept in the proto
+                tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+
+        facts = magnitude_prune(model, cfg, read=read, write=write)
+        written = {t.name for t in _weights_of(model)}
+        for tensor in iter_tensors(model):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in written:
+                info = _external(tensor)
+                with open(src.parent / info["location"], "rb") as f:
+                    f.seek(int(info.get("offset", 0)))
+                    place(tensor, f.read(int(info["length"])) if "length" in info else f.read())
+    onnx.save_model(model, str(dst))
+    return facts
+
+
 def _load(src: Path) -> onnx.ModelProto:
     """The model with Constant-node weights (Paddle, spox exports) as initializers."""
     model = load_model(src)
@@ -818,7 +901,11 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
     from onnxopt.inspection import compute_macs
 
     assert src is not None
-    model = _load(src)
+    from onnxopt.artifacts import external_data_files
+
+    # magnitude pruning of external weights streams them file to file (models over 2 GB)
+    streaming = cfg.method == "magnitude" and cfg.ratio != "auto" and bool(external_data_files(src))
+    model = load_model(src, load_weights=False) if streaming else _load(src)
     before = summary(model)
     macs_before = compute_macs(load_model(src, load_weights=False), ctx.dims, src)["macs"]
     warnings: list[str] = []
@@ -837,7 +924,11 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
                 hint=f"first reasons: {first}" if first else "raise the ratio",
             )
     else:
-        facts = magnitude_prune(model, cfg, ratio)
+        if streaming:
+            del model
+            facts = magnitude_prune_streaming(src, dst, cfg)
+        else:
+            facts = magnitude_prune(model, cfg, ratio)
         warnings.append(
             "unstructured sparsity: dense CPU kernels do not skip zeros, so the model is no "
             "faster; it compresses better (see compressed_size)"
@@ -846,8 +937,9 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
         facts["auto"] = {"ratio": ratio, "search": search}
     if cfg.method == "channel" and cfg.compensate:
         facts["cosine_without_compensation"] = _cosine_without_compensation(src, cfg, ctx, ratio)
-    save_model(model, dst, external_data=ctx.config.external_data)
-    del model  # models over 2 GB: do not hold two copies
+    if not streaming:
+        save_model(model, dst, external_data=ctx.config.external_data)
+        del model  # models over 2 GB: do not hold two copies
     after_model = load_model(dst, load_weights=False)
     after = summary(after_model)
     report: dict[str, Any] = {
@@ -860,7 +952,7 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
         "size_before": model_size(src),
         "size_after": model_size(dst),
     }
-    if cfg.method == "magnitude":
+    if cfg.method == "magnitude" and not streaming:  # gzip of 2 GB+ would take minutes
         report["compressed_size_before"] = len(gzip.compress(src.read_bytes(), 6))
         report["compressed_size_after"] = len(gzip.compress(dst.read_bytes(), 6))
     return StepResult(report=report, warnings=warnings)
