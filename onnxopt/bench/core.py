@@ -8,6 +8,7 @@ start, then warm-up runs are discarded, then timed runs are collected. Only the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -168,7 +169,12 @@ def measure(
         for res, samples in zip(results, per_trial, strict=True):
             res.samples_ms.extend(samples)
             res.trial_medians_ms.append(float(np.median(samples)))
-        del sessions, runs
+        # drop every reference to this trial's sessions before the next trial builds fresh
+        # ones: the loop variables would keep the last one alive, and a model over 2 GB
+        # measured against its parent would have three sessions in memory instead of two
+        del sessions, runs, session
+        with contextlib.suppress(NameError):
+            del run
     return results
 
 
