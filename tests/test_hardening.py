@@ -239,3 +239,54 @@ def test_inputs_file_missing_an_array(tmp_path: Path) -> None:
     proc = run_cli("run", cfg)
     assert proc.returncode == ExitCode.USAGE
     assert "has no array 'x'" in error_line(proc)
+
+
+def test_opset_too_old_and_models_without_inputs(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    old = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "old",
+            [  # IR version 3: initializers are also graph inputs
+                helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 8]),
+                helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [8, 8]),
+            ],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 8])],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 7)],
+    )
+    old.ir_version = 3
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    for mode in ("dynamic", "int4"):
+        proc = run_cli("quantize", tmp_path / "old.onnx", "-o", tmp_path / "q.onnx", "-m", mode)
+        assert proc.returncode == ExitCode.USAGE, proc.stderr
+        line = error_line(proc)
+        assert "IR version 3 and opset 7" in line and "convert_version" in line
+        assert not (tmp_path / "q.onnx").exists()
+    proc = run_cli("simplify", tmp_path / "old.onnx", "-o", tmp_path / "s.onnx", "-q")
+    assert proc.returncode == 0, proc.stderr  # steps that need no new ops still work
+
+    c = numpy_helper.from_array(np.ones((2, 2), np.float32), "c")
+    no_inputs = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["c"], ["y"])],
+            "no_inputs",
+            [],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])],
+            [c],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(no_inputs, str(tmp_path / "none.onnx"))
+    for args in (("simplify",), ("package",)):
+        out = tmp_path / ("n.ort" if args[0] == "package" else "n.onnx")
+        proc = run_cli(*args, tmp_path / "none.onnx", "-o", out, "-q")
+        assert proc.returncode == 0, (args, proc.stderr)
+    proc = run_cli("quantize", tmp_path / "none.onnx", "-o", tmp_path / "nq.onnx", "-m", "dynamic")
+    assert proc.returncode == ExitCode.FAILURE
+    assert "quantized nothing" in error_line(proc)

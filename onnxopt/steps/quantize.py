@@ -570,7 +570,23 @@ WHY_NOTHING = {
 }
 
 
+#: the oldest default-domain opset each mode works from (QuantizeLinear/DequantizeLinear
+#: need 10; ONNX Runtime's quantizers upgrade older graphs only from there)
+MIN_OPSET = {"dynamic": 10, "static": 10, "int4": 10, "fp16": 7}
+
+
 def _preflight(cfg: QuantizeStep, provider: str, model: onnx.ModelProto) -> list[str]:
+    from onnxopt.modelio import opset_of
+
+    opset = opset_of(model)
+    if model.ir_version < 4 or opset < MIN_OPSET.get(cfg.mode, 10):
+        raise InputError(
+            f"{cfg.mode} quantization needs ONNX IR version >= 4 and opset >= "
+            f"{MIN_OPSET.get(cfg.mode, 10)}; the model has IR version {model.ir_version} and "
+            f"opset {opset}",
+            hint="upgrade it (onnx.version_converter.convert_version(model, 17)) or re-export "
+            "with a newer opset",
+        )
     warnings = []
     if cfg.mode in ("dynamic", "static"):
         note = cpu_int8_note(provider)
