@@ -292,3 +292,21 @@ def test_artifacts_of_an_older_config_are_removed_on_success_only(tmp_path: Path
     assert new["removed_stale"] == [old_name]
     assert finished_artifacts(out) == [new["steps"][0]["output"]["path"]]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_symbolic_dim_without_a_value_defaults_to_one_and_is_recorded(tmp_path: Path) -> None:
+    from onnxopt.config import parse_config
+    from onnxopt.pipeline import run_pipeline
+    from tests import models
+
+    src = models.add_relu(tmp_path / "m.onnx")
+    cfg = {
+        "model": {"path": str(src)},
+        "output_dir": str(tmp_path / "o"),
+        "steps": [{"type": "simplify"}],
+    }
+    manifest = run_pipeline(parse_config(cfg), tmp_path)
+    assert manifest["inputs"]["dims"] == {"batch": 1}
+    assert manifest["inputs"]["defaulted_dims"] == ["batch"]
+    assert manifest["inputs"]["second_dims"] == {"batch": 2}
+    assert manifest["steps"][0]["verification"]["second_shape"]["passed"]
