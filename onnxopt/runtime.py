@@ -86,10 +86,14 @@ def session_options(
     optimized_path: Path | None = None,
 ) -> ort.SessionOptions:
     """SessionOptions from a target's thread settings and an optimization level."""
+    import logging
+
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    # errors (a kernel failing at run time) reach the user as onnxopt's one error line;
+    # ONNX Runtime's own log of them is kept for --debug
+    opts.log_severity_level = 2 if logging.getLogger("onnxopt").isEnabledFor(10) else 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel(LEVELS[level])
     if target is not None:
         if target.intra_op_threads:
@@ -186,7 +190,15 @@ def run_session(
         outputs = session.run(None, {n: feeds[n] for n in names})
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StepError(f"{where}: ONNX Runtime failed to run the model: {first[:300]}") from None
+        hint = None
+        if "out of data bounds" in first or "out of bounds" in first:
+            hint = (
+                "generated integer inputs are drawn from [0, 8) unless the inputs spec gives a "
+                "range (token ids, type ids); pass real inputs with --inputs-file or set range"
+            )
+        raise StepError(
+            f"{where}: ONNX Runtime failed to run the model: {first[:300]}", hint=hint
+        ) from None
     return [as_array(o) for o in outputs]
 
 
