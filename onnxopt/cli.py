@@ -120,6 +120,27 @@ def _funnel(debug: bool) -> Iterator[None]:
         raise typer.Exit(int(ExitCode.FAILURE)) from None
 
 
+def _write_reports(
+    data: dict[str, Any],
+    renderers: Any,
+    output: Path | None,
+    markdown_out: Path | None,
+    csv_out: Path | None,
+    plot_out: Path | None,
+) -> None:
+    """Write a report (bench or merged) as JSON, Markdown, CSV and PNG where asked."""
+    from onnxopt.artifacts import write_json_atomic, write_text_atomic
+
+    if output is not None:
+        write_json_atomic(output, data)
+    if markdown_out is not None:
+        write_text_atomic(markdown_out, renderers.markdown(data))
+    if csv_out is not None:
+        write_text_atomic(csv_out, renderers.to_csv(data))
+    if plot_out is not None:
+        renderers.plot(data, plot_out)
+
+
 def _parse_dims(values: list[str] | None) -> dict[str, int]:
     dims: dict[str, int] = {}
     for item in values or []:
@@ -938,7 +959,7 @@ def bench(
             intra_op_threads=threads,
             inter_op_threads=inter_threads,
         )
-        from onnxopt.artifacts import check_writable, write_json_atomic, write_text_atomic
+        from onnxopt.artifacts import check_writable
 
         for out_path in (output, markdown_out, csv_out, plot_out):
             if out_path is not None:
@@ -949,14 +970,7 @@ def bench(
         report = run_bench(
             [Candidate(n, m) for n, m in zip(names, models, strict=True)], source, cfg, target
         )
-        if output is not None:
-            write_json_atomic(output, report)
-        if markdown_out is not None:
-            write_text_atomic(markdown_out, bench_report.markdown(report))
-        if csv_out is not None:
-            write_text_atomic(csv_out, bench_report.to_csv(report))
-        if plot_out is not None:
-            bench_report.plot(report, plot_out)
+        _write_reports(report, bench_report, output, markdown_out, csv_out, plot_out)
         if as_json:
             print(json.dumps(report, indent=2, default=str))
         elif not quiet:
@@ -1074,7 +1088,7 @@ def report_merge(
     """
     _setup_logging(debug, quiet)
     with _funnel(debug):
-        from onnxopt.artifacts import check_writable, write_json_atomic, write_text_atomic
+        from onnxopt.artifacts import check_writable
         from onnxopt.bench import merge
 
         for out_path in (output, markdown_out, csv_out, plot_out):
@@ -1087,14 +1101,7 @@ def report_merge(
             allow_different_models=allow_models,
             allow_different_inputs=allow_inputs,
         )
-        if output is not None:
-            write_json_atomic(output, merged)
-        if markdown_out is not None:
-            write_text_atomic(markdown_out, merge.markdown(merged))
-        if csv_out is not None:
-            write_text_atomic(csv_out, merge.to_csv(merged))
-        if plot_out is not None:
-            merge.plot(merged, plot_out)
+        _write_reports(merged, merge, output, markdown_out, csv_out, plot_out)
         if as_json:
             print(json.dumps(merged, indent=2, default=str))
         elif not quiet:

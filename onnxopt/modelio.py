@@ -405,3 +405,14 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(keep)
     return moved
+
+
+def external_locations(model: onnx.ModelProto) -> set[str]:
+    """The external-data file names (relative locations) a model's tensors refer to."""
+    return {
+        entry.value
+        for tensor in iter_tensors(model)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }

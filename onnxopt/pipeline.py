@@ -68,11 +68,15 @@ def reference_outputs(parent: Path, ctx: StepContext) -> Reference:
     The parent runs as written, with ONNX Runtime's graph rewrites disabled, so a bug in a
     rewrite cannot hide in the reference.
     """
-    session = make_session(parent, ctx.target, level="disable")
+    return outputs_on_inputs(make_session(parent, ctx.target, level="disable"), ctx, parent.name)
+
+
+def outputs_on_inputs(session: Any, ctx: StepContext, where: str) -> Reference:
+    """A session's outputs on the shared inputs and, when there is one, the second shape."""
     return Reference(
-        main=run_session(session, ctx.inputs, parent.name),
+        main=run_session(session, ctx.inputs, where),
         second=(
-            run_session(session, ctx.second_inputs, parent.name)
+            run_session(session, ctx.second_inputs, where)
             if ctx.second_inputs is not None
             else None
         ),

@@ -46,22 +46,14 @@ def reference(parent: Path, cfg: PackageStep, ctx: StepContext) -> Any:
     """The parent's outputs under the conversion's own settings (what the .ort freezes)."""
     import onnxruntime as ort
 
-    from onnxopt.pipeline import Reference
-    from onnxopt.runtime import run_session
+    from onnxopt.pipeline import outputs_on_inputs
 
     opts, disabled = _options(cfg)
     session = ort.InferenceSession(
         str(parent), sess_options=opts, providers=["CPUExecutionProvider"],
         disabled_optimizers=disabled,
     )  # fmt: skip
-    return Reference(
-        main=run_session(session, ctx.inputs, parent.name),
-        second=(
-            run_session(session, ctx.second_inputs, parent.name)
-            if ctx.second_inputs is not None
-            else None
-        ),
-    )
+    return outputs_on_inputs(session, ctx, parent.name)
 
 
 def convert(parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from onnxopt.config import QuantizeStep
 from onnxopt.errors import ConfigError, InputError, StepError
 from onnxopt.modelio import (
     constants_to_initializers,
+    external_locations,
     iter_graphs,
-    iter_tensors,
     load_model,
     save_model,
     topological_sort,
@@ -540,14 +540,7 @@ def _save_prepared(model: onnx.ModelProto, src: Path, prepared: Path) -> None:
     with its external references unchanged and the .data files are copied (disk to disk)
     next to it, so the quantizer reads them itself.
     """
-    locations = {
-        entry.value
-        for tensor in iter_tensors(model)
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    for location in sorted(locations):
+    for location in sorted(external_locations(model)):
         target = prepared.parent / location
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src.parent / location, target)  # onnx refuses hard and soft links

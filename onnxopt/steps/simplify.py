@@ -13,7 +13,14 @@ import onnx
 from onnxopt.artifacts import model_size
 from onnxopt.config import SimplifyStep
 from onnxopt.errors import ConfigError, StepError, did_you_mean
-from onnxopt.modelio import iter_tensors, load_model, remove_model, save_model, summary
+from onnxopt.modelio import (
+    external_locations,
+    iter_tensors,
+    load_model,
+    remove_model,
+    save_model,
+    summary,
+)
 from onnxopt.runtime import make_session, short_name
 from onnxopt.steps.base import StepContext, StepResult
 
@@ -67,13 +74,7 @@ def _own_external_data_name(path: Path, policy: str) -> None:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    locations = {
-        e.value
-        for t in iter_tensors(model)
-        if t.data_location == onnx.TensorProto.EXTERNAL
-        for e in t.external_data
-        if e.key == "location"
-    }
+    locations = external_locations(model)
     wanted = path.name + ".data"
     if locations == {wanted} or not locations:
         if not locations and policy == "always":
