@@ -889,7 +889,7 @@ def bench(
         from onnxopt.bench.core import Candidate
         from onnxopt.bench.runner import InputSource, raise_for_gates, run_bench
         from onnxopt.config import BenchStep, Target
-        from onnxopt.modelio import check_model, load_model
+        from onnxopt.modelio import load_model
         from onnxopt.verify import load_inputs, resolve_dims, specs_from_model
 
         names = labels.split(",") if labels else [m.stem for m in models]
@@ -898,8 +898,7 @@ def bench(
         if len(set(names)) != len(names):
             names = [str(m) for m in models]
         for m in models:
-            load_model(m, load_weights=False)
-            check_model(m, artifact=False)
+            load_model(m, load_weights=False)  # also runs onnx.checker on the file
         try:
             cfg = BenchStep.model_validate(
                 {

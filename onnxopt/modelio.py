@@ -111,19 +111,21 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
     return model
 
 
-def check_model(path: Path, *, artifact: bool = True) -> None:
-    """Run ``onnx.checker`` on a file (path-based, so models over 2 GB work).
+def check_model(path: Path) -> None:
+    """Run ``onnx.checker`` on an artifact we wrote (path-based, so models over 2 GB work).
+
+    Input models are checked by :func:`load_model`.
 
     Raises:
-        VerificationError: an artifact we produced is invalid (``artifact=True``).
-        InputError: an input model is invalid.
+        VerificationError: the artifact is invalid.
     """
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        cls = VerificationError if artifact else InputError
-        raise cls(f"{path.name}: onnx.checker rejected the model: {first[:200]}") from None
+        raise VerificationError(
+            f"{path.name}: onnx.checker rejected the model: {first[:200]}"
+        ) from None
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:

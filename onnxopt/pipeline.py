@@ -220,9 +220,7 @@ class Pipeline:
         if self.config.model.path is None:
             return None
         path = _resolve(self.base_dir, self.config.model.path)
-        model = load_model(path, load_weights=False)
-        del model
-        check_model(path, artifact=False)
+        load_model(path, load_weights=False)  # also runs onnx.checker on the file
         return path.resolve()
 
     def _build_context(self, source: Path | None) -> StepContext:
