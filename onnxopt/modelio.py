@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from onnxopt.errors import InputError, VerificationError
 
@@ -407,6 +409,71 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(keep)
     return moved
+
+
+def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    """A tensor's external-data entries (location, offset, length) as a dict."""
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def read_tensor(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    """One tensor's values, read from its external-data file in ``folder`` when it has one."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    info = external_info(tensor)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    array = np.fromfile(
+        folder / info["location"], dtype=dtype, count=count, offset=int(info.get("offset", 0))
+    )
+    return array.reshape(tuple(tensor.dims))
+
+
+class ExternalWriter:
+    """Appends tensors to one external-data file, one tensor in memory at a time.
+
+    Used to rewrite the weights of models over 2 GB file to file: ``place`` stores new bytes,
+    ``copy`` carries an unchanged external tensor across from the source folder.
+    """
+
+    def __init__(self, folder: Path, location: str) -> None:
+        self.location = location
+        self._file = open(folder / location, "wb")  # noqa: SIM115 - closed by close()
+
+    def __enter__(self) -> ExternalWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def place(self, tensor: onnx.TensorProto, raw: bytes) -> None:
+        """Write ``raw`` as ``tensor``'s data and point the tensor at it."""
+        offset = self._file.tell()
+        self._file.write(raw)
+        del tensor.external_data[:]
+        for key, value in (("location", self.location), ("offset", str(offset)),
+                           ("length", str(len(raw)))):  # fmt: skip
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+
+    def copy(self, tensor: onnx.TensorProto, folder: Path) -> None:
+        """Carry an external tensor's bytes across from the model folder ``folder``.
+
+        Tensors under 1 KiB are stored inline, as ``onnx.save_model`` does by default (ONNX
+        Runtime's shape inference cannot read e.g. Reshape shapes from external data).
+        """
+        info = external_info(tensor)
+        with open(folder / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            raw = f.read(int(info["length"])) if "length" in info else f.read()
+        if len(raw) >= 1024:
+            self.place(tensor, raw)
+            return
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = raw
 
 
 def external_locations(model: onnx.ModelProto) -> set[str]:

@@ -1,7 +1,7 @@
-"""A model over 2 GB (external data) through inspect, simplify, prune and bench. Slow; CI runs it.
+"""A model over 2 GB (external data) through inspect, simplify, prune, dynamic INT8 and bench.
 
-Quantization (dynamic, int4) and onnxsim on the same model are measured by
-benchmarks/large_model.py (time and peak memory per step, in docs/performance.md).
+Slow; CI runs it. Int4 and onnxsim on the same model, and the time and peak memory of every
+step, are measured by benchmarks/large_model.py (in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ def test_model_over_2gb_through_simplify(tmp_path: Path) -> None:
             "steps": [
                 {"type": "simplify", "backend": "ort"},
                 {"type": "prune", "method": "magnitude", "ratio": 0.5, "measure_speed": False},
+                {
+                    "type": "quantize",
+                    "mode": "dynamic",
+                    "measure_speed": False,
+                    "tolerance": {"min_cosine": 0.95},
+                },
                 {"type": "bench", "runs": 3, "trials": 1, "warmup": 1},
             ],
         }
@@ -50,8 +56,18 @@ def test_model_over_2gb_through_simplify(tmp_path: Path) -> None:
     assert pruned["verification"]["passed"] is True
     assert pruned["report"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert pruned["output"]["external_data"] == [pruned["output"]["path"] + ".data"]
-    bench = manifest["steps"][2]
-    assert [r["model"] for r in bench["report"]["results"]] == ["source", "01-simplify", "02-prune"]
+    int8 = manifest["steps"][2]
+    assert int8["verification"]["passed"] is True
+    assert int8["report"]["engine"] == "streaming"  # weights one at a time, not onnxruntime's
+    assert int8["report"]["new_quantized_ops"]["MatMulInteger"] == 9
+    assert int8["output"]["size_bytes"] < entry["output"]["size_bytes"] / 3
+    bench = manifest["steps"][3]
+    assert [r["model"] for r in bench["report"]["results"]] == [
+        "source",
+        "01-simplify",
+        "02-prune",
+        "03-quantize",
+    ]
     # re-running is a cache hit, even for 2 GB of weights
     again = run_pipeline(cfg, tmp_path)
-    assert [s["status"] for s in again["steps"]] == ["cached"] * 3
+    assert [s["status"] for s in again["steps"]] == ["cached"] * 4

@@ -712,6 +712,7 @@ def magnitude_prune(
     *,
     read: Reader = numpy_helper.to_array,
     write: Callable[[onnx.TensorProto, np.ndarray], None] | None = None,
+    weights: list[onnx.TensorProto] | None = None,
 ) -> dict[str, Any]:
     """Zero the smallest weights, one tensor at a time; return per-layer sparsity.
 
@@ -719,7 +720,7 @@ def magnitude_prune(
     ``write`` let weights held in external data stream from one file to another instead.
     """
     ratio = ratio_override if ratio_override is not None else float(cfg.ratio)
-    weights = _weights_of(model)
+    weights = _weights_of(model) if weights is None else weights
     if not weights:
         raise StepError("magnitude pruning found no Conv/Gemm/MatMul weight initializers")
     threshold = (
@@ -825,25 +826,6 @@ def _search_ratio(
     return lo, trail
 
 
-def _external(tensor: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in tensor.external_data}
-
-
-def _read_external(folder: Path) -> Reader:
-    def read(tensor: onnx.TensorProto) -> np.ndarray:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            return numpy_helper.to_array(tensor)
-        info = _external(tensor)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        array = np.fromfile(
-            folder / info["location"], dtype=dtype, count=count, offset=int(info.get("offset", 0))
-        )
-        return array.reshape(tuple(tensor.dims))
-
-    return read
-
-
 def magnitude_prune_streaming(src: Path, dst: Path, cfg: PruneStep) -> dict[str, Any]:
     """Magnitude pruning of a model whose weights are external data, one tensor in memory.
 
@@ -851,39 +833,27 @@ def magnitude_prune_streaming(src: Path, dst: Path, cfg: PruneStep) -> dict[str,
     file, pruned and appended to ``dst``'s own .data file, and every other external tensor
     is copied across, so a model over 2 GB never has two copies of its weights in memory.
     """
-    from onnxopt.modelio import iter_tensors
+    from onnxopt.modelio import ExternalWriter, iter_tensors, read_tensor
 
     model = load_model(src, load_weights=False)
     constants_to_initializers(model)
-    read = _read_external(src.parent)
-    data_name = dst.name + ".data"
-
-    with open(dst.parent / data_name, "wb") as out:
-
-        def place(tensor: onnx.TensorProto, raw: bytes) -> None:
-            offset = out.tell()
-            out.write(raw)
-            del tensor.external_data[:]
-            for key, value in (("location", data_name), ("offset", str(offset)),
-                               ("length", str(len(raw)))):  # fmt: skip
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            tensor.data_location = onnx.TensorProto.EXTERNAL
+    weights = _weights_of(model)
+    with ExternalWriter(dst.parent, dst.name + ".data") as out:
 
         def write(tensor: onnx.TensorProto, array: np.ndarray) -> None:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                place(tensor, array.tobytes())
+                out.place(tensor, array.tobytes())
             else:  # an inline weight (small): kept in the proto
                 tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
 
-        facts = magnitude_prune(model, cfg, read=read, write=write)
-        written = {t.name for t in _weights_of(model)}
+        def read(tensor: onnx.TensorProto) -> np.ndarray:
+            return read_tensor(tensor, src.parent)
+
+        facts = magnitude_prune(model, cfg, read=read, write=write, weights=weights)
+        written = {t.name for t in weights}
         for tensor in iter_tensors(model):
             if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in written:
-                info = _external(tensor)
-                with open(src.parent / info["location"], "rb") as f:
-                    f.seek(int(info.get("offset", 0)))
-                    place(tensor, f.read(int(info["length"])) if "length" in info else f.read())
+                out.copy(tensor, src.parent)
     onnx.save_model(model, str(dst))
     return facts
 

@@ -337,7 +337,44 @@ def _dynamic(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[
         # tensor; the values there are float activations
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    return {"op_types_to_quantize": ops, "per_channel": opts.per_channel}
+    return {"engine": "onnxruntime", "op_types_to_quantize": ops, "per_channel": opts.per_channel}
+
+
+def _streams(cfg: QuantizeStep, model: onnx.ModelProto, notes: list[str]) -> bool:
+    """Dynamic mode on weights held in external data: use the streaming quantizer?"""
+    from onnxopt.steps.quantize_stream import unsupported
+
+    if cfg.mode != "dynamic" or not external_locations(model):
+        return False
+    reason = unsupported(
+        model, cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS, cfg.nodes_to_exclude
+    )
+    if reason:
+        notes.append(
+            f"weights are external data, but {reason}: ONNX Runtime's quantizer is used "
+            "(it holds about 3x the model size in memory)"
+        )
+    return reason is None
+
+
+def _dynamic_streaming(
+    model: onnx.ModelProto, folder: Path, out: Path, cfg: QuantizeStep
+) -> dict[str, Any]:
+    from onnxopt.steps.quantize_stream import quantize_dynamic_streaming
+
+    opts = cfg.dynamic
+    ops = cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS
+    facts = quantize_dynamic_streaming(
+        model,
+        folder,
+        out,
+        ops=ops,
+        exclude=cfg.nodes_to_exclude,
+        per_channel=opts.per_channel,
+        reduce_range=opts.reduce_range,
+        weight_type=opts.weight_type,
+    )
+    return {**facts, "op_types_to_quantize": ops, "per_channel": opts.per_channel}
 
 
 def _static(src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
@@ -617,18 +654,24 @@ def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> 
         name_nodes(model)
         if moved:
             notes.append(f"{moved} Constant-node weights turned into initializers")
-        _save_prepared(model, src, prepared)
-        del model
+        raw = work / "quantized.onnx"
+        streaming = _streams(cfg, model, notes)
+        if not streaming:
+            _save_prepared(model, src, prepared)
+            del model
         current = prepared
         if cfg.mode == "static" and cfg.static.preprocess:
             current = _preprocess(prepared, work / "preprocessed.onnx", notes)
-        raw = work / "quantized.onnx"
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # ONNX Runtime's quantizers log advice on the root logger
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                facts = MODES[cfg.mode](current, raw, cfg, ctx)
+                if streaming:
+                    facts = _dynamic_streaming(model, src.parent, raw, cfg)
+                    del model
+                else:
+                    facts = MODES[cfg.mode](current, raw, cfg, ctx)
         except (ConfigError, InputError):
             raise
         except Exception as err:
