@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -519,6 +519,65 @@ class Pipeline:
         self.emit("step_end", entry=cached)
         return cached
 
+    def _entry(
+        self,
+        index: int,
+        step: Any,
+        key: str,
+        parent: tuple[Path | None, str] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """A new manifest entry for step ``index``, status running; ``parent``: (path, digest)."""
+        if parent is not None:
+            path, digest = parent
+            fields = {"parent": self._parent_label(path), "input": {"sha256": digest}, **fields}
+        return {
+            "index": index,
+            "type": step.type,
+            "name": step.name or step.type,
+            "status": "running",
+            "key": key,
+            **fields,
+            "config": step.model_dump(mode="json"),
+            "started": _now(),
+        }
+
+    @contextlib.contextmanager
+    def _recording(
+        self, entry: dict[str, Any], undo: Callable[[BaseException], None]
+    ) -> Iterator[float]:
+        """Append ``entry`` to the manifest; if the body raises, mark it and call ``undo``.
+
+        Yields the start time. The entry is marked "interrupted" (Ctrl-C, SIGTERM) or
+        "failed" with the error, and ``undo`` removes whatever the step had published.
+        """
+        self.manifest["steps"].append(entry)
+        started = time.perf_counter()
+        try:  # from here on, an interrupt marks this entry (the window starts at the append)
+            self._write_manifest()
+            yield started
+        except BaseException as err:
+            entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
+            entry["ended"] = _now()
+            entry["duration_s"] = round(time.perf_counter() - started, 3)
+            undo(err)
+            raise
+
+    def _finished(self, entry: dict[str, Any], started: float, **fields: Any) -> None:
+        """Mark ``entry`` ok (with ``fields``) and write the manifest."""
+        entry.update(
+            status="ok", ended=_now(), duration_s=round(time.perf_counter() - started, 3), **fields
+        )
+        self._write_manifest()
+
+    def _parent_label(self, parent: Path | None) -> str:
+        if parent is None:
+            return f"pytorch:{self.config.model.label}"
+        return str(
+            parent.relative_to(self.out_dir) if parent.is_relative_to(self.out_dir) else parent
+        )
+
     def _run_bench(
         self,
         index: int,
@@ -546,21 +605,21 @@ class Pipeline:
         path = self.out_dir / name
         if self._reuse(previous, index, key) is not None:
             return
-        entry: dict[str, Any] = {
-            "index": index,
-            "type": "bench",
-            "name": label,
-            "status": "running",
-            "key": key,
-            "models": [{"label": n, "path": str(p), "sha256": d} for n, p, d in chain],
-            "config": step.model_dump(mode="json"),
-            "started": _now(),
-            "output": None,
-        }
-        self.manifest["steps"].append(entry)
-        started = time.perf_counter()
-        try:  # from here on, an interrupt marks this entry (the window starts at the append)
-            self._write_manifest()
+        entry = self._entry(
+            index,
+            step,
+            key,
+            models=[{"label": n, "path": str(p), "sha256": d} for n, p, d in chain],
+            output=None,
+        )
+
+        def undo(err: BaseException) -> None:
+            if isinstance(err, KeyboardInterrupt):  # a failed gate keeps its report to read
+                entry.pop("report_file", None)
+                path.unlink(missing_ok=True)
+                path.with_suffix(".md").unlink(missing_ok=True)
+
+        with self._recording(entry, undo) as started:
             report = bench_step.run([(n, p) for n, p, _ in chain], step, ctx)
             artifacts.write_json_atomic(path, report)
             with artifacts.atomic_path(path.with_suffix(".md")) as tmp:
@@ -568,20 +627,7 @@ class Pipeline:
             entry["report_file"] = {"path": name, "sha256": artifacts.sha256_file(path)}
             entry["report"] = bench_step.summary(report)
             raise_for_gates(report)
-            entry.update(
-                status="ok", ended=_now(), duration_s=round(time.perf_counter() - started, 3)
-            )
-            self._write_manifest()
-        except BaseException as err:
-            entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
-            entry["ended"] = _now()
-            entry["duration_s"] = round(time.perf_counter() - started, 3)
-            if isinstance(err, KeyboardInterrupt):  # a failed gate keeps its report to read
-                entry.pop("report_file", None)
-                path.unlink(missing_ok=True)
-                path.with_suffix(".md").unlink(missing_ok=True)
-            raise
+            self._finished(entry, started)
         self.emit("step_end", entry=entry)
 
     def _run_package(
@@ -609,60 +655,48 @@ class Pipeline:
             return
         names = package.file_names(index, step)
         finals = [self.out_dir / n for n in names]
-        entry: dict[str, Any] = {
-            "index": index,
-            "type": "package",
-            "name": label,
-            "status": "running",
-            "key": key,
-            "parent": (
-                str(parent.relative_to(self.out_dir))
-                if parent.is_relative_to(self.out_dir)
-                else str(parent)
-            ),
-            "input": {"sha256": parent_digest},
-            "config": step.model_dump(mode="json"),
-            "started": _now(),
-            "output": None,
-        }
-        self.manifest["steps"].append(entry)
-        started = time.perf_counter()
-        partial = self.out_dir / f".{names[0]}.partial"
-        try:  # from here on, an interrupt marks this entry and removes the scratch folder
-            self._write_manifest()
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            tmp_ort, tmp_config = (partial / n for n in names)
-            entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
-            tol = resolve_tolerance("package", step.tolerance)
-            verification = verify_model(tmp_ort, package.reference(parent, step, ctx), tol, ctx)
-            entry["verification"] = verification
-            if not verification["passed"]:
-                raise VerificationError(
-                    f"step {index} (package): the .ort file differs from its ONNX parent: "
-                    f"{self._first_failure(verification)}"
-                )
-            mode = artifacts.file_mode()
-            for tmp in (tmp_config, tmp_ort):  # the .ort last: its presence means complete
-                os.chmod(tmp, mode)
-                os.replace(tmp, self.out_dir / tmp.name)
-            entry["files"] = [
-                {"path": f.name, "sha256": artifacts.sha256_file(f), "size_bytes": f.stat().st_size}
-                for f in finals
-            ]
-            entry.update(
-                status="ok", ended=_now(), duration_s=round(time.perf_counter() - started, 3)
-            )
-            self._write_manifest()
-        except BaseException as err:
-            entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
-            entry["ended"] = _now()
-            entry["duration_s"] = round(time.perf_counter() - started, 3)
+        entry = self._entry(
+            index,
+            step,
+            key,
+            parent=(parent, parent_digest),
+            output=None,
+        )
+
+        def undo(err: BaseException) -> None:
             entry.pop("files", None)
             for final in finals:
                 final.unlink(missing_ok=True)
-            raise
+
+        partial = self.out_dir / f".{names[0]}.partial"
+        try:
+            with self._recording(entry, undo) as started:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                tmp_ort, tmp_config = (partial / n for n in names)
+                entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
+                tol = resolve_tolerance("package", step.tolerance)
+                reference = package.reference(parent, step, ctx)
+                verification = verify_model(tmp_ort, reference, tol, ctx)
+                entry["verification"] = verification
+                if not verification["passed"]:
+                    raise VerificationError(
+                        f"step {index} (package): the .ort file differs from its ONNX parent: "
+                        f"{self._first_failure(verification)}"
+                    )
+                mode = artifacts.file_mode()
+                for tmp in (tmp_config, tmp_ort):  # the .ort last: its presence means complete
+                    os.chmod(tmp, mode)
+                    os.replace(tmp, self.out_dir / tmp.name)
+                files = [
+                    {
+                        "path": f.name,
+                        "sha256": artifacts.sha256_file(f),
+                        "size_bytes": f.stat().st_size,
+                    }
+                    for f in finals
+                ]
+                self._finished(entry, started, files=files)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         self.emit("step_end", entry=entry)
@@ -689,94 +723,88 @@ class Pipeline:
                 return parent, parent_digest
             return final, cached["output"]["sha256"]
 
-        entry: dict[str, Any] = {
-            "index": index,
-            "type": step.type,
-            "name": label,
-            "status": "running",
-            "key": key,
-            "parent": (
-                str(parent.relative_to(self.out_dir))
-                if parent and parent.is_relative_to(self.out_dir)
-                else (str(parent) if parent else f"pytorch:{self.config.model.label}")
-            ),
-            "input": {"sha256": parent_digest},
-            "config": step.model_dump(mode="json"),
-            "started": _now(),
-            "versions": artifacts.tool_versions(include_torch=step.type == "export"),
-        }
-        self.manifest["steps"].append(entry)
-        started = time.perf_counter()
+        entry = self._entry(
+            index,
+            step,
+            key,
+            parent=(parent, parent_digest),
+            versions=artifacts.tool_versions(include_torch=step.type == "export"),
+        )
+
+        def undo(err: BaseException) -> None:
+            entry.pop("output", None)
+            remove_model(final)
+
         partial = self.out_dir / f".{name}.partial"
-        try:  # from here on, an interrupt marks this entry and removes the scratch folder
-            self._write_manifest()
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            tmp = partial / name
-            result: StepResult = runner(step.type)(parent, tmp, step, ctx)
-            if result.keep_parent and parent is not None:
-                entry["report"] = result.report
-                entry["warnings"] = result.warnings
-                for text in result.warnings:
-                    log.warning("step %d (%s): %s", index, step.type, text)
-                return self._keep_parent(entry, parent, parent_digest, started)
-            if not tmp.is_file():
-                raise VerificationError(f"step {index} ({step.type}) wrote no model")
-            check_model(tmp)
-            verification = result.verification
-            if verification is None:
-                assert parent is not None
-                verification = self._verify_against_parent(parent, tmp, step, ctx)
-            entry["verification"] = verification
-            if not verification["passed"]:
-                raise VerificationError(
-                    f"step {index} ({step.type}): output differs from its parent: "
-                    f"{self._first_failure(verification)}",
-                    hint="loosen 'tolerance' only if this precision loss is expected",
-                )
-            after = load_model(tmp, load_weights=False)
-            entry["report"] = {**result.report, "after": summary(after)}
-            entry["warnings"] = result.warnings
-            for text in result.warnings:
-                log.warning("step %d (%s): %s", index, step.type, text)
-            if step.guard is not None and step.guard.not_slower and parent is not None:
-                entry["guard"] = self._guard(index, step, parent, tmp, ctx)
-                if entry["guard"]["kept_parent"]:
+        try:
+            with self._recording(entry, undo) as started:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                tmp = partial / name
+                result: StepResult = runner(step.type)(parent, tmp, step, ctx)
+                if result.keep_parent and parent is not None:
+                    entry["report"] = result.report
+                    entry["warnings"] = result.warnings
+                    for text in result.warnings:
+                        log.warning("step %d (%s): %s", index, step.type, text)
                     return self._keep_parent(entry, parent, parent_digest, started)
-            elif (
-                getattr(step, "measure_speed", False)
-                and getattr(step, "mode", None) != "auto"  # auto measured its candidates
-                and parent is not None
-            ):
-                entry["speed"] = self._guard(index, step, parent, tmp, ctx)
-            publish(tmp, final)
-            # still inside the try: an interrupt before the manifest records the artifact
-            # removes it, so a file on disk always has an "ok" entry
-            digest = artifacts.model_digest(final)
-            entry.update(
-                status="ok",
-                ended=_now(),
-                duration_s=round(time.perf_counter() - started, 3),
-                output={
+                self._check_and_verify(index, step, entry, parent, tmp, result, ctx)
+                if step.guard is not None and step.guard.not_slower and parent is not None:
+                    entry["guard"] = self._guard(index, step, parent, tmp, ctx)
+                    if entry["guard"]["kept_parent"]:
+                        return self._keep_parent(entry, parent, parent_digest, started)
+                elif (
+                    getattr(step, "measure_speed", False)
+                    and getattr(step, "mode", None) != "auto"  # auto measured its candidates
+                    and parent is not None
+                ):
+                    entry["speed"] = self._guard(index, step, parent, tmp, ctx)
+                publish(tmp, final)
+                # still inside the recording: an interrupt before the manifest records the
+                # artifact removes it, so a file on disk always has an "ok" entry
+                digest = artifacts.model_digest(final)
+                output = {
                     "path": name,
                     "sha256": digest,
                     "size_bytes": artifacts.model_size(final),
                     "external_data": [p.name for p in artifacts.external_data_files(final)],
-                },
-            )
-            self._write_manifest()
-        except BaseException as err:
-            entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
-            entry["ended"] = _now()
-            entry["duration_s"] = round(time.perf_counter() - started, 3)
-            entry.pop("output", None)
-            remove_model(final)
-            raise
+                }
+                self._finished(entry, started, output=output)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         self.emit("step_end", entry=entry)
         return final, digest
+
+    def _check_and_verify(
+        self,
+        index: int,
+        step: Step,
+        entry: dict[str, Any],
+        parent: Path | None,
+        tmp: Path,
+        result: StepResult,
+        ctx: StepContext,
+    ) -> None:
+        """Check the new artifact, verify it against its parent, record report and warnings."""
+        if not tmp.is_file():
+            raise VerificationError(f"step {index} ({step.type}) wrote no model")
+        check_model(tmp)
+        verification = result.verification
+        if verification is None:
+            assert parent is not None
+            verification = self._verify_against_parent(parent, tmp, step, ctx)
+        entry["verification"] = verification
+        if not verification["passed"]:
+            raise VerificationError(
+                f"step {index} ({step.type}): output differs from its parent: "
+                f"{self._first_failure(verification)}",
+                hint="loosen 'tolerance' only if this precision loss is expected",
+            )
+        after = load_model(tmp, load_weights=False)
+        entry["report"] = {**result.report, "after": summary(after)}
+        entry["warnings"] = result.warnings
+        for text in result.warnings:
+            log.warning("step %d (%s): %s", index, step.type, text)
 
     def _guard(
         self, index: int, step: Step, parent: Path, child: Path, ctx: StepContext
