@@ -115,8 +115,13 @@ def output_names(path: Path, task: str, pooling: str) -> list[str]:
     return ["last_hidden_state"] if mode == "none" else ["sentence_embedding"]
 
 
-def build(path: Path, task: str, pooling: str = "auto") -> Any:
-    """The folder's model, loaded offline, wrapped for export (eval mode, float32)."""
+def build(
+    path: Path, task: str, pooling: str = "auto", *, input_names: list[str] | None = None
+) -> Any:
+    """The folder's model, loaded offline, wrapped for export (eval mode, float32).
+
+    ``input_names`` (in order) default to the tokenizer's or image processor's.
+    """
     require("transformers", "hf")
     import torch
     import transformers
@@ -140,7 +145,7 @@ def build(path: Path, task: str, pooling: str = "auto") -> Any:
             hint="check the folder's files and the task",
         ) from None
     model.eval()
-    names = [s["name"] for s in input_specs(path, task)]
+    names = input_names or [s["name"] for s in input_specs(path, task)]
     mode, normalize = _pooling(path, pooling) if task == "feature-extraction" else ("none", False)
 
     class Wrapped(torch.nn.Module):  # type: ignore[misc]

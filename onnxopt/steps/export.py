@@ -120,8 +120,12 @@ def load_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-def build_module(source: ModelSource, base_dir: Path) -> Any:
-    """Call the factory, load weights, and return the module in eval mode."""
+def build_module(source: ModelSource, base_dir: Path, input_names: list[str] | None = None) -> Any:
+    """Call the factory, load weights, and return the module in eval mode.
+
+    ``input_names``: the model's input names when already known (a Hugging Face folder's
+    come from its tokenizer, which then need not be loaded again).
+    """
     require("torch")
     import torch
 
@@ -130,7 +134,10 @@ def build_module(source: ModelSource, base_dir: Path) -> Any:
 
         folder = Path(source.huggingface)
         return build(
-            folder if folder.is_absolute() else base_dir / folder, source.task, source.pooling
+            folder if folder.is_absolute() else base_dir / folder,
+            source.task,
+            source.pooling,
+            input_names=input_names,
         )
     assert source.factory is not None
     fn = load_factory(source.factory, base_dir)
@@ -337,7 +344,7 @@ def strip_stack_traces(model: Any) -> int:
 def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepResult:
     """Export the pipeline's PyTorch factory to ``dst``; try exporters per ``cfg.exporter``."""
     require("torch")
-    module = build_module(ctx.config.model, ctx.base_dir)
+    module = build_module(ctx.config.model, ctx.base_dir, [s.name for s in ctx.specs])
     names = [s.name for s in ctx.specs]
     reference = Reference(
         main=torch_outputs(module, ctx.inputs, names),
