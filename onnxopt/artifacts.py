@@ -105,18 +105,23 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it into place only on success."""
+def _temp_beside(final: Path, suffix: str) -> Path:
+    """Create an empty temporary file beside ``final`` (making its folder); clear error if not."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     except OSError as err:
         raise InputError(
             f"cannot write {final} ({err.strerror})", hint="choose a writable folder"
         ) from None
     os.close(fd)
-    tmp = Path(tmp_name)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it into place only on success."""
+    tmp = _temp_beside(final, ".tmp")
     try:
         yield tmp
         os.chmod(tmp, file_mode())
@@ -134,15 +139,7 @@ def check_writable(final: Path) -> None:
     """
     if final.is_dir():
         raise InputError(f"{final} is a folder; give a file path")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".probe", dir=final.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise InputError(
-            f"cannot write {final} ({err.strerror})", hint="choose a writable folder"
-        ) from None
+    _temp_beside(final, ".probe").unlink()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
