@@ -519,6 +519,10 @@ class Pipeline:
         self.emit("step_end", entry=cached)
         return cached
 
+    def _start(self, index: int, step: Any) -> None:
+        label = step.name or step.type
+        self.emit("step_start", index=index, total=len(self.config.steps), step=label)
+
     def _entry(
         self,
         index: int,
@@ -591,8 +595,7 @@ class Pipeline:
         from onnxopt.bench.runner import raise_for_gates
         from onnxopt.steps import bench as bench_step
 
-        label = step.name or step.type
-        self.emit("step_start", index=index, total=len(self.config.steps), step=label)
+        self._start(index, step)
         key = artifacts.digest_of(
             index,
             step.model_dump(mode="json"),
@@ -642,8 +645,7 @@ class Pipeline:
         """Write NN-package.ort and its operator config; the chain goes on with the parent."""
         from onnxopt.steps import package
 
-        label = step.name or step.type
-        self.emit("step_start", index=index, total=len(self.config.steps), step=label)
+        self._start(index, step)
         key = artifacts.digest_of(
             index,
             step.model_dump(mode="json"),
@@ -713,9 +715,7 @@ class Pipeline:
         key = self._step_key(index, step, parent_digest)
         name = artifacts.artifact_name(index, step.type, key)
         final = self.out_dir / name
-        total = len(self.config.steps)
-        label = step.name or step.type
-        self.emit("step_start", index=index, total=total, step=label)
+        self._start(index, step)
         cached = self._reuse(previous, index, key)
         if cached is not None:
             if cached.get("kept_parent"):

@@ -431,12 +431,7 @@ def _apply(
                 if attr.name == "group":
                     attr.i = len(keep)
         elif kind == "mm_in":
-            w = a._weight(node, 1)
-            assert w is not None
-            if node.op_type == "Gemm" and _attr(node, "transB", 0):
-                _set(a, node.input[1], w[:, keep])
-            else:
-                _set(a, node.input[1], w[keep])
+            _keep_weight_rows(a, node, keep)
         elif kind == "in_at":
             # A Concat's consumer: several groups slice the same weight; apply once, later.
             name = node.input[1]
@@ -452,12 +447,17 @@ def _apply(
         elif kind == "flatten_in":
             spatial = int(extra)
             rows = (keep[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
-            w = a._weight(node, 1)
-            assert w is not None
-            if node.op_type == "Gemm" and _attr(node, "transB", 0):
-                _set(a, node.input[1], w[:, rows])
-            else:
-                _set(a, node.input[1], w[rows])
+            _keep_weight_rows(a, node, rows)
+
+
+def _keep_weight_rows(a: ChannelAnalysis, node: onnx.NodeProto, rows: np.ndarray) -> None:
+    """Keep the input rows ``rows`` of a MatMul/Gemm weight (its columns under transB)."""
+    w = a._weight(node, 1)
+    assert w is not None
+    if node.op_type == "Gemm" and _attr(node, "transB", 0):
+        _set(a, node.input[1], w[:, rows])
+    else:
+        _set(a, node.input[1], w[rows])
 
 
 def _keep_count(size: int, ratio: float, min_channels: int, round_to: int) -> int:
