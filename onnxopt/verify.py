@@ -194,9 +194,19 @@ def load_inputs(path: Path) -> Inputs:
         raise InputError(f"inputs file not found: {path}", hint="give an existing .npz")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {name: np.asarray(data[name]) for name in data.files}
+            arrays = {name: np.asarray(data[name]) for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(f"{path}: not a readable .npz file ({err})") from None
+    for name, arr in arrays.items():
+        if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.complexfloating):
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise InputError(
+                    f"{path}: array {name!r} has NaN or Inf ({bad} of {arr.size} values); "
+                    "outputs compared, calibrated or timed on them mean nothing",
+                    hint="replace them (numpy.nan_to_num) or drop those samples",
+                )
+    return arrays
 
 
 def check_inputs_fit(model: onnx.ModelProto, arrays: Inputs, where: str) -> None:

@@ -190,7 +190,7 @@ def test_bad_calibration_data_is_a_clear_input_error(tmp_path: Path) -> None:
     nan = np.random.default_rng(0).uniform(size=(4, 1, 3, 8, 8)).astype(np.float32)
     nan[1, 0, 0, 0, 0] = np.nan
     np.savez(tmp_path / "nan.npz", x=nan)
-    np.savez(tmp_path / "other.npz", z=nan)
+    np.savez(tmp_path / "other.npz", z=np.nan_to_num(nan))
     (tmp_path / "empty").mkdir()
     for path, expected in (
         (tmp_path / "nan.npz", "has NaN or Inf"),
@@ -239,6 +239,33 @@ def test_inputs_file_missing_an_array(tmp_path: Path) -> None:
     proc = run_cli("run", cfg)
     assert proc.returncode == ExitCode.USAGE
     assert "has no array 'x'" in error_line(proc)
+
+
+def test_nan_or_inf_in_verification_inputs_is_a_clear_input_error(tmp_path: Path) -> None:
+    import numpy as np
+
+    src = models.add_relu(tmp_path / "m.onnx")
+    for value in (np.nan, np.inf):
+        x = np.ones((2, 4), np.float32)
+        x[1, 2] = value
+        np.savez(tmp_path / "in.npz", x=x)
+        cfg = write_yaml(
+            tmp_path / "p.yaml",
+            {
+                "model": {"path": str(src)},
+                "output_dir": str(tmp_path / "o"),
+                "verify": {"inputs_file": str(tmp_path / "in.npz")},
+                "steps": [{"type": "simplify"}],
+            },
+        )
+        proc = run_cli("run", cfg)
+        assert proc.returncode == ExitCode.USAGE
+        line = error_line(proc)
+        assert "array 'x' has NaN or Inf (1 of 8 values)" in line and "nan_to_num" in line
+        assert not (tmp_path / "o").exists() or not finished_artifacts(tmp_path / "o")
+        proc = run_cli("bench", str(src), "--inputs-file", str(tmp_path / "in.npz"))
+        assert proc.returncode == ExitCode.USAGE
+        assert "has NaN or Inf" in error_line(proc)
 
 
 def test_opset_too_old_and_models_without_inputs(tmp_path: Path) -> None:
