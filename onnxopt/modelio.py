@@ -438,7 +438,7 @@ class ExternalWriter:
 
     def __init__(self, folder: Path, location: str) -> None:
         self.location = location
-        self._file = open(folder / location, "wb")  # noqa: SIM115 - closed by close()
+        self._file = open(folder / location, "wb")  # noqa: SIM115 - closed by __exit__
 
     def __enter__(self) -> ExternalWriter:
         return self
@@ -462,7 +462,8 @@ class ExternalWriter:
         """Carry an external tensor's bytes across from the model folder ``folder``.
 
         Tensors under 1 KiB are stored inline, as ``onnx.save_model`` does by default (ONNX
-        Runtime's shape inference cannot read e.g. Reshape shapes from external data).
+        Runtime's shape inference cannot read e.g. Reshape shapes or ReduceSum axes from
+        external data).
         """
         info = external_info(tensor)
         with open(folder / info["location"], "rb") as f:
