@@ -66,12 +66,21 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Where to write 
 ExternalOpt = Annotated[
     str, typer.Option("--external-data", help="auto (only over 2 GB), always or never.")
 ]
+CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV here.")]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")]
 
 
 def _stderr() -> Console:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _stdout(width: int) -> Console:
+    """A console for tables on stdout: the terminal's width, or ``width`` when piped."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else width)
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -118,6 +127,15 @@ def _funnel(debug: bool) -> Iterator[None]:
             "(rerun with --debug for the traceback, and please report it)"
         )
         raise typer.Exit(int(ExitCode.FAILURE)) from None
+
+
+def _check_report_paths(*paths: Path | None) -> None:
+    """Before measuring: every report path asked for must be writable (exit 2 now, not later)."""
+    from onnxopt.artifacts import check_writable
+
+    for path in paths:
+        if path is not None:
+            check_writable(path)
 
 
 def _write_reports(
@@ -259,11 +277,9 @@ def _show(manifest: dict[str, Any], as_json: bool, quiet: bool) -> None:
     if as_json:
         print(json.dumps(manifest, indent=2, default=str))
     elif not quiet:
-        from rich.console import Console
-
         from onnxopt.report.console import print_pipeline
 
-        print_pipeline(Console(width=None if sys.stdout.isatty() else 160), manifest)
+        print_pipeline(_stdout(160), manifest)
 
 
 def _one_step_config(
@@ -876,8 +892,8 @@ def bench(
     markdown_out: Annotated[
         Path | None, typer.Option("--markdown", help="Write a Markdown summary here.")
     ] = None,
-    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write a CSV here.")] = None,
-    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    csv_out: CsvOpt = None,
+    plot_out: PlotOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -958,11 +974,7 @@ def bench(
             intra_op_threads=threads,
             inter_op_threads=inter_threads,
         )
-        from onnxopt.artifacts import check_writable
-
-        for out_path in (output, markdown_out, csv_out, plot_out):
-            if out_path is not None:
-                check_writable(out_path)
+        _check_report_paths(output, markdown_out, csv_out, plot_out)
         progress = _stderr()
         if not quiet and not as_json:
             progress.print(f"measuring {len(models)} model(s) on {provider} ...", highlight=False)
@@ -973,9 +985,7 @@ def bench(
         if as_json:
             print(json.dumps(report, indent=2, default=str))
         elif not quiet:
-            from rich.console import Console
-
-            console = Console(width=None if sys.stdout.isatty() else 200)
+            console = _stdout(200)
             console.print(bench_report.table(report))
             for c in report["concurrency"]:
                 console.print(
@@ -1075,8 +1085,8 @@ def report_merge(
     markdown_out: Annotated[
         Path | None, typer.Option("--markdown", help="Write a Markdown comparison here.")
     ] = None,
-    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write a CSV here.")] = None,
-    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    csv_out: CsvOpt = None,
+    plot_out: PlotOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -1087,12 +1097,9 @@ def report_merge(
     """
     _setup_logging(debug, quiet)
     with _funnel(debug):
-        from onnxopt.artifacts import check_writable
         from onnxopt.bench import merge
 
-        for out_path in (output, markdown_out, csv_out, plot_out):
-            if out_path is not None:
-                check_writable(out_path)
+        _check_report_paths(output, markdown_out, csv_out, plot_out)
         names = [n.strip() for n in labels.split(",")] if labels else None
         merged = merge.merge_reports(
             reports,
@@ -1104,9 +1111,7 @@ def report_merge(
         if as_json:
             print(json.dumps(merged, indent=2, default=str))
         elif not quiet:
-            from rich.console import Console
-
-            console = Console(width=None if sys.stdout.isatty() else 200)
+            console = _stdout(200)
             console.print(merge.table(merged))
             for source in merged["sources"]:
                 console.print(merge.machine_line(source), highlight=False)
@@ -1134,11 +1139,9 @@ def inspect_cmd(
         if as_json:
             print(json.dumps(info, indent=2, default=str))
         else:
-            from rich.console import Console
-
             from onnxopt.report.console import print_inspect
 
-            print_inspect(Console(width=None if sys.stdout.isatty() else 160), info)
+            print_inspect(_stdout(160), info)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -222,11 +223,11 @@ def test_bad_calibration_data_is_a_clear_input_error(tmp_path: Path) -> None:
         assert finished_artifacts(tmp_path / "o") == []
 
 
-def test_inputs_file_missing_an_array(tmp_path: Path) -> None:
+def _run_with_inputs_file(tmp_path: Path, src: Path, **arrays: Any) -> Any:
+    """`onnxopt run` of one simplify step verified on an .npz holding ``arrays``."""
     import numpy as np
 
-    src = models.add_relu(tmp_path / "m.onnx")
-    np.savez(tmp_path / "in.npz", other=np.ones((2, 4), np.float32))
+    np.savez(tmp_path / "in.npz", **arrays)
     cfg = write_yaml(
         tmp_path / "p.yaml",
         {
@@ -236,7 +237,14 @@ def test_inputs_file_missing_an_array(tmp_path: Path) -> None:
             "steps": [{"type": "simplify"}],
         },
     )
-    proc = run_cli("run", cfg)
+    return run_cli("run", cfg)
+
+
+def test_inputs_file_missing_an_array(tmp_path: Path) -> None:
+    import numpy as np
+
+    src = models.add_relu(tmp_path / "m.onnx")
+    proc = _run_with_inputs_file(tmp_path, src, other=np.ones((2, 4), np.float32))
     assert proc.returncode == ExitCode.USAGE
     assert "has no array 'x'" in error_line(proc)
 
@@ -248,17 +256,7 @@ def test_nan_or_inf_in_verification_inputs_is_a_clear_input_error(tmp_path: Path
     for value in (np.nan, np.inf):
         x = np.ones((2, 4), np.float32)
         x[1, 2] = value
-        np.savez(tmp_path / "in.npz", x=x)
-        cfg = write_yaml(
-            tmp_path / "p.yaml",
-            {
-                "model": {"path": str(src)},
-                "output_dir": str(tmp_path / "o"),
-                "verify": {"inputs_file": str(tmp_path / "in.npz")},
-                "steps": [{"type": "simplify"}],
-            },
-        )
-        proc = run_cli("run", cfg)
+        proc = _run_with_inputs_file(tmp_path, src, x=x)
         assert proc.returncode == ExitCode.USAGE
         line = error_line(proc)
         assert "array 'x' has NaN or Inf (1 of 8 values)" in line and "nan_to_num" in line
