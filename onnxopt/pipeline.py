@@ -320,17 +320,27 @@ class Pipeline:
             parts.append(artifacts.sha256_file(weights) if weights.is_file() else str(weights))
         return artifacts.digest_of(*parts)
 
-    def _step_key(self, index: int, step: Step, parent_digest: str) -> str:
+    def _key(self, index: int, step: Any, parent: Any, *extra: Any) -> str:
+        """Cache key of step ``index``: its config, what it reads (``parent``), the input
+        set, ``extra`` settings that change its result, and the tool versions."""
         return artifacts.digest_of(
             index,
             step.model_dump(mode="json"),
-            parent_digest,
+            parent,
             self.manifest["inputs"]["digest"],
+            *extra,
+            artifacts.tool_versions(include_torch=step.type == "export"),
+        )
+
+    def _step_key(self, index: int, step: Step, parent_digest: str) -> str:
+        return self._key(
+            index,
+            step,
+            parent_digest,
             self.manifest["inputs"]["second_dims"],
             self.config.verify.model_dump(mode="json"),
             self.config.target.model_dump(mode="json"),
             self.config.external_data,
-            artifacts.tool_versions(include_torch=step.type == "export"),
         )
 
     def _cached(
@@ -596,13 +606,11 @@ class Pipeline:
         from onnxopt.steps import bench as bench_step
 
         self._start(index, step)
-        key = artifacts.digest_of(
+        key = self._key(
             index,
-            step.model_dump(mode="json"),
+            step,
             [(name, digest) for name, _, digest in chain],
-            self.manifest["inputs"]["digest"],
             self.config.target.model_dump(mode="json"),
-            artifacts.tool_versions(),
         )
         name = f"{index:02d}-bench.json"
         path = self.out_dir / name
@@ -625,8 +633,7 @@ class Pipeline:
         with self._recording(entry, undo) as started:
             report = bench_step.run([(n, p) for n, p, _ in chain], step, ctx)
             artifacts.write_json_atomic(path, report)
-            with artifacts.atomic_path(path.with_suffix(".md")) as tmp:
-                tmp.write_text(bench_report.markdown(report), encoding="utf-8")
+            artifacts.write_text_atomic(path.with_suffix(".md"), bench_report.markdown(report))
             entry["report_file"] = {"path": name, "sha256": artifacts.sha256_file(path)}
             entry["report"] = bench_step.summary(report)
             raise_for_gates(report)
@@ -646,13 +653,7 @@ class Pipeline:
         from onnxopt.steps import package
 
         self._start(index, step)
-        key = artifacts.digest_of(
-            index,
-            step.model_dump(mode="json"),
-            parent_digest,
-            self.manifest["inputs"]["digest"],
-            artifacts.tool_versions(),
-        )
+        key = self._key(index, step, parent_digest)
         if self._reuse(previous, index, key) is not None:
             return
         names = package.file_names(index, step)
