@@ -21,7 +21,7 @@ from pathlib import Path
 from onnxopt.artifacts import model_digest
 from onnxopt.errors import ExitCode
 from tests import models
-from tests.conftest import default_sigint, write_yaml
+from tests.conftest import default_sigint, run_cli, write_yaml
 
 STEPS = [
     {"type": "simplify"},
@@ -75,14 +75,7 @@ def test_random_interrupts_never_leave_a_half_written_folder_and_resume(tmp_path
     rng = random.Random(6)
     env = {**os.environ, "COLUMNS": "160", "PYTHONFAULTHANDLER": "1"}  # a crash shows where
     started = time.perf_counter()  # one uninterrupted run elsewhere sets the range of delays
-    reference = subprocess.run(
-        [sys.executable, "-m", "onnxopt", "run", str(cfg), "-q", "-o", str(tmp_path / "ref")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    reference = run_cli("run", cfg, "-q", "-o", tmp_path / "ref", env=env, timeout=300)
     assert reference.returncode == ExitCode.OK, reference.stderr
     full = time.perf_counter() - started
     done: dict[tuple[int, str], str | None] = {}
@@ -134,14 +127,7 @@ def test_random_interrupts_never_leave_a_half_written_folder_and_resume(tmp_path
             done = {}
     assert ExitCode.INTERRUPTED in codes and ExitCode.TERMINATED in codes, codes
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "onnxopt", "run", str(cfg), "-q", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc = run_cli("run", cfg, "-q", "--json", env=env, timeout=300)
     assert proc.returncode == ExitCode.OK, proc.stderr
     manifest = _check_consistent(out)
     assert manifest["status"] == "ok" and len(manifest["steps"]) == len(STEPS)
