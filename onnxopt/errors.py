@@ -24,6 +24,13 @@ class ExitCode(IntEnum):
     TERMINATED = 143
 
 
+def first_line(err: BaseException, limit: int | None = 300) -> str:
+    """The first line of an exception's message (its type name when empty), cut at ``limit``."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if limit is None else line[:limit]
+
+
 class OnnxoptError(Exception):
     """Base class: a message for the user and the exit code it maps to."""
 

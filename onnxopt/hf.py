@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxopt.errors import InputError, require
+from onnxopt.errors import InputError, first_line, require
 
 TASKS = ("feature-extraction", "text-classification", "image-classification")
 
@@ -53,7 +53,9 @@ def input_specs(path: Path, task: str) -> list[dict[str, Any]]:
         try:
             processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as err:
-            raise InputError(f"{path}: no usable image processor ({_first(err)})") from None
+            raise InputError(
+                f"{path}: no usable image processor ({first_line(err, 200)})"
+            ) from None
         size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
         height = size.get("height") or size.get("shortest_edge") or config.get("image_size", 224)
         width = size.get("width") or size.get("shortest_edge") or config.get("image_size", 224)
@@ -71,7 +73,7 @@ def input_specs(path: Path, task: str) -> list[dict[str, Any]]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise InputError(f"{path}: no usable tokenizer ({_first(err)})") from None
+        raise InputError(f"{path}: no usable tokenizer ({first_line(err, 200)})") from None
     ranges = {
         "input_ids": [0, int(config.get("vocab_size", len(tokenizer)))],
         "attention_mask": [1, 2],  # every position real: random zeros would mask whole rows
@@ -86,11 +88,6 @@ def input_specs(path: Path, task: str) -> list[dict[str, Any]]:
         }
         for name in tokenizer.model_input_names
     ]
-
-
-def _first(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
 
 
 def _pooling(path: Path, pooling: str) -> tuple[str, bool]:
@@ -141,7 +138,7 @@ def build(
         )
     except (OSError, ValueError, KeyError) as err:
         raise InputError(
-            f"{path}: cannot load a {task} model offline ({_first(err)})",
+            f"{path}: cannot load a {task} model offline ({first_line(err, 200)})",
             hint="check the folder's files and the task",
         ) from None
     model.eval()

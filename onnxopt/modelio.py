@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from onnxopt.errors import InputError, VerificationError
+from onnxopt.errors import InputError, VerificationError, first_line
 
 TWO_GB = 2**31
 Dim = int | str
@@ -100,9 +100,8 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
     try:  # by path: external data is looked up beside the file, not read
         onnx.checker.check_model(str(file))
     except (onnx.checker.ValidationError, UnicodeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
-            f"{file}: not a valid ONNX model (onnx.checker: {first[:200]})",
+            f"{file}: not a valid ONNX model (onnx.checker: {first_line(err, 200)})",
             hint="check that the file is complete; re-export it if it was edited or damaged",
         ) from None
     if load_weights:
@@ -124,9 +123,8 @@ def check_model(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VerificationError(
-            f"{path.name}: onnx.checker rejected the model: {first[:200]}"
+            f"{path.name}: onnx.checker rejected the model: {first_line(err, 200)}"
         ) from None
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxopt.errors import InputError, StepError
+from onnxopt.errors import InputError, StepError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -125,9 +125,8 @@ def make_session(
     try:
         return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StepError(
-            f"{model_path.name}: ONNX Runtime cannot load the model: {first[:300]}",
+            f"{model_path.name}: ONNX Runtime cannot load the model: {first_line(err)}",
             hint="run 'onnxopt inspect' on it, or try another opset/exporter",
         ) from None
 
@@ -189,7 +188,7 @@ def run_session(
     try:
         outputs = session.run(None, {n: feeds[n] for n in names})
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err, None)
         hint = None
         if "out of data bounds" in first or "out of bounds" in first:
             hint = (

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from onnxopt.config import ExportStep, ModelSource
-from onnxopt.errors import InputError, StepError, VerificationError, did_you_mean, require
+from onnxopt.errors import (
+    InputError,
+    StepError,
+    VerificationError,
+    did_you_mean,
+    first_line,
+    require,
+)
 from onnxopt.modelio import TWO_GB, check_model, load_model, remove_model, save_model
 from onnxopt.steps.base import Reference, StepContext, StepResult
 from onnxopt.verify import resolve_tolerance
@@ -184,7 +191,7 @@ def _load_weights(module: Any, path: Path) -> None:
         raise
     except Exception as err:
         raise InputError(
-            f"cannot read weights {path.name}: {str(err).splitlines()[0][:200]}",
+            f"cannot read weights {path.name}: {first_line(err, 200)}",
             hint="weights must be a state_dict saved with torch.save or safetensors",
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -237,7 +244,7 @@ def torch_outputs(module: Any, arrays: dict[str, np.ndarray], names: list[str]) 
     except Exception as err:
         raise InputError(
             f"the PyTorch module failed on the inputs spec: {type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}",
+            f"{first_line(err, 200)}",
             hint="check the input names, order, shapes and dtypes",
         ) from None
     return [t.detach().cpu().numpy() for t in _flatten(out)]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.config import PackageStep
-from onnxopt.errors import StepError
+from onnxopt.errors import StepError, first_line
 from onnxopt.steps.base import StepContext
 
 
@@ -79,9 +79,8 @@ def convert(parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep) -
         with contextlib.redirect_stdout(io.StringIO()):
             tools.create_config_from_models([ort_path], config_path, cfg.type_reduction)
     except Exception as err:  # onnxruntime raises its own exception types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StepError(
-            f"ORT format conversion of {parent.name} failed: {first[:300]}",
+            f"ORT format conversion of {parent.name} failed: {first_line(err)}",
             hint="the model may use an op or type the ORT format does not support",
         ) from None
     if not ort_path.is_file() or not config_path.is_file():

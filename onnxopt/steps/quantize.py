@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxopt.config import QuantizeStep
-from onnxopt.errors import ConfigError, InputError, StepError
+from onnxopt.errors import ConfigError, InputError, StepError, first_line
 from onnxopt.modelio import (
     constants_to_initializers,
     external_locations,
@@ -54,11 +54,6 @@ QUANT_OPS = (
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedMatMul", "FusedGemm", "FusedConv")
 DYNAMIC_DEFAULT_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
 FP16_MAX = 65504.0
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def name_nodes(model: onnx.ModelProto) -> int:
@@ -209,7 +204,7 @@ def _callable_samples(spec: str | None, limit: int, ctx: StepContext) -> list[In
         raise
     except Exception as err:
         raise InputError(
-            f"calibration callable {spec!r} raised {type(err).__name__}: {_first_line(err)}"
+            f"calibration callable {spec!r} raised {type(err).__name__}: {first_line(err)}"
         ) from None
     return samples
 
@@ -243,7 +238,7 @@ def _image_samples(folder: Path, cal: Any, ctx: StepContext) -> list[Inputs]:
             with Image.open(file) as img:
                 rgb = img.convert("RGB")
         except (OSError, UnidentifiedImageError) as err:
-            raise InputError(f"cannot decode image {file.name}: {_first_line(err)}") from None
+            raise InputError(f"cannot decode image {file.name}: {first_line(err)}") from None
         if pre.resize:
             w, h = rgb.size
             ratio = pre.resize / min(w, h)
@@ -301,7 +296,7 @@ def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
         return dst
     except Exception as err:
         notes.append(
-            f"symbolic shape inference failed ({_first_line(err)}); "
+            f"symbolic shape inference failed ({first_line(err)}); "
             "pre-processed with ONNX shape inference only"
         )
     try:
@@ -309,7 +304,7 @@ def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         return dst
     except Exception as err:
-        notes.append(f"pre-processing skipped: {_first_line(err)}")
+        notes.append(f"pre-processing skipped: {first_line(err)}")
         return src
 
 
@@ -676,7 +671,7 @@ def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> 
             raise
         except Exception as err:
             raise StepError(
-                f"{cfg.mode} quantization failed: {_first_line(err)}",
+                f"{cfg.mode} quantization failed: {first_line(err)}",
                 hint="exclude the failing nodes with nodes_to_exclude, or try another mode",
             ) from None
         finally:

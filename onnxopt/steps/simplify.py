@@ -12,7 +12,7 @@ import onnx
 
 from onnxopt.artifacts import model_size
 from onnxopt.config import SimplifyStep
-from onnxopt.errors import ConfigError, StepError, did_you_mean
+from onnxopt.errors import ConfigError, StepError, did_you_mean, first_line
 from onnxopt.modelio import (
     external_locations,
     iter_tensors,
@@ -25,11 +25,6 @@ from onnxopt.runtime import make_session, short_name
 from onnxopt.steps.base import StepContext, StepResult
 
 log = logging.getLogger("onnxopt")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def _onnxsim(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[str, Any]:
@@ -53,7 +48,7 @@ def _onnxsim(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[
             )
     except Exception as err:
         raise StepError(
-            f"onnxsim failed: {_first_line(err)}",
+            f"onnxsim failed: {first_line(err)}",
             hint="try backend 'ort', or skip the failing pass with onnxsim.skipped_optimizers",
         ) from None
     if not ok:
@@ -157,7 +152,7 @@ def _transformers(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> 
             )
     except Exception as err:
         raise StepError(
-            f"onnxruntime.transformers optimizer failed: {_first_line(err)}",
+            f"onnxruntime.transformers optimizer failed: {first_line(err)}",
             hint="check transformers.model_type, num_heads and hidden_size",
         ) from None
     finally:
