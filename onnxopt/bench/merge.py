@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from onnxopt.bench.runner import load_report
+from onnxopt.bench.stats import verdict
 from onnxopt.errors import InputError
 
 MERGE_SCHEMA = "onnxopt.bench.merged/1"
@@ -111,8 +112,7 @@ def merge_reports(
                 lo_b, hi_b = base.get("median_ci_ms") or [base["latency_ms"]["p50"]] * 2
                 lo, hi = r.get("median_ci_ms") or [lat["p50"]] * 2
                 interval = [lo / hi_b, hi / lo_b]
-                verdict = "slower" if interval[0] > 1 else "faster" if interval[1] < 1 else "same"
-                row.update(ratio=ratio, ratio_interval=interval, verdict=verdict)
+                row.update(ratio=ratio, ratio_interval=interval, verdict=verdict(*interval))
             elif name == loaded[0][0]:
                 row.update(ratio=1.0, ratio_interval=None, verdict="reference")
             else:
