@@ -171,3 +171,12 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("schema_version") != MANIFEST_SCHEMA:
         return None
     return data
+
+
+def written_by_onnxopt(manifest: Path) -> bool:
+    """True when ``manifest`` is a manifest this tool wrote (any schema version)."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "onnxopt"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onnxopt import __version__
-from onnxopt.errors import ConfigError, ExitCode, OnnxoptError, Terminated
+from onnxopt.errors import ConfigError, ExitCode, InputError, OnnxoptError, Terminated
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,6 +66,14 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Where to write 
 ExternalOpt = Annotated[
     str, typer.Option("--external-data", help="auto (only over 2 GB), always or never.")
 ]
+NoGuardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-guard",
+        help="Hand the result over even if it is slower than its input (the speed guard, "
+        "on by default, keeps the input then and -o gets an unchanged copy).",
+    ),
+]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV here.")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")]
 
@@ -107,26 +115,34 @@ def _funnel(debug: bool) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except OnnxoptError as err:
-        if debug:
-            traceback.print_exc()
-        _error(str(err))
-        raise typer.Exit(int(err.exit_code)) from None
     except KeyboardInterrupt as err:
-        terminated = isinstance(err, Terminated)
-        _error(f"{'terminated' if terminated else 'interrupted'}; no unfinished artifact was kept")
-        _SIGNALS["reported"] = 1
-        code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
-        raise typer.Exit(int(code)) from None
+        _interrupted(isinstance(err, Terminated))
     except Exception as err:
         if debug:
             traceback.print_exc()
+        if "signum" in _SIGNALS:
+            # The signal landed inside library code, which turned it into another error
+            # (an extension module being imported reports "ImportError: initialization
+            # failed"): the run was stopped, it did not fail.
+            import signal
+
+            _interrupted(_SIGNALS["signum"] == signal.SIGTERM)
+        if isinstance(err, OnnxoptError):
+            _error(str(err))
+            raise typer.Exit(int(err.exit_code)) from None
         text = str(err).strip().splitlines()[0] if str(err).strip() else ""
         _error(
             f"internal error: {type(err).__name__}: {text[:300]} "
             "(rerun with --debug for the traceback, and please report it)"
         )
         raise typer.Exit(int(ExitCode.FAILURE)) from None
+
+
+def _interrupted(terminated: bool) -> None:
+    _error(f"{'terminated' if terminated else 'interrupted'}; no unfinished artifact was kept")
+    _SIGNALS["reported"] = 1
+    code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+    raise typer.Exit(int(code)) from None
 
 
 def _check_report_paths(*paths: Path | None) -> None:
@@ -505,6 +521,7 @@ def simplify(
     rtol: RtolOpt = None,
     min_cosine: CosOpt = None,
     external_data: ExternalOpt = "auto",
+    no_guard: NoGuardOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -512,7 +529,7 @@ def simplify(
     """Simplify an ONNX model (onnxsim, ORT offline optimization, transformer fusions)."""
     _setup_logging(debug, quiet)
     with _funnel(debug):
-        step = {
+        step: dict[str, Any] = {
             "type": "simplify",
             "backend": backend or ["onnxsim"],
             "ort": {"level": ort_level},
@@ -528,6 +545,8 @@ def simplify(
             },
             "tolerance": _tolerance(atol, rtol, min_cosine),
         }
+        if no_guard:
+            step["guard"] = None
         _on_onnx(
             step,
             model,
@@ -607,6 +626,7 @@ def quantize(
     seed: SeedOpt = 0,
     min_cosine: CosOpt = None,
     external_data: ExternalOpt = "auto",
+    no_guard: NoGuardOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -643,6 +663,8 @@ def quantize(
         }
         if op_types:
             step["op_types_to_quantize"] = [t.strip() for t in op_types.split(",") if t.strip()]
+        if no_guard:
+            step["guard"] = None
         _on_onnx(
             step,
             model,
@@ -705,6 +727,7 @@ def prune(
     inputs_file: InputsFileOpt = None,
     seed: SeedOpt = 0,
     external_data: ExternalOpt = "auto",
+    no_guard: NoGuardOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -731,6 +754,8 @@ def prune(
             "pattern": pattern,
             "tolerance": tolerance,
         }
+        if no_guard:
+            step["guard"] = None
         _on_onnx(
             step,
             model,
@@ -913,8 +938,20 @@ def bench(
             raise ConfigError(f"--labels has {len(names)} names for {len(models)} models")
         if len(set(names)) != len(names):
             names = [str(m) for m in models]
-        for m in models:
-            load_model(m, load_weights=False)  # also runs onnx.checker on the file
+        signatures = [
+            [
+                (s.name, s.dtype, len(s.shape))
+                for s in specs_from_model(load_model(m, load_weights=False))
+            ]
+            for m in models  # loading also runs onnx.checker on each file
+        ]
+        for m, sig in zip(models[1:], signatures[1:], strict=True):
+            if sig != signatures[0]:
+                raise InputError(
+                    f"{m.name} takes other inputs than {models[0].name} (name, dtype, rank: "
+                    f"{sig} vs {signatures[0]}); bench compares models on the same inputs",
+                    hint="bench models with the same inputs together, or in separate runs",
+                )
         try:
             cfg = BenchStep.model_validate(
                 {
@@ -1179,12 +1216,17 @@ def main() -> None:
     """Console-script entry point (SIGTERM is handled like Ctrl-C, with exit code 143)."""
     import signal
 
+    from onnxopt._fs import process_temp
+
     signal.signal(signal.SIGTERM, _on_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_signal)
+    temp = contextlib.ExitStack()  # closed before every exit, os._exit included
     try:
+        temp.enter_context(process_temp())  # every library's temporary files, removed at exit
         app()
     except KeyboardInterrupt as err:  # while Typer was still building the command line
+        temp.close()
         _error("stopped before any work started; nothing was written")
         sys.stderr.flush()
         os._exit(int(ExitCode.TERMINATED if isinstance(err, Terminated) else ExitCode.INTERRUPTED))
@@ -1202,7 +1244,10 @@ def main() -> None:
                 )
             if not _SIGNALS.get("reported"):
                 _error("stopped before any work started; nothing was written")
+            temp.close()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
         raise
+    finally:
+        temp.close()

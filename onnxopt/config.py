@@ -340,6 +340,26 @@ class StepBase(StrictModel):
     )
 
 
+class GuardedStep(StepBase):
+    """A step whose purpose is speed: guarded against handing over a slower model by default."""
+
+    guard: Guard | None = Field(
+        default_factory=Guard,
+        description="Speed guard, on by default: the artifact is timed against its parent on "
+        "the target (interleaved) and, when it is slower beyond the tolerance and the noise, "
+        "the parent is kept (on_slower: keep_parent) or the run fails (on_slower: fail). "
+        "null turns it off.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_timing_no_guard(cls, value: Any) -> Any:
+        # measure_speed: false asks for no timing at all, so no default guard either
+        if isinstance(value, dict) and value.get("measure_speed") is False and "guard" not in value:
+            return {**value, "guard": None}
+        return value
+
+
 class ExportStep(StepBase):
     """PyTorch -> ONNX, validated against PyTorch."""
 
@@ -391,7 +411,7 @@ class TransformersOptions(StrictModel):
 SimplifyBackend = Literal["onnxsim", "ort", "transformers"]
 
 
-class SimplifyStep(StepBase):
+class SimplifyStep(GuardedStep):
     """Graph simplification with one or more chained backends."""
 
     type: Literal["simplify"] = Field(description="Step type.")
@@ -507,7 +527,7 @@ class AutoOptions(StrictModel):
     trials: int = Field(2, ge=1, description="Trials, each with fresh sessions.")
 
 
-class QuantizeStep(StepBase):
+class QuantizeStep(GuardedStep):
     """INT8 dynamic/static, fp16 or int4 weight-only quantization, verified against a budget."""
 
     type: Literal["quantize"] = Field(description="Step type.")
@@ -539,11 +559,13 @@ class QuantizeStep(StepBase):
         16, ge=1, description="Give up after excluding this many nodes."
     )
     measure_speed: bool = Field(
-        True, description="Time the result against its parent on the target (interleaved)."
+        True,
+        description="Time the result against its parent on the target (interleaved); false "
+        "also turns the default speed guard off.",
     )
 
 
-class PruneStep(StepBase):
+class PruneStep(GuardedStep):
     """Structured channel pruning or unstructured magnitude pruning on the ONNX graph."""
 
     type: Literal["prune"] = Field(description="Step type.")
@@ -563,7 +585,9 @@ class PruneStep(StepBase):
         "{'layers.3.*': 0.7}; the first pattern matching a producer of the group wins.",
     )
     measure_speed: bool = Field(
-        True, description="Time the result against its parent on the target (interleaved)."
+        True,
+        description="Time the result against its parent on the target (interleaved); false "
+        "also turns the default speed guard off.",
     )
     auto_max_ratio: float = Field(0.9, gt=0, lt=1, description="Upper end of the auto search.")
     auto_steps: int = Field(6, ge=1, le=20, description="Bisection steps of the auto search.")

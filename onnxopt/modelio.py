@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from onnxopt.errors import InputError, VerificationError, first_line
+from onnxopt.errors import InputError, first_line
 
 TWO_GB = 2**31
 Dim = int | str
@@ -26,12 +26,8 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """The graph and every subgraph (If/Loop/Scan bodies) below it."""
     yield graph
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graphs(sub)
+        for sub in _subgraphs(node):
+            yield from iter_graphs(sub)
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -67,17 +63,38 @@ def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
                 )
 
 
-def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProto:
+def load_model(
+    path: str | Path, *, load_weights: bool = True, produced_by: str | None = None
+) -> onnx.ModelProto:
     """Load an ONNX model with clear errors for every way the file can be wrong.
 
     Args:
         path: the .onnx file.
         load_weights: also read external data into memory.
+        produced_by: the file is onnxopt's own intermediate, written by this library (e.g.
+            "ONNX Runtime's dynamic quantizer"): a problem with it is a failure of that
+            library, not the user's input, and the message names the library, not the path.
 
     Raises:
         InputError: missing, empty, not ONNX, or external data missing/unsafe.
+        StepError: the same, for a file ``produced_by`` a library.
     """
-    file = Path(path)
+    if produced_by is None:
+        return _load_model(Path(path), load_weights)
+    try:
+        return _load_model(Path(path), load_weights)
+    except InputError as err:
+        from onnxopt.errors import StepError
+
+        problem = err.message.replace(f"{path}: ", "").replace(str(path), Path(path).name)
+        raise StepError(
+            f"{produced_by} wrote an invalid model ({problem})",
+            hint="this is a failure of that library, not of your model; try another mode or "
+            "exclude the failing node with nodes_to_exclude",
+        ) from None
+
+
+def _load_model(file: Path, load_weights: bool) -> onnx.ModelProto:
     if not file.exists():
         raise InputError(f"model file not found: {file}", hint="check the path")
     if not file.is_file():
@@ -112,19 +129,26 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
     return model
 
 
-def check_model(path: Path) -> None:
+def check_model(path: Path, produced_by: str = "onnxopt") -> None:
     """Run ``onnx.checker`` on an artifact we wrote (path-based, so models over 2 GB work).
 
-    Input models are checked by :func:`load_model`.
+    Input models are checked by :func:`load_model`. An invalid artifact is a failure of the
+    tool that wrote it (exit 1), never the user's: the message names ``produced_by`` and the
+    artifact's file name only (never a scratch path).
 
     Raises:
-        VerificationError: the artifact is invalid.
+        StepError: the artifact is invalid.
     """
+    from onnxopt.errors import StepError
+
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
-        raise VerificationError(
-            f"{path.name}: onnx.checker rejected the model: {first_line(err, 200)}"
+        raise StepError(
+            f"{produced_by} wrote an invalid model {path.name} "
+            f"(onnx.checker: {first_line(err, 200)})",
+            hint="this is a failure of onnxopt or a library it calls, not of your model; "
+            "please report it",
         ) from None
 
 
@@ -256,6 +280,32 @@ def move_model(src: Path, dst: Path) -> None:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def copy_model(src: Path, dst: Path) -> None:
+    """Copy a model that onnxopt did not write (a user's file) to ``dst``; ``src`` is only read.
+
+    A model without external data is copied byte for byte. External tensors, wherever the
+    source keeps them (any file names, several files), are carried one tensor at a time into
+    ``<dst name>.data``, so the copy has an artifact's layout and never shares or overwrites a
+    file of the source's.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        staged = tmp_dir / dst.name
+        model = onnx.load(str(src), load_external_data=False)
+        if external_locations(model):
+            with ExternalWriter(tmp_dir, staged.name + ".data") as writer:
+                for tensor in iter_tensors(model):
+                    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                        writer.copy(tensor, src.parent)
+            onnx.save_model(model, str(staged))
+        else:
+            shutil.copyfile(src, staged)
+        publish(staged, dst)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
 def value_info_shape(value: onnx.ValueInfoProto) -> list[Dim]:
     """Shape as ints and names; '?' for an unknown dim."""
     t = value.type
@@ -340,12 +390,40 @@ def summary(model: onnx.ModelProto) -> dict[str, Any]:
     }
 
 
+def outer_scope_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads that it does not define itself: values of enclosing graphs."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {o for node in graph.node for o in node.output}
+    reads: set[str] = set()
+    for node in graph.node:
+        reads.update(node.input)
+        for sub in _subgraphs(node):
+            reads |= outer_scope_reads(sub)
+    reads |= {o.name for o in graph.output}
+    return {name for name in reads if name and name not in defined}
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder a graph's nodes so every node comes after the producers of its inputs.
 
-    Names that no node produces (graph inputs, initializers, outer-scope values) count as
-    available from the start. Raises InputError on a cycle.
+    A node with subgraphs (If, Loop, Scan) also depends on the enclosing values its bodies
+    read, and the bodies are sorted too. Names that no node produces (graph inputs,
+    initializers, outer-scope values) count as available from the start; among ready nodes
+    the original order is kept. Raises InputError on a cycle.
     """
+    import heapq
+
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            topological_sort(sub)
     produced_by: dict[str, int] = {}
     for i, node in enumerate(graph.node):
         for name in node.output:
@@ -354,19 +432,23 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     waiting = [0] * len(graph.node)
     users: dict[int, list[int]] = {}
     for i, node in enumerate(graph.node):
-        deps = {produced_by[n] for n in node.input if n in produced_by and produced_by[n] != i}
+        reads = set(node.input)
+        for sub in _subgraphs(node):
+            reads |= outer_scope_reads(sub)
+        deps = {produced_by[n] for n in reads if n in produced_by and produced_by[n] != i}
         waiting[i] = len(deps)
         for d in deps:
             users.setdefault(d, []).append(i)
     ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
     order: list[int] = []
     while ready:
-        i = ready.pop(0)
+        i = heapq.heappop(ready)
         order.append(i)
         for u in users.get(i, []):
             waiting[u] -= 1
             if waiting[u] == 0:
-                ready.append(u)
+                heapq.heappush(ready, u)
     if len(order) != len(graph.node):
         raise InputError(f"graph {graph.name!r} has a cycle; cannot order its nodes")
     nodes = [graph.node[i] for i in order]

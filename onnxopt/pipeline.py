@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt import artifacts
+from onnxopt._fs import scratch_env
 from onnxopt.config import PipelineConfig, Step
-from onnxopt.errors import InputError, OnnxoptError, VerificationError
+from onnxopt.errors import InputError, OnnxoptError, StepError, VerificationError
 from onnxopt.modelio import (
     check_model,
     graph_inputs,
@@ -138,6 +140,31 @@ def verification_summary(verification: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- engine
 
+
+@contextlib.contextmanager
+def _ours_to_blame(scratch: Path) -> Iterator[None]:
+    """A bad-input error about a file in a step's scratch folder is onnxopt's failure.
+
+    Such a file was written by onnxopt or a library it called, so the error is exit 1, not a
+    usage error, and its message names the file, not the scratch path the user never gave.
+    """
+    try:
+        yield
+    except InputError as err:
+        where = str(scratch)
+        if where not in str(err):
+            raise
+        pattern = re.escape(where) + r"[^\s:;,)'\"]*"
+
+        def scrub(text: str) -> str:
+            return re.sub(pattern, lambda m: Path(m.group()).name or "a scratch file", text)
+
+        raise StepError(
+            f"onnxopt or a library it calls wrote an unusable file: {scrub(err.message)}",
+            hint="this is not a problem with your input; please report it",
+        ) from None
+
+
 LOCK_NAME = ".onnxopt.lock"
 
 
@@ -191,7 +218,9 @@ class Pipeline:
     ) -> None:
         self.wait = wait
         self.config = config
-        self.base_dir = base_dir
+        # absolute: steps run with their scratch folder as the current folder
+        self.base_dir = base_dir.resolve()
+        self.invocation_dir = Path.cwd()
         self.out_dir = (out_dir or _resolve(base_dir, config.output_dir)).resolve()
         self.force = force
         self.emit: Event = on_event or (lambda *a, **k: None)
@@ -275,7 +304,7 @@ class Pipeline:
             inputs=inputs,
             second_dims=alt_dims,
             second_inputs=alt_inputs,
-            work_dir=self.out_dir,
+            invocation_dir=self.invocation_dir,
         )
 
     @staticmethod
@@ -419,6 +448,7 @@ class Pipeline:
             shutil.rmtree(stale, ignore_errors=True)
         previous = artifacts.read_manifest(self.out_dir)
         inherited = self._owned(previous)
+        self._refuse_clobbering(previous, inherited)
         self.manifest = {
             "schema_version": artifacts.MANIFEST_SCHEMA,
             "tool": "onnxopt",
@@ -434,6 +464,7 @@ class Pipeline:
             "artifacts_on_disk": sorted(inherited),
         }
         try:
+            self._write_manifest()  # first: a folder with our inputs.npz always has our manifest
             source = self._source_model()
             ctx = self._build_context(source)
             self._write_manifest()
@@ -479,6 +510,44 @@ class Pipeline:
                 if self.out_dir.is_dir():
                     self._write_manifest()
         return self.manifest
+
+    def _input_files(self) -> list[Path]:
+        """The user's files this run reads: model, weights, inputs, calibration, baseline."""
+        cfg = self.config
+        named = [cfg.model.path, cfg.model.weights, cfg.verify.inputs_file]
+        for step in cfg.steps:
+            static = getattr(step, "static", None)
+            named.append(static.calibration.path if static is not None else None)
+            named.append(getattr(step, "baseline", None))
+        files = [_resolve(self.base_dir, n).resolve() for n in named if n]
+        if cfg.model.path and files and files[0].is_file():
+            with contextlib.suppress(OnnxoptError, OSError):
+                files += [p.resolve() for p in artifacts.external_data_files(files[0])]
+        return files
+
+    def _refuse_clobbering(self, previous: dict[str, Any] | None, owned: set[str]) -> None:
+        """Fail before any work if this run would overwrite or delete a file it did not write.
+
+        The run writes inputs.npz and manifest.json into its folder and may delete artifacts
+        that an earlier run's manifest records; none of them may be one of the user's files.
+        """
+        ours = {INPUTS_NAME, artifacts.MANIFEST_NAME, LOCK_NAME} | owned
+        for path in self._input_files():
+            if path.parent == self.out_dir and path.name in ours:
+                raise InputError(
+                    f"{path} is an input of this run, and the run writes or removes "
+                    f"{path.name} in its output folder {self.out_dir}",
+                    hint="choose another output_dir (or rename the file)",
+                )
+        manifest = self.out_dir / artifacts.MANIFEST_NAME
+        if previous is None and (manifest.exists() or (self.out_dir / INPUTS_NAME).exists()):
+            found = manifest if manifest.exists() else self.out_dir / INPUTS_NAME
+            if not artifacts.written_by_onnxopt(manifest):
+                raise InputError(
+                    f"output folder {self.out_dir} holds {found.name}, which onnxopt did not "
+                    "write; a run would overwrite it",
+                    hint="choose another output_dir, or move that file away",
+                )
 
     @staticmethod
     def _owned(manifest: dict[str, Any] | None) -> set[str]:
@@ -630,8 +699,13 @@ class Pipeline:
                 path.unlink(missing_ok=True)
                 path.with_suffix(".md").unlink(missing_ok=True)
 
+        partial = self.out_dir / f".{name}.partial"
         with self._recording(entry, undo) as started:
-            report = bench_step.run([(n, p) for n, p, _ in chain], step, ctx)
+            try:
+                with _ours_to_blame(partial), scratch_env(partial):
+                    report = bench_step.run([(n, p) for n, p, _ in chain], step, ctx)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
             artifacts.write_json_atomic(path, report)
             artifacts.write_text_atomic(path.with_suffix(".md"), bench_report.markdown(report))
             entry["report_file"] = {"path": name, "sha256": artifacts.sha256_file(path)}
@@ -677,7 +751,8 @@ class Pipeline:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir()
                 tmp_ort, tmp_config = (partial / n for n in names)
-                entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
+                with _ours_to_blame(partial), scratch_env(partial / "work"):
+                    entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
                 tol = resolve_tolerance("package", step.tolerance)
                 reference = package.reference(parent, step, ctx)
                 verification = verify_model(tmp_ort, reference, tol, ctx)
@@ -742,24 +817,31 @@ class Pipeline:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir()
                 tmp = partial / name
-                result: StepResult = runner(step.type)(parent, tmp, step, ctx)
+                with _ours_to_blame(partial), scratch_env(partial / "work"):
+                    result: StepResult = runner(step.type)(parent, tmp, step, ctx)
                 if result.keep_parent and parent is not None:
                     entry["report"] = result.report
                     entry["warnings"] = result.warnings
                     for text in result.warnings:
                         log.warning("step %d (%s): %s", index, step.type, text)
-                    return self._keep_parent(entry, parent, parent_digest, started)
+                    reason = str(result.report.get("reason") or "the step found nothing better")
+                    return self._keep_parent(entry, parent, parent_digest, started, reason)
                 self._check_and_verify(index, step, entry, parent, tmp, result, ctx)
-                if step.guard is not None and step.guard.not_slower and parent is not None:
-                    entry["guard"] = self._guard(index, step, parent, tmp, ctx)
+                auto = getattr(step, "mode", None) == "auto"  # auto timed its candidates
+                guarded = step.guard is not None and step.guard.not_slower and not auto
+                if guarded and parent is not None:
+                    entry["speed"], entry["guard"] = self._guard(index, step, parent, tmp, ctx)
                     if entry["guard"]["kept_parent"]:
-                        return self._keep_parent(entry, parent, parent_digest, started)
-                elif (
-                    getattr(step, "measure_speed", False)
-                    and getattr(step, "mode", None) != "auto"  # auto measured its candidates
-                    and parent is not None
-                ):
-                    entry["speed"] = self._guard(index, step, parent, tmp, ctx)
+                        guard, speed = entry["guard"], entry["speed"]
+                        reason = (
+                            f"the new artifact was slower ({speed['ratio']:.2f}x the parent's "
+                            f"median latency, beyond the {guard['tolerance'] * 100:.0f}% "
+                            "tolerance and the noise)"
+                        )
+                        entry["warnings"].append(f"speed guard: {reason}; kept the parent")
+                        return self._keep_parent(entry, parent, parent_digest, started, reason)
+                elif getattr(step, "measure_speed", False) and not auto and parent is not None:
+                    entry["speed"], _ = self._guard(index, step, parent, tmp, ctx)
                 publish(tmp, final)
                 # still inside the recording: an interrupt before the manifest records the
                 # artifact removes it, so a file on disk always has an "ok" entry
@@ -788,8 +870,8 @@ class Pipeline:
     ) -> None:
         """Check the new artifact, verify it against its parent, record report and warnings."""
         if not tmp.is_file():
-            raise VerificationError(f"step {index} ({step.type}) wrote no model")
-        check_model(tmp)
+            raise StepError(f"step {index} ({step.type}) wrote no model")
+        check_model(tmp, produced_by=f"step {index} ({step.type})")
         verification = result.verification
         if verification is None:
             assert parent is not None
@@ -809,8 +891,11 @@ class Pipeline:
 
     def _guard(
         self, index: int, step: Step, parent: Path, child: Path, ctx: StepContext
-    ) -> dict[str, Any]:
-        """Time child against parent, interleaved, on the target; decide which to keep."""
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Time child against parent, interleaved, on the target; decide which to keep.
+
+        Returns the measurement (the manifest's ``speed``) and the guard's decision.
+        """
         from onnxopt.bench import stats
         from onnxopt.bench.core import Candidate, measure, summarize_measured
         from onnxopt.config import BenchStep, Guard
@@ -828,13 +913,16 @@ class Pipeline:
         ratio = row["compare"]["ratio"]
         low, high = row["compare"]["ratio_ci"]
         slower = guard.not_slower and stats.slower_beyond(ratio, low, guard.tolerance)
-        result = {
+        speed = {
             "parent_median_ms": base_row["latency_ms"]["p50"],
             "median_ms": row["latency_ms"]["p50"],
             "ratio": ratio,
             "ratio_ci": [low, high],
-            "tolerance": guard.tolerance,
             "speedup": 1.0 / ratio if ratio > 0 else None,
+        }
+        decision = {
+            "tolerance": guard.tolerance,
+            "on_slower": guard.on_slower,
             "slower": slower,
             "kept_parent": slower and guard.on_slower == "keep_parent",
         }
@@ -847,20 +935,20 @@ class Pipeline:
             if guard.on_slower == "fail":
                 raise GateError(text, hint="drop the step, or set guard.on_slower: keep_parent")
             log.warning("%s; keeping the parent", text)
-        return result
+        return speed, decision
 
     def _keep_parent(
-        self, entry: dict[str, Any], parent: Path, parent_digest: str, started: float
+        self, entry: dict[str, Any], parent: Path, parent_digest: str, started: float, reason: str
     ) -> tuple[Path, str]:
+        """Finish ``entry`` with no artifact of its own: the chain goes on with ``parent``."""
         entry.update(
             status="ok",
             kept_parent=True,
+            kept_parent_reason=reason,
             ended=_now(),
             duration_s=round(time.perf_counter() - started, 3),
             output=None,
         )
-        if entry.get("guard"):
-            entry["warnings"].append("speed guard: the new artifact was slower; kept the parent")
         self._write_manifest()
         self.emit("step_end", entry=entry)
         return parent, parent_digest
@@ -935,7 +1023,7 @@ def run_to_file(
         The manifest, with paths rewritten to ``output``.
     """
     from onnxopt.errors import ConfigError
-    from onnxopt.modelio import move_model
+    from onnxopt.modelio import copy_model, move_model
 
     output = Path(output)
     if source is not None and output.resolve() == source.resolve():
@@ -975,7 +1063,16 @@ def run_to_file(
                 os.replace(scratch / f["path"], dst)
                 f["path"] = dst.name
         else:
-            move_model(scratch / manifest["final_artifact"], output.resolve())
+            produced = scratch / manifest["final_artifact"]
+            if produced.resolve().is_relative_to(scratch.resolve()):
+                move_model(produced, output.resolve())
+            else:  # every step kept its parent, the user's file: copy it, never move it
+                copy_model(produced, output.resolve())
+                kept = [e for e in manifest["steps"] if e.get("kept_parent")]
+                manifest["output_is_unchanged_copy"] = {
+                    "of": str(produced),
+                    "reason": "; ".join(str(e.get("kept_parent_reason")) for e in kept),
+                }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     manifest["output_dir"] = str(parent)

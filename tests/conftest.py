@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,110 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def file_states(*paths: Path) -> dict[Path, tuple[str, int, int]]:
+    """sha256, size and mtime (ns) of every file under ``paths``.
+
+    A path may be a file or a folder (every file below it); an ONNX model brings the
+    external data files it refers to.
+    """
+    from onnxopt.artifacts import external_data_files
+
+    files: set[Path] = set()
+    for path in paths:
+        if path.is_dir():
+            files.update(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            files.add(path)
+            if path.suffix == ".onnx":
+                files.update(p for p in external_data_files(path) if p.is_file())
+        else:
+            raise AssertionError(f"{path} does not exist before the command")
+    states = {}
+    for f in sorted(files):
+        stat = f.stat()
+        states[f] = (hashlib.sha256(f.read_bytes()).hexdigest(), stat.st_size, stat.st_mtime_ns)
+    return states
+
+
+class Untouched:
+    """The user's input files before a command; :meth:`check` asserts they are unchanged.
+
+    Use it around every command a test runs: ``with Untouched(model, cal, yaml): ...``.
+    """
+
+    def __init__(self, *paths: Path) -> None:
+        self.paths = paths
+        self.before = file_states(*paths)
+
+    def check(self) -> None:
+        """Every input file still exists with the same bytes, size and mtime; none was added."""
+        missing = [str(p) for p in self.before if not p.is_file()]
+        assert not missing, f"input files gone: {missing}"
+        after = {p: s for p, s in file_states(*self.paths).items()}
+        changed = [str(p) for p in self.before if after.get(p) != self.before[p]]
+        assert not changed, f"input files changed: {changed}"
+        added = sorted(str(p) for p in set(after) - set(self.before))
+        assert not added, f"files appeared among the inputs: {added}"
+
+    def __enter__(self) -> Untouched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None or exc[0] is AssertionError:
+            self.check()
+
+
+def listing(folder: Path) -> set[str]:
+    """Every path below ``folder`` (files and folders), relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+_MOUNT_RO = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+def namespaces_work() -> bool:
+    """Whether ``unshare -rm`` can make a folder read-only for a child (root in CI)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", _MOUNT_RO, "sh", "/tmp", "true"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def run_cli_read_only(
+    folder: Path, *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with ``folder`` read-only for it (and only for it).
+
+    Sessions and CI run as root, where permission bits do not stop writes, so the folder is
+    made read-only with a read-only bind mount inside a private user + mount namespace
+    (``unshare -rm``); as a normal user ``chmod`` is used. Skips the test when neither works.
+    """
+    cli = [sys.executable, "-m", "onnxopt", *map(str, args)]
+    full_env = {**os.environ, "COLUMNS": "160", **(env or {})}
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return subprocess.run(
+                cli, cwd=cwd, env=full_env, capture_output=True, text=True, check=False
+            )
+        finally:
+            folder.chmod(0o755)
+    if not namespaces_work():
+        pytest.skip("running as root without user namespaces: no way to make a folder read-only")
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", _MOUNT_RO, "sh", str(folder), *cli],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

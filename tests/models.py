@@ -214,3 +214,131 @@ def outlier_chain(path: Path, width: int = 64) -> Path:
         inits,
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def shape_inference_stopper(path: Path, width: int = 64) -> Path:
+    """MatMul -> Expand(shape = Abs(Shape)) -> MatMul: runs, but symbolic inference gives up.
+
+    ONNX Runtime's symbolic shape inference cannot follow a shape through Abs, stops with
+    "Incomplete symbolic shape inference" and, on its way out, saves
+    ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` file into the current folder.
+    """
+    rng = np.random.default_rng(4)
+    w1, w2 = (
+        numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), name
+        )
+        for name in ("w1", "w2")
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m"]),
+        helper.make_node("Shape", ["m"], ["s"]),
+        helper.make_node("Abs", ["s"], ["s_abs"]),
+        helper.make_node("Expand", ["m", "s_abs"], ["e"]),
+        helper.make_node("MatMul", ["e", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shape_inference_stopper",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [w1, w2],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def if_reads_quantized_value(path: Path, width: int = 32) -> Path:
+    """a = x @ W0; y = If(sum(x) > 0, a @ W1, Relu(a @ W2)) @ W3.
+
+    The If bodies read ``a``, the output of a MatMul that dynamic quantization rewrites into
+    several nodes; ONNX Runtime's quantizer then places the If before the node that now
+    makes ``a`` (as seen on real VAD models), an invalid graph.
+    """
+    rng = np.random.default_rng(5)
+
+    def weight(name: str) -> onnx.TensorProto:
+        values = rng.standard_normal((width, width)) / np.sqrt(width)
+        return numpy_helper.from_array(values.astype(np.float32), name)
+
+    def body(name: str, nodes: list[onnx.NodeProto], out: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)]
+        )
+
+    then_graph = body("then", [helper.make_node("MatMul", ["a", "W1"], ["t"])], "t")
+    else_graph = body(
+        "else",
+        [helper.make_node("MatMul", ["a", "W2"], ["e"]), helper.make_node("Relu", ["e"], ["r"])],
+        "r",
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "W0"], ["a"], name="mm0"),
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["cond"]),
+        helper.make_node("If", ["cond"], ["h"], then_branch=then_graph, else_branch=else_graph),
+        helper.make_node("MatMul", ["h", "W3"], ["y"], name="mm3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "if_reads_quantized_value",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [weight(n) for n in ("W0", "W1", "W2", "W3")]
+        + [numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def conv_net(
+    path: Path,
+    *,
+    opset: int = 18,
+    channels: int = 16,
+    size: int = 32,
+    explicit_pads: bool = False,
+) -> Path:
+    """Conv -> Relu -> Conv -> Relu -> GlobalAveragePool, batch symbolic, seeded weights.
+
+    ``explicit_pads``: each Conv reads a separate ``Pad`` node (as some exporters write it),
+    which onnxsim folds into ``Conv.pads``; ``opset`` 11-12 is what Paddle and older
+    exporters write.
+    """
+    rng = np.random.default_rng(6)
+    inits, nodes = [], []
+    prev, cin = "x", 3
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    if explicit_pads:
+        inits.append(pads)
+    for i in range(2):
+        scale = 1.0 / np.sqrt(cin * 9)
+        w = (rng.standard_normal((channels, cin, 3, 3)) * scale).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(
+                (rng.standard_normal(channels) * 0.1).astype(np.float32), f"b{i}"
+            ),
+        ]
+        if explicit_pads:
+            nodes.append(helper.make_node("Pad", [prev, "pads"], [f"p{i}"], name=f"pad{i}"))
+            nodes.append(
+                helper.make_node("Conv", [f"p{i}", f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}")
+            )
+        else:
+            nodes.append(
+                helper.make_node(
+                    "Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"
+                )
+            )
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        prev, cin = f"r{i}", channels
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels, 1, 1])],
+        inits,
+    )
+    ir = 6 if opset < 13 else 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+    return _save(model, path)

@@ -161,6 +161,80 @@ def test_regression_gate_against_stored_baseline(
     assert "slower than the baseline" in error_line(proc)
 
 
+def _faster_baseline(report: Path, out: Path, **changes: object) -> Path:
+    """The report as if its machine were 100x faster, with ``changes`` to its models."""
+    data = json.loads(report.read_text())
+    for row in data["results"]:
+        row["latency_ms"]["p50"] /= 100
+        row["median_ci_ms"] = [v / 100 for v in row["median_ci_ms"]]
+    for model in data["models"]:
+        model.update(changes)
+    for row in data["results"]:
+        row["model"] = str(changes.get("label", row["model"]))
+    out.write_text(json.dumps(data))
+    return out
+
+
+def test_a_renamed_model_is_still_gated(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    """The gate that once passed silently: the baseline's model saved under another name."""
+    a, _ = two_models
+    measured = tmp_path / "r18.json"
+    assert run_cli("bench", a, *FAST, "--labels", "r18", "-o", measured, "-q").returncode == 0
+    slow = tmp_path / "slow.onnx"
+    slow.write_bytes(a.read_bytes())
+    # the same file under another name: matched by sha256
+    same_file = _faster_baseline(measured, tmp_path / "b1.json")
+    # another file (another sha256), one model on each side: those two are compared
+    other_file = _faster_baseline(measured, tmp_path / "b2.json", sha256="0" * 64)
+    for baseline, how in ((same_file, "the same sha256"), (other_file, "only model")):
+        out = tmp_path / "run.json"
+        proc = run_cli(
+            "bench", slow, *FAST, "--baseline", baseline, "--max-regression", "10%", "-o", out
+        )
+        assert proc.returncode == ExitCode.GATE, proc.stderr
+        assert "slow on cpu" in error_line(proc) and "slower than the baseline" in error_line(proc)
+        report = json.loads(out.read_text())
+        assert how in report["baseline_matches"]["notes"][0]
+        assert report["gates"][0]["baseline_model"] == "r18"
+
+
+def test_a_baseline_that_matches_nothing_is_an_error(
+    tmp_path: Path, two_models: tuple[Path, Path]
+) -> None:
+    a, b = two_models
+    stored = tmp_path / "base.json"
+    proc = run_cli("bench", a, b, *FAST, "--labels", "p,q", "-o", stored, "-q")
+    assert proc.returncode == 0, proc.stderr
+    unrelated = _faster_baseline(stored, tmp_path / "u.json", sha256="0" * 64)
+    proc = run_cli("bench", a, *FAST, "--baseline", unrelated, "--max-regression", "10%")
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    line = error_line(proc)
+    assert "no model to compare ['a'] with" in line and "['p', 'q']" in line
+    assert "--labels" in line
+    # matched models, but a configuration the baseline never measured: nothing to compare
+    proc = run_cli(
+        "bench", a, b, *FAST, "--labels", "p,q", "--sweep-threads", "1", "--baseline", stored
+    )
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "has no row for p on cpu threads=1" in error_line(proc)
+
+
+def test_a_pipeline_bench_step_with_an_unmatched_baseline_fails(
+    tmp_path: Path, two_models: tuple[Path, Path]
+) -> None:
+    a, b = two_models
+    stored = tmp_path / "stored.json"
+    assert run_cli("bench", a, b, *FAST, "--labels", "p,q", "-o", stored, "-q").returncode == 0
+    _faster_baseline(stored, tmp_path / "base.json", sha256="0" * 64)
+    config = {
+        "model": {"path": str(a)},
+        "output_dir": str(tmp_path / "o"),
+        "steps": [{"type": "bench", "runs": 5, "trials": 1, "baseline": "base.json"}],
+    }
+    with pytest.raises(InputError, match="no model to compare"):
+        run_pipeline(parse_config(config), tmp_path)  # the baseline resolves beside the config
+
+
 def test_bad_baseline_and_bad_flags(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
     a, _ = two_models
     (tmp_path / "x.json").write_text('{"schema": "other"}')
@@ -287,11 +361,11 @@ def _guarded(src: Path, out: Path, on_slower: str) -> dict:
 def test_guard_measures_and_records_its_decision(tmp_path: Path) -> None:
     src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
     manifest = run_pipeline(parse_config(_guarded(src, tmp_path / "o", "keep_parent")), tmp_path)
-    guard = manifest["steps"][0]["guard"]
-    assert guard["parent_median_ms"] > 0 and guard["median_ms"] > 0
-    low, high = guard["ratio_ci"]
-    assert low <= guard["ratio"] <= high
-    assert guard["kept_parent"] == stats.slower_beyond(guard["ratio"], low, 0.03)
+    speed, guard = manifest["steps"][0]["speed"], manifest["steps"][0]["guard"]
+    assert speed["parent_median_ms"] > 0 and speed["median_ms"] > 0
+    low, high = speed["ratio_ci"]
+    assert low <= speed["ratio"] <= high
+    assert guard["kept_parent"] == stats.slower_beyond(speed["ratio"], low, 0.03)
 
 
 def test_guard_keeps_the_parent_or_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,7 @@ def test_model_over_2gb_through_simplify(tmp_path: Path) -> None:
             "model": {"path": str(src)},
             "output_dir": str(out),
             "steps": [
-                {"type": "simplify", "backend": "ort"},
+                {"type": "simplify", "backend": "ort", "guard": None},  # no timing of 2 GB
                 {"type": "prune", "method": "magnitude", "ratio": 0.5, "measure_speed": False},
                 {
                     "type": "quantize",

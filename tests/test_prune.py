@@ -47,7 +47,7 @@ def prune(src: Path, out: Path, **step: object) -> tuple[dict, Path]:
     cfg = {
         "model": {"path": str(src)},
         "output_dir": str(out),
-        "steps": [{"type": "prune", **step}],
+        "steps": [{"type": "prune", "guard": None, **step}],  # what pruning does, not speed
     }
     entry = run_pipeline(parse_config(cfg), out.parent)["steps"][0]
     return entry, out / entry["output"]["path"]
@@ -318,7 +318,9 @@ def test_cli_prune_and_python_api(tmp_path: Path) -> None:
         ["N", 3, 6, 6],
         ["N", 4, 6, 6],
     )
-    proc = run_cli("prune", src, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--json")
+    proc = run_cli(
+        "prune", src, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--no-guard", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)["steps"][0]["report"]
     assert report["method"] == "channel" and report["macs_after"] < report["macs_before"]
@@ -460,7 +462,7 @@ def test_magnitude_pruning_streams_external_weights(tmp_path: Path) -> None:
             "model": {"path": str(source)},
             "output_dir": str(tmp_path / name),
             "external_data": "always" if name == "ext" else "never",
-            "steps": [{"type": "prune", "method": "magnitude", "ratio": 0.5}],
+            "steps": [{"type": "prune", "method": "magnitude", "ratio": 0.5, "guard": None}],
         }
         manifest = run_pipeline(parse_config(cfg), tmp_path)
         entry = manifest["steps"][0]

@@ -7,56 +7,12 @@ read-only for real with a read-only bind mount inside a private user + mount nam
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from onnxopt.errors import ExitCode
 from tests import models
-from tests.conftest import error_line, finished_artifacts, write_yaml
-
-_MOUNT_RO = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
-
-
-def _namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", _MOUNT_RO, "sh", "/tmp", "true"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
-def _run_with_read_only(
-    folder: Path, *args: str | Path, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with ``folder`` read-only for it (and only for it)."""
-    cli = [sys.executable, "-m", "onnxopt", *map(str, args)]
-    env = {**os.environ, "COLUMNS": "160"}
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            return subprocess.run(
-                cli, cwd=cwd, env=env, capture_output=True, text=True, check=False
-            )
-        finally:
-            folder.chmod(0o755)
-    if not _namespaces_work():
-        pytest.skip("running as root without user namespaces: no way to make a folder read-only")
-    return subprocess.run(
-        ["unshare", "-rm", "sh", "-c", _MOUNT_RO, "sh", str(folder), *cli],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+from tests.conftest import error_line, finished_artifacts, run_cli_read_only, write_yaml
 
 
 def test_unwritable_output_folder_is_a_usage_error(tmp_path: Path) -> None:
@@ -77,7 +33,7 @@ def test_unwritable_output_folder_is_a_usage_error(tmp_path: Path) -> None:
         (("bench", src, "-o", locked / "b.json", "--runs", "3", "--trials", "1"), "writable"),
     ]
     for args, hint in cases:
-        proc = _run_with_read_only(locked, *args, cwd=tmp_path)
+        proc = run_cli_read_only(locked, *args, cwd=tmp_path)
         assert proc.returncode == ExitCode.USAGE, (args, proc.stderr)
         line = error_line(proc)
         assert "cannot write" in line and str(locked.name) in line and hint in line, line

@@ -89,10 +89,12 @@ def test_merge_refuses_different_models_or_inputs_unless_told(
     measured: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     first, other_inputs, other_model = measured
-    proc = run_cli("report", "merge", first, other_model)
-    assert proc.returncode == ExitCode.USAGE
-    assert "measured different models" in error_line(proc)
-    assert "--allow-different-models" in error_line(proc)
+    for allow in ([], ["--allow-different-models"]):  # nothing to compare: never allowed
+        proc = run_cli("report", "merge", first, other_model, *allow)
+        assert proc.returncode == ExitCode.USAGE
+        line = error_line(proc)
+        assert "no model to compare ['b'] with" in line and "['base', 'copy']" in line
+        assert "--labels" in line
     proc = run_cli("report", "merge", first, other_inputs)
     assert proc.returncode == ExitCode.USAGE
     assert "measured different inputs" in error_line(proc)
@@ -121,3 +123,24 @@ def test_merge_bad_input(measured: tuple[Path, Path, Path], tmp_path: Path) -> N
         proc = run_cli("report", "merge", *args)
         assert proc.returncode == ExitCode.USAGE, (args, proc.stderr)
         assert words in error_line(proc)
+
+
+def test_merge_matches_a_renamed_model(measured: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """One model on each side under other labels: matched by sha256, or as the only pair."""
+    _, _, other_model = measured
+    renamed = json.loads(other_model.read_text())
+    for part in (renamed["models"], renamed["results"]):
+        for item in part:
+            item["label" if "label" in item else "model"] = "relabelled"
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    proc = run_cli("report", "merge", other_model, tmp_path / "renamed.json", "--json")
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads(proc.stdout)
+    assert "the same sha256" in merged["notes"][0]
+    row = next(r for r in merged["rows"] if r["model"] == "relabelled")
+    assert row["compared_with"] == "b" and row["verdict"] in ("same", "faster", "slower")
+    renamed["models"][0]["sha256"] = "1" * 64
+    (tmp_path / "changed.json").write_text(json.dumps(renamed))
+    proc = run_cli("report", "merge", other_model, tmp_path / "changed.json")
+    assert proc.returncode == ExitCode.USAGE  # paired as the only models, but other files
+    assert "'relabelled' is a different file than 'b'" in error_line(proc)

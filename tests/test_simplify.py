@@ -29,8 +29,9 @@ def resnet_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "output_dir": str(out),
             "steps": [
                 {"type": "export", "exporter": "torchscript"},
-                {"type": "simplify"},
-                {"type": "simplify", "backend": "ort", "ort": {"level": "all"}},
+                # what the rewrites do, not their speed (the guard is tested in test_bench)
+                {"type": "simplify", "guard": None},
+                {"type": "simplify", "backend": "ort", "ort": {"level": "all"}, "guard": None},
             ],
         }
     )
@@ -66,10 +67,11 @@ def test_ort_level_above_basic_is_labelled(resnet_pipeline: dict) -> None:
     ort_step = resnet_pipeline["steps"][2]
     assert ort_step["report"]["valid_for_provider"] == "cpu"
     assert any("valid only for the 'cpu' provider" in w for w in ort_step["warnings"])
-    # ORT 'all' rewrites into CPU-specific contrib ops (NCHWc convolutions, fused activations)
+    # ORT 'all' rewrites into CPU-specific contrib ops (NCHWc convolutions, fused
+    # activations). Which ones depends on the CPU (a Xeon with AVX-512 leaves some Relu beside
+    # its NCHWc convolutions), so only the rewrite itself and its label are asserted.
     ops = ort_step["report"]["after"]["ops"]
-    assert any(op.startswith("com.microsoft") for op in ops)
-    assert "Relu" not in ops
+    assert any(op.startswith("com.microsoft") for op in ops), ops
 
 
 def test_transformer_fusions_and_dynamic_sequence(tmp_path: Path) -> None:
@@ -101,6 +103,7 @@ def test_transformer_fusions_and_dynamic_sequence(tmp_path: Path) -> None:
                     "type": "simplify",
                     "backend": ["onnxsim", "transformers"],
                     "transformers": {"num_heads": 4, "hidden_size": 64},
+                    "guard": None,
                 },
             ],
         }
@@ -120,7 +123,7 @@ def test_transformer_fusions_and_dynamic_sequence(tmp_path: Path) -> None:
 def test_cli_simplify_writes_output_only(tmp_path: Path) -> None:
     src = models.add_relu(tmp_path / "m.onnx")
     out = tmp_path / "sub" / "m.simple.onnx"
-    proc = run_cli("simplify", src, "-o", out, "-q")
+    proc = run_cli("simplify", src, "-o", out, "--no-guard", "-q")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.simple.onnx"]
     assert op_histogram(onnx.load(str(out))) == {"Add": 1, "Relu": 1}
@@ -144,3 +147,36 @@ def test_cli_simplify_failed_check_keeps_existing_output(tmp_path: Path) -> None
     assert "output differs from its parent" in error_line(proc)
     assert out.read_bytes() == b"previous good artifact"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ln.fused.onnx", "ln.onnx"]
+
+
+def test_simplify_is_speed_guarded_by_default(tmp_path: Path) -> None:
+    """The pattern that made a real pitch CNN 1.45x slower: explicit Pad nodes before Conv,
+    which onnxsim folds into Conv.pads. Whether that is slower depends on the CPU; what must
+    hold everywhere is that the result was timed against its input, and a slower one is
+    never handed over in silence."""
+    import json
+
+    from onnxopt.bench import stats
+    from tests.conftest import Untouched
+
+    src = models.conv_net(tmp_path / "pads.onnx", explicit_pads=True, size=64, channels=32)
+    out = tmp_path / "s.onnx"
+    with Untouched(src):
+        proc = run_cli("simplify", src, "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    entry = manifest["steps"][0]
+    assert entry["report"]["op_delta"].get("Pad") == -2  # onnxsim folded both Pads
+    speed, guard = entry["speed"], entry["guard"]
+    assert speed["parent_median_ms"] > 0 and speed["median_ms"] > 0
+    assert guard["slower"] == stats.slower_beyond(speed["ratio"], speed["ratio_ci"][0], 0.03)
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    if guard["slower"]:
+        assert entry["kept_parent"] and manifest["output_is_unchanged_copy"]
+        assert out.read_bytes() == src.read_bytes() and "Pad" in ops
+    else:
+        assert not entry.get("kept_parent") and "Pad" not in ops
+    with Untouched(src):
+        table = run_cli("simplify", src, "-o", tmp_path / "t.onnx")
+    assert table.returncode == 0, table.stderr
+    assert "speed-up" in table.stdout or "unchanged copy" in table.stdout

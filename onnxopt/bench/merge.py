@@ -13,16 +13,16 @@ from typing import Any
 
 from rich.table import Table
 
+from onnxopt.bench.match import config_key, match_models, missing_rows_error
 from onnxopt.bench.runner import load_report
 from onnxopt.bench.stats import verdict
 from onnxopt.errors import InputError
 
 MERGE_SCHEMA = "onnxopt.bench.merged/1"
-Key = tuple[str, str, int, int]
-
-
-def _key(row: dict[str, Any]) -> Key:
-    return (row["model"], row["provider"], int(row.get("threads") or 0), int(row.get("batch", 1)))
+Key = tuple[Any, ...]
+MERGE_HINT = (
+    "merge reports of the same models, labelled alike (onnxopt bench ... --labels NAME,...)"
+)
 
 
 def _models(report: dict[str, Any]) -> dict[str, str | None]:
@@ -31,21 +31,31 @@ def _models(report: dict[str, Any]) -> dict[str, str | None]:
 
 def _check_same_work(
     reports: list[tuple[str, dict[str, Any]]], allow_models: bool, allow_inputs: bool
-) -> list[str]:
-    """Refuse reports that measured different models or inputs unless told; return notes."""
-    notes = []
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Match every report's models to the reference's; refuse different models or inputs
+    unless told. Returns report label -> (model label -> reference model label), and notes.
+    """
+    notes: list[str] = []
     first_label, first = reports[0]
+    a = _models(first)
+    matches = {first_label: {name: name for name in a}}
     for label, report in reports[1:]:
-        a, b = _models(first), _models(report)
+        mapping, how = match_models(
+            report.get("models", []),
+            first.get("models", []),
+            what=f"the reference report {first_label}",
+            hint=MERGE_HINT,
+        )
+        matches[label] = mapping
+        notes += [f"{label}: {n}" for n in how]
+        b = _models(report)
         problems = []
-        if set(a) != set(b):
-            problems.append(f"model labels {sorted(a)} vs {sorted(b)}")
-        else:
-            for name in sorted(a):
-                if a[name] is None or b[name] is None:
-                    problems.append(f"{name!r} has no digest (report from an older onnxopt)")
-                elif a[name] != b[name]:
-                    problems.append(f"{name!r} is a different file (sha256 differs)")
+        for name in sorted(b):
+            ref = mapping[name]
+            if a[ref] is None or b[name] is None:
+                problems.append(f"{name!r} has no digest (report from an older onnxopt)")
+            elif a[ref] != b[name]:
+                problems.append(f"{name!r} is a different file than {ref!r} (sha256 differs)")
         if problems:
             text = f"{label} and {first_label} measured different models: {'; '.join(problems)}"
             if not allow_models:
@@ -64,7 +74,7 @@ def _check_same_work(
                     "--allow-different-inputs",
                 )
             notes.append(text)
-    return notes
+    return matches, notes
 
 
 def merge_reports(
@@ -87,9 +97,22 @@ def merge_reports(
     if len(set(names)) != len(names):
         raise InputError(f"report labels must differ, found {names}", hint="pass --labels")
     loaded = [(name, load_report(path)) for name, path in zip(names, paths, strict=True)]
-    notes = _check_same_work(loaded, allow_different_models, allow_different_inputs)
+    matches, notes = _check_same_work(loaded, allow_different_models, allow_different_inputs)
 
-    reference: dict[Key, dict[str, Any]] = {_key(r): r for r in loaded[0][1]["results"]}
+    reference: dict[Key, dict[str, Any]] = {config_key(r): r for r in loaded[0][1]["results"]}
+    missing = [
+        config_key(r, matches[name][r["model"]])
+        for name, report in loaded[1:]
+        for r in report["results"]
+        if config_key(r, matches[name][r["model"]]) not in reference
+    ]
+    if missing:
+        raise missing_rows_error(
+            missing,
+            sorted(reference),
+            f"the reference report {loaded[0][0]}",
+            "merge reports measured with the same providers, threads and batch sizes",
+        )
     rows = []
     for name, report in loaded:
         for r in report["results"]:
@@ -106,19 +129,18 @@ def merge_reports(
                 "throughput": lat["throughput"],
                 "median_ci_ms": r.get("median_ci_ms"),
             }
-            base = reference.get(_key(r))
-            if base is not None and name != loaded[0][0]:
+            row["compared_with"] = matches[name][r["model"]]
+            if name != loaded[0][0]:  # every row has one: checked above
+                base = reference[config_key(r, row["compared_with"])]
                 ratio = lat["p50"] / base["latency_ms"]["p50"]
                 lo_b, hi_b = base.get("median_ci_ms") or [base["latency_ms"]["p50"]] * 2
                 lo, hi = r.get("median_ci_ms") or [lat["p50"]] * 2
                 interval = [lo / hi_b, hi / lo_b]
                 row.update(ratio=ratio, ratio_interval=interval, verdict=verdict(*interval))
-            elif name == loaded[0][0]:
-                row.update(ratio=1.0, ratio_interval=None, verdict="reference")
             else:
-                row.update(ratio=None, ratio_interval=None, verdict="not in reference")
+                row.update(ratio=1.0, ratio_interval=None, verdict="reference")
             rows.append(row)
-    rows.sort(key=lambda x: (x["model"], x["provider"], x["threads"], x["batch"]))
+    rows.sort(key=lambda x: (x["compared_with"], x["provider"], x["threads"], x["batch"]))
     return {
         "schema": MERGE_SCHEMA,
         "reference": loaded[0][0],

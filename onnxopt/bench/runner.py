@@ -19,6 +19,7 @@ from onnxopt.bench.core import (
     uses_io_binding,
 )
 from onnxopt.bench.machine import machine_info
+from onnxopt.bench.match import config_key, match_models, missing_rows_error
 from onnxopt.config import BenchStep, InputSpec, Target
 from onnxopt.errors import GateError, InputError
 from onnxopt.runtime import provider_id
@@ -99,6 +100,7 @@ def run_bench(
         "concurrency": [],
         "placement": {},
     }
+    baseline = _baseline(report, cfg)  # before measuring: a gate that compares nothing fails now
     threads_list: list[int | None] = list(cfg.threads) if cfg.threads else [None]
     batches: list[int | None] = list(cfg.batch_sizes) if cfg.batch_sizes else [None]
     input_facts: dict[str, Any] = {}
@@ -168,13 +170,29 @@ def run_bench(
                         place["memory_copies"],
                     )
     report["inputs"] = input_facts
-    report["gates"] = evaluate_gates(report, cfg)
+    report["gates"] = evaluate_gates(report, cfg, baseline)
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
 
 
-def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["model"], row["provider"], row.get("threads", 0), row.get("batch", 1))
+BASELINE_HINT = (
+    "label the models as the baseline does (onnxopt bench ... --labels NAME,...; a "
+    "pipeline's bench step labels them source, 01-export, ...), or record a new baseline"
+)
+
+
+def _baseline(report: dict[str, Any], cfg: BenchStep) -> dict[str, Any] | None:
+    """The stored baseline report with ``matched``: measured label -> its baseline label."""
+    if cfg.baseline is None:
+        return None
+    stored = load_report(cfg.baseline)
+    mapping, notes = match_models(
+        report["models"], stored.get("models", []), what="the baseline", hint=BASELINE_HINT
+    )
+    for note in notes:
+        log.warning("baseline: %s", note)
+    report["baseline_matches"] = {"models": mapping, "notes": notes}
+    return {**stored, "matched": mapping}
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -195,8 +213,15 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def evaluate_gates(report: dict[str, Any], cfg: BenchStep) -> list[dict[str, Any]]:
-    """Regression against a baseline report and latency budgets; each with pass/fail."""
+def evaluate_gates(
+    report: dict[str, Any], cfg: BenchStep, baseline: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Regression against a baseline report and latency budgets; each with pass/fail.
+
+    Every measured row is compared with the baseline's row of the same configuration, its
+    model matched as :mod:`onnxopt.bench.match` says; a row with nothing to compare with is
+    an input error (exit 2), never a pass.
+    """
     gates: list[dict[str, Any]] = []
     if cfg.latency_budget_ms is not None:
         for row in report["results"]:
@@ -213,21 +238,27 @@ def evaluate_gates(report: dict[str, Any], cfg: BenchStep) -> list[dict[str, Any
                 }
             )
     if cfg.baseline is not None:
-        stored = {_key(r): r for r in load_report(cfg.baseline).get("results", [])}
+        if baseline is None:
+            baseline = _baseline(report, cfg)
+        assert baseline is not None
+        stored = {config_key(r): r for r in baseline.get("results", [])}
+        matched = baseline["matched"]
+        missing = [
+            config_key(r, matched[r["model"]])
+            for r in report["results"]
+            if config_key(r, matched[r["model"]]) not in stored
+        ]
+        if missing:
+            raise missing_rows_error(
+                missing,
+                sorted(stored),
+                "the baseline",
+                "measure the same providers, threads and batch sizes as the baseline, or "
+                "record a new baseline",
+            )
         threshold = cfg.max_regression if cfg.max_regression is not None else 0.0
         for row in report["results"]:
-            base = stored.get(_key(row))
-            if base is None:
-                gates.append(
-                    {
-                        "gate": "regression",
-                        "model": row["model"],
-                        "provider": row["provider"],
-                        "passed": True,
-                        "note": "no matching entry in the baseline report",
-                    }
-                )
-                continue
+            base = stored[config_key(row, matched[row["model"]])]
             cur_med = row["latency_ms"]["p50"]
             base_med = base["latency_ms"]["p50"]
             ratio = cur_med / base_med
@@ -237,6 +268,7 @@ def evaluate_gates(report: dict[str, Any], cfg: BenchStep) -> list[dict[str, Any
                 {
                     "gate": "regression",
                     "model": row["model"],
+                    "baseline_model": base["model"],
                     "provider": row["provider"],
                     "median_ms": cur_med,
                     "baseline_median_ms": base_med,

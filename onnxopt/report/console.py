@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -37,7 +38,7 @@ def _verification_cell(entry: dict[str, Any]) -> str:
     if not ver:
         return "-"
     text = verification_summary(ver)
-    timing = entry.get("guard") or entry.get("speed")
+    timing = entry.get("speed")
     if timing:
         text += f", {timing['speedup']:.2f}x speed-up" if timing.get("speedup") else ""
     return f"[green]{text}[/]" if ver.get("passed") else f"[red]{text}[/]"
@@ -90,8 +91,7 @@ def pipeline_table(manifest: dict[str, Any]) -> Table:
         if entry.get("files"):  # package: the .ort file (and its operator config beside it)
             out = next((f for f in entry["files"] if f["path"].endswith(".ort")), out)
         if entry.get("kept_parent"):
-            ratio = entry.get("guard", {}).get("ratio", 0)
-            out = {"path": f"[yellow]kept parent (new one {ratio:.2f}x slower)[/]"}
+            out = {"path": "[yellow]kept its parent (see below)[/]"}
         after = (entry.get("report") or {}).get("after") or {}
         status = entry.get("status")
         table.add_row(
@@ -113,10 +113,29 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
     for entry in manifest.get("steps", []):
         if entry.get("type") == "bench" and entry.get("report"):
             console.print(bench_summary_table(entry))
-    if manifest.get("final_artifact"):
+    for entry in manifest.get("steps", []):
+        if entry.get("kept_parent"):
+            console.print(
+                f"[yellow]step {entry['index']} {entry.get('name')} kept its parent: "
+                f"{entry.get('kept_parent_reason')}[/]",
+                highlight=False,
+            )
+    final = manifest.get("final_artifact")
+    copy = manifest.get("output_is_unchanged_copy")
+    if copy:
         console.print(
-            f"final artifact: [bold]{manifest['output_dir']}/{manifest['final_artifact']}[/]"
+            f"[yellow bold]{manifest['output_dir']}/{final} is an unchanged copy of "
+            f"{copy['of']}[/] [yellow](no step made a better model: {copy['reason']})[/]",
+            highlight=False,
         )
+    elif final and Path(final).is_absolute():
+        console.print(
+            f"final artifact: [bold]{final}[/] (the source model, unchanged: every step "
+            "kept its parent)",
+            highlight=False,
+        )
+    elif final:
+        console.print(f"final artifact: [bold]{manifest['output_dir']}/{final}[/]")
     for entry in manifest.get("steps", []):
         for f in entry.get("files") or []:
             if not f["path"].endswith(".ort"):

@@ -34,7 +34,8 @@ class StepContext:
     inputs: Inputs
     second_dims: dict[str, int] | None
     second_inputs: Inputs | None
-    work_dir: Path
+    #: the folder the run started from: the user's own code (factories, callables) runs there
+    invocation_dir: Path
 
     @property
     def target(self) -> Target:

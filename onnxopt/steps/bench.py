@@ -18,6 +18,10 @@ def run(chain: list[tuple[str, Path]], cfg: BenchStep, ctx: StepContext) -> dict
         The bench report (gates evaluated, not raised).
     """
     candidates = [Candidate(label, path) for label, path in chain]
+    if cfg.baseline is not None:  # relative to the pipeline file, like every path in it
+        baseline = Path(cfg.baseline)
+        resolved = baseline if baseline.is_absolute() else ctx.base_dir / baseline
+        cfg = cfg.model_copy(update={"baseline": str(resolved)})
     source = InputSource(specs=ctx.specs, dims=ctx.dims, seed=ctx.config.verify.seed)
     if not cfg.batch_sizes:
         source.fixed = ctx.inputs

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxopt._fs import user_cwd
 from onnxopt.config import ExportStep, ModelSource
 from onnxopt.errors import (
     InputError,
@@ -98,8 +99,24 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+@contextlib.contextmanager
+def _no_bytecode() -> Iterator[None]:
+    """Import the user's modules without writing ``__pycache__`` folders beside them."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
 def load_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
-    """Import the factory function named by ``spec``."""
+    """Import the factory function named by ``spec`` (the user's folders stay unwritten)."""
+    with _no_bytecode():
+        return _load_factory(spec, base_dir)
+
+
+def _load_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
     target, func = _split_factory(spec)
     try:
         if _is_file_target(target):
@@ -351,7 +368,8 @@ def strip_stack_traces(model: Any) -> int:
 def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepResult:
     """Export the pipeline's PyTorch factory to ``dst``; try exporters per ``cfg.exporter``."""
     require("torch")
-    module = build_module(ctx.config.model, ctx.base_dir, [s.name for s in ctx.specs])
+    with user_cwd(ctx.invocation_dir):  # the factory is the user's code
+        module = build_module(ctx.config.model, ctx.base_dir, [s.name for s in ctx.specs])
     names = [s.name for s in ctx.specs]
     reference = Reference(
         main=torch_outputs(module, ctx.inputs, names),
@@ -397,8 +415,8 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
         save_model(model, dst, external_data=ctx.config.external_data)
         del model
         try:
-            check_model(dst)
-        except VerificationError as err:
+            check_model(dst, produced_by=f"the {exporter} exporter")
+        except StepError as err:
             attempt.update(ok=False, reason=err.message)
             remove_model(dst)
             continue

@@ -490,9 +490,7 @@ def activation_stats(
     probe_model = onnx.ModelProto()
     probe_model.CopyFrom(model)
     del probe_model.graph.value_info[:]
-    (values,) = run_exposing(
-        probe_model, names, [ctx.inputs], target=ctx.target, work_dir=ctx.work_dir, where="stats"
-    )
+    (values,) = run_exposing(probe_model, names, [ctx.inputs], target=ctx.target, where="stats")
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, value in values.items():
         axis = 1 if value.ndim == 4 else value.ndim - 1
@@ -766,7 +764,7 @@ def _cosine_without_compensation(
 
     plain = _load(src)
     channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         probe = save_model(plain, Path(tmp) / "plain.onnx")
         result = verify_model(
             probe, reference_outputs(src, ctx), resolve_tolerance("prune", cfg.tolerance), ctx
@@ -787,7 +785,7 @@ def _search_ratio(
     tol = resolve_tolerance("prune", cfg.tolerance)
     lo, hi = 0.0, cfg.auto_max_ratio
     trail: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.onnx"
         for step in range(cfg.auto_steps + 1):
             ratio = hi if step == 0 else (lo + hi) / 2
@@ -817,12 +815,6 @@ def _search_ratio(
                     break
             else:
                 hi = ratio
-    if lo <= 0.0:
-        raise StepError(
-            "ratio auto: no ratio above 0 keeps the model within the budget",
-            hint=f"searched up to {cfg.auto_max_ratio} in {cfg.auto_steps} steps; widen the "
-            "budget or prune fewer layers (ignore, layer_ratios)",
-        )
     return lo, trail
 
 
@@ -883,6 +875,23 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
     ratio: float | None = None
     if cfg.ratio == "auto":
         ratio, search = _search_ratio(src, model, cfg, ctx)
+        if ratio <= 0.0:
+            reason = (
+                f"ratio auto: no ratio above 0 keeps the model within the budget (searched up "
+                f"to {cfg.auto_max_ratio} in {cfg.auto_steps} steps)"
+            )
+            return StepResult(
+                report={
+                    "method": cfg.method,
+                    "auto": {"ratio": 0.0, "search": search},
+                    "reason": reason,
+                },  # fmt: skip
+                warnings=[
+                    f"{reason}; keeping the parent. Widen the budget or prune fewer layers "
+                    "(ignore, layer_ratios)"
+                ],
+                keep_parent=True,
+            )
     if cfg.method == "channel":
         facts = channel_prune(model, cfg, ctx, ratio)
         if not facts["pruned"]:

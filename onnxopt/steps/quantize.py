@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt._fs import user_cwd
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import ConfigError, InputError, StepError, first_line
 from onnxopt.modelio import (
@@ -182,10 +183,15 @@ def _checked(samples: list[Inputs], where: str) -> list[Inputs]:
 
 
 def _callable_samples(spec: str | None, limit: int, ctx: StepContext) -> list[Inputs]:
-    from onnxopt.steps.export import load_factory
-
     if not spec:
         raise ConfigError("static.calibration.source callable needs static.calibration.callable")
+    with user_cwd(ctx.invocation_dir):  # the callable is the user's code
+        return _collect_samples(spec, limit, ctx)
+
+
+def _collect_samples(spec: str, limit: int, ctx: StepContext) -> list[Inputs]:
+    from onnxopt.steps.export import load_factory
+
     fn = load_factory(spec, ctx.base_dir)
     names = {s.name for s in ctx.specs}
     samples: list[Inputs] = []
@@ -439,7 +445,7 @@ def fp16_overflow_nodes(src: Path, ctx: StepContext) -> dict[str, str]:
     feeds_list = [f for f in (ctx.inputs, ctx.second_inputs) if f is not None]
     names = [n for n in producers if n]
     found: dict[str, str] = {}
-    for values in run_exposing(model, names, feeds_list, work_dir=ctx.work_dir, where=src.name):
+    for values in run_exposing(model, names, feeds_list, where=src.name):
         for name, value in values.items():
             if value.dtype.kind != "f" or value.size == 0:
                 continue
@@ -636,6 +642,86 @@ def _preflight(cfg: QuantizeStep, provider: str, model: onnx.ModelProto) -> list
     return warnings
 
 
+#: who writes each mode's model, for messages about what it wrote
+PRODUCERS = {
+    "dynamic": "ONNX Runtime's dynamic quantizer (quantize_dynamic)",
+    "static": "ONNX Runtime's static quantizer (quantize_static)",
+    "int4": "ONNX Runtime's MatMulNBitsQuantizer",
+    "fp16": "onnxruntime.transformers' float16 converter",
+}
+#: per-channel QuantizeLinear/DequantizeLinear take an ``axis`` from this opset on
+PER_CHANNEL_OPSET = 13
+
+
+def _producer(cfg: QuantizeStep, streaming: bool) -> str:
+    return "onnxopt's streaming dynamic quantizer" if streaming else PRODUCERS[cfg.mode]
+
+
+def _upgrade_for_per_channel(
+    model: onnx.ModelProto, cfg: QuantizeStep, notes: list[str]
+) -> onnx.ModelProto:
+    """Per-channel int8 below opset 13: convert the model to opset 13 first.
+
+    ONNX Runtime's quantizers write per-channel DequantizeLinear nodes with an ``axis``
+    attribute, which exists only from opset 13, whatever the model's opset; older models
+    (Paddle, older exporters: opset 11-12) came out invalid. The verification against the
+    parent (still at its own opset) proves the conversion changed nothing.
+    """
+    from onnxopt.modelio import opset_of
+
+    per_channel = (cfg.mode == "static" and cfg.static.per_channel) or (
+        cfg.mode == "dynamic" and cfg.dynamic.per_channel
+    )
+    opset = opset_of(model)
+    if not per_channel or opset >= PER_CHANNEL_OPSET:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, PER_CHANNEL_OPSET)
+    except Exception as err:
+        notes.append(
+            f"opset {opset}: per-channel quantization needs opset {PER_CHANNEL_OPSET}, and "
+            f"onnx.version_converter could not convert the model ({first_line(err, 120)}); "
+            "quantizing at its own opset"
+        )
+        return model
+    notes.append(
+        f"converted from opset {opset} to {PER_CHANNEL_OPSET} with onnx.version_converter "
+        "first (per-channel DequantizeLinear needs its axis attribute, new in opset 13)"
+    )
+    return converted
+
+
+def _load_produced(raw: Path, producer: str, notes: list[str]) -> onnx.ModelProto:
+    """Load the quantizer's output; repair it when only its node order is wrong.
+
+    ONNX Runtime's quantizers append the nodes they create in their own order and do not
+    see what If/Loop bodies read from the enclosing graph, so a body can come to read a
+    value produced after it ("Nodes in a graph must be topologically sorted"). A
+    topological sort that counts those reads repairs it; anything else is that library's
+    failure (exit 1), named as such.
+    """
+    from onnxopt.errors import StepError
+
+    try:
+        return load_model(raw, produced_by=producer)
+    except StepError as err:
+        if "topologically sorted" not in err.message:
+            raise
+    graph_only = onnx.load(str(raw), load_external_data=False)
+    try:
+        topological_sort(graph_only.graph)
+    except InputError:
+        raise StepError(f"{producer} wrote a graph with a cycle") from None
+    onnx.save_model(graph_only, str(raw))
+    del graph_only
+    model = load_model(raw, produced_by=producer)
+    notes.append(
+        f"{producer} wrote its nodes out of order (a control-flow body reads a value made "
+        "after it); onnxopt re-sorted the graph topologically"
+    )
+    return model
+
+
 def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
     """Quantize ``src`` into ``dst`` with one concrete mode; return the report."""
     notes: list[str] = []
@@ -649,6 +735,7 @@ def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> 
         name_nodes(model)
         if moved:
             notes.append(f"{moved} Constant-node weights turned into initializers")
+        model = _upgrade_for_per_channel(model, cfg, notes)
         raw = work / "quantized.onnx"
         streaming = _streams(cfg, model, notes)
         if not streaming:
@@ -676,7 +763,7 @@ def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> 
             ) from None
         finally:
             root.setLevel(level)
-        result = load_model(raw)
+        result = _load_produced(raw, _producer(cfg, streaming), notes)
         counts = op_counts(result)
         counts["new_quantized_ops"] = {
             op: n - before["quantized_ops"].get(op, 0)

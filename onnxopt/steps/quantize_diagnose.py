@@ -43,7 +43,7 @@ def rank_nodes(
     del model
     tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
     ranked = []
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "one.onnx"
         for name in names:
             others = [n for n in names if n != name] + list(cfg.nodes_to_exclude)
