@@ -17,7 +17,7 @@ from onnxopt.config import parse_config
 from onnxopt.errors import ExitCode, InputError
 from onnxopt.pipeline import run_pipeline
 from tests import models
-from tests.conftest import error_line, run_cli
+from tests.conftest import Untouched, error_line, run_cli
 
 FAST = ["--runs", "20", "--trials", "2", "--warmup", "2"]
 
@@ -80,24 +80,25 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_cli_report_formats_round_trip(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
     a, b = two_models
     out = tmp_path / "r.json"
-    proc = run_cli(
-        "bench",
-        a,
-        b,
-        *FAST,
-        "--dim",
-        "batch=3",
-        "--labels",
-        "fp32,copy",
-        "--output",
-        out,
-        "--markdown",
-        tmp_path / "r.md",
-        "--csv",
-        tmp_path / "r.csv",
-        "--plot",
-        tmp_path / "r.png",
-    )
+    with Untouched(a, b):
+        proc = run_cli(
+            "bench",
+            a,
+            b,
+            *FAST,
+            "--dim",
+            "batch=3",
+            "--labels",
+            "fp32,copy",
+            "--output",
+            out,
+            "--markdown",
+            tmp_path / "r.md",
+            "--csv",
+            tmp_path / "r.csv",
+            "--plot",
+            tmp_path / "r.png",
+        )
     assert proc.returncode == 0, proc.stderr
     report = load_report(out)
     assert report["schema"] == "onnxopt.bench/1"

@@ -14,7 +14,7 @@ from onnxopt.config import parse_config
 from onnxopt.errors import ExitCode, InputError, VerificationError
 from onnxopt.modelio import io_table
 from onnxopt.pipeline import run_pipeline
-from tests.conftest import SAMPLES, error_line, finished_artifacts, run_cli
+from tests.conftest import SAMPLES, Untouched, error_line, finished_artifacts, run_cli
 
 FACTORIES = Path(__file__).with_name("factories.py")
 MLP = f"{SAMPLES / 'mlp.py'}:build"
@@ -39,7 +39,8 @@ def test_mlp_export_dynamic_batch_and_report(tmp_path: Path) -> None:
             MLP, tmp_path, [{"name": "features", "shape": ["batch", 64]}], output_names=["logits"]
         )
     )
-    manifest = run_pipeline(cfg, tmp_path)
+    with Untouched(SAMPLES):  # the factory's folder: no __pycache__, nothing rewritten
+        manifest = run_pipeline(cfg, tmp_path)
     entry = manifest["steps"][0]
     assert entry["report"]["exporter"] == "dynamo"
     assert entry["verification"]["passed"] is True

@@ -8,7 +8,7 @@ from pathlib import Path
 from onnxopt.errors import ExitCode
 from onnxopt.inspection import inspect_model
 from tests import models
-from tests.conftest import error_line, run_cli
+from tests.conftest import Untouched, error_line, run_cli
 
 
 def test_macs_match_hand_computation(tmp_path: Path) -> None:
@@ -55,7 +55,8 @@ def test_layout_specific_convs_are_listed_not_guessed(tmp_path: Path) -> None:
 
 def test_cli_json_and_placement(tmp_path: Path) -> None:
     path = models.compute_model(tmp_path / "c.onnx")
-    proc = run_cli("inspect", path, "--json", "--provider", "cpu", "--dim", "batch=2")
+    with Untouched(path):
+        proc = run_cli("inspect", path, "--json", "--provider", "cpu", "--dim", "batch=2")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["compute"]["macs"] == models.compute_model_macs(2)

@@ -14,7 +14,7 @@ from onnxopt.errors import ConfigError, ExitCode
 from onnxopt.pipeline import run_pipeline
 from onnxopt.verify import make_inputs, specs_from_model
 from tests import models
-from tests.conftest import error_line, run_cli
+from tests.conftest import Untouched, error_line, run_cli
 
 
 def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -25,7 +25,8 @@ def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_cli_package_writes_a_matching_ort_file_and_operator_config(tmp_path: Path) -> None:
     src = models.compute_model(tmp_path / "c.onnx")
     out = tmp_path / "dist" / "c.ort"
-    proc = run_cli("package", src, "-o", out, "--json")
+    with Untouched(src):
+        proc = run_cli("package", src, "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     entry = manifest["steps"][0]

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.config import parse_config
 from onnxopt.errors import ExitCode, StepError
 from onnxopt.pipeline import run_pipeline
-from tests.conftest import error_line, run_cli, write_yaml
+from tests.conftest import Untouched, error_line, run_cli, write_yaml
 
 RNG = np.random.default_rng(0)
 OPSET = [helper.make_opsetid("", 18)]
@@ -318,9 +318,10 @@ def test_cli_prune_and_python_api(tmp_path: Path) -> None:
         ["N", 3, 6, 6],
         ["N", 4, 6, 6],
     )
-    proc = run_cli(
-        "prune", src, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--no-guard", "--json"
-    )
+    with Untouched(src):
+        proc = run_cli(
+            "prune", src, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--no-guard", "--json"
+        )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)["steps"][0]["report"]
     assert report["method"] == "channel" and report["macs_after"] < report["macs_before"]

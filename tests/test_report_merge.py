@@ -10,7 +10,7 @@ import pytest
 
 from onnxopt.errors import ExitCode
 from tests import models
-from tests.conftest import error_line, run_cli
+from tests.conftest import Untouched, error_line, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,12 @@ def test_merge_compares_machines_and_writes_every_format(
     slow = _slower_machine(first, factor, tmp_path / "box-b.json")
     same = _slower_machine(first, 1.0, tmp_path / "box-c.json")
     out = tmp_path / "merged.json"
-    proc = run_cli(
-        "report", "merge", first, slow, same,
-        "-o", out, "--markdown", tmp_path / "m.md", "--csv", tmp_path / "m.csv",
-        "--plot", tmp_path / "m.png",
-    )  # fmt: skip
+    with Untouched(first, slow, same):
+        proc = run_cli(
+            "report", "merge", first, slow, same,
+            "-o", out, "--markdown", tmp_path / "m.md", "--csv", tmp_path / "m.csv",
+            "--plot", tmp_path / "m.png",
+        )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     merged = json.loads(out.read_text())
     assert merged["reference"] == "box-a"
