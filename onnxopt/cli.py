@@ -1191,6 +1191,7 @@ def schema() -> None:
 
 _SIGNALS: dict[str, float] = {}  # the last signal acted on, when, and whether it was reported
 _CLEANUP_S = 3.0
+_REDELIVER_S = 0.05
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -1206,10 +1207,33 @@ def _on_signal(signum: int, frame: Any) -> None:
     now = time.monotonic()
     if now - _SIGNALS.get("at", -_CLEANUP_S) < _CLEANUP_S:
         return
+    if _importing(frame):
+        # An exception raised while an extension module initialises can leave it half
+        # made: seen as "ImportError: initialization failed" and, rarely, a segmentation
+        # fault. The signal is delivered again once the import is done.
+        _redeliver(signum)
+        return
     _SIGNALS.update(at=now, signum=signum)
     if signum == signal.SIGTERM:
         raise Terminated()
     raise KeyboardInterrupt()
+
+
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code is inside Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver(signum: int) -> None:
+    import threading
+
+    timer = threading.Timer(_REDELIVER_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 def main() -> None:
