@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated step names to run")
     args = parser.parse_args()
 
-    from onnxopt.artifacts import external_data_files
+    from onnxopt.modelio import external_data_files
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="large-model-"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,9 @@
-"""Bottom layer: where the files of a step's libraries go. Imports nothing from onnxopt.
+"""Bottom layer: file hashing, atomic writes, and where the files of a step's libraries go.
+
+Imports nothing from onnxopt but :mod:`onnxopt.errors`.
+
+Writes go to a temporary file beside the target and are renamed into place, so a reader
+never sees a half-written file.
 
 Libraries that onnxopt calls write files of their own: ONNX Runtime's symbolic shape
 inference saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` into the *current
@@ -13,10 +18,17 @@ calibration callable) runs in :func:`user_cwd`, back in the folder the run start
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from onnxopt.errors import InputError
+
+_CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
@@ -88,3 +100,80 @@ def user_cwd(folder: Path) -> Iterator[None]:
     """
     with _chdir(folder):
         yield
+
+
+def sha256_file(path: Path, digest: Any = None) -> str:
+    """sha256 of a file's bytes, read in chunks (also feeds ``digest`` when given)."""
+    own = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            own.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
+    return own.hexdigest()
+
+
+def stable_json(value: Any) -> str:
+    """Canonical JSON text used for hashing configs."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest_of(*parts: Any) -> str:
+    """sha256 of the canonical JSON of ``parts``."""
+    return hashlib.sha256(stable_json(list(parts)).encode()).hexdigest()
+
+
+def _temp_beside(final: Path, suffix: str) -> Path:
+    """Create an empty temporary file beside ``final`` (making its folder); clear error if not."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    except OSError as err:
+        raise InputError(
+            f"cannot write {final} ({err.strerror})", hint="choose a writable folder"
+        ) from None
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it into place only on success."""
+    tmp = _temp_beside(final, ".tmp")
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def check_writable(final: Path) -> None:
+    """Fail now, with a clear error, if ``final`` could not be written later.
+
+    Used before long measurements so that an unwritable report path is found in a second,
+    not after minutes of benchmarking. Creates the parent folder if needed.
+    """
+    if final.is_dir():
+        raise InputError(f"{final} is a folder; give a file path")
+    _temp_beside(final, ".probe").unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to ``path`` so that readers never see a half-written file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def file_mode() -> int:
+    """Mode for new files, honouring the umask (temp files start as 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` so that readers never see a half-written file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

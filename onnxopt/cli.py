@@ -147,7 +147,7 @@ def _interrupted(terminated: bool) -> None:
 
 def _check_report_paths(*paths: Path | None) -> None:
     """Before measuring: every report path asked for must be writable (exit 2 now, not later)."""
-    from onnxopt.artifacts import check_writable
+    from onnxopt._fs import check_writable
 
     for path in paths:
         if path is not None:
@@ -163,7 +163,7 @@ def _write_reports(
     plot_out: Path | None,
 ) -> None:
     """Write a report (bench or merged) as JSON, Markdown, CSV and PNG where asked."""
-    from onnxopt.artifacts import write_json_atomic, write_text_atomic
+    from onnxopt._fs import write_json_atomic, write_text_atomic
 
     if output is not None:
         write_json_atomic(output, data)

@@ -13,13 +13,13 @@ from typing import Any
 
 import onnx
 
-from onnxopt.artifacts import model_size
 from onnxopt.errors import OnnxoptError
 from onnxopt.modelio import (
     graph_inputs,
     io_table,
     iter_graphs,
     load_model,
+    model_size,
     opset_of,
     summary,
     value_info_shape,
@@ -97,6 +97,12 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return shapes
 
 
+def static_shapes(model: onnx.ModelProto, dims: dict[str, int]) -> dict[str, list[int]]:
+    """Concrete shapes of the model's values (and initializers) with its dims set to ``dims``,
+    from ONNX shape inference on a weight-less copy; values it cannot tell are left out."""
+    return _shapes(_fixed_copy(model, dims))
+
+
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
@@ -151,7 +157,7 @@ def compute_macs(
     Shapes come from ONNX shape inference; where it cannot tell (contrib ops, data-dependent
     reshapes) and ``path`` is given, from one run of the model in ONNX Runtime.
     """
-    shapes = _shapes(_fixed_copy(model, dims))
+    shapes = static_shapes(model, dims)
     mac_nodes = [
         node for graph in iter_graphs(model.graph) for node in graph.node if _mac_kind(node)
     ]

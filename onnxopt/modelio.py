@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from onnxopt._fs import file_mode, sha256_file
 from onnxopt.errors import InputError, first_line
 
 TWO_GB = 2**31
@@ -38,6 +40,38 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.TENSOR:
                     yield attr.t
+
+
+def external_data_files(model_path: Path) -> list[Path]:
+    """The external data files an ONNX file refers to (without loading the weights)."""
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{model_path}: not a valid ONNX file ({str(err)[:120]})") from None
+    locations: set[str] = set()
+    for tensor in iter_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return [model_path.parent / loc for loc in sorted(locations)]
+
+
+def model_digest(model_path: Path) -> str:
+    """sha256 over an ONNX file's bytes followed by those of its external data files."""
+    digest = hashlib.sha256()
+    sha256_file(model_path, digest)
+    for data in external_data_files(model_path):
+        digest.update(data.name.encode())
+        sha256_file(data, digest)
+    return digest.hexdigest()
+
+
+def model_size(model_path: Path) -> int:
+    """Bytes on disk of an ONNX file and its external data."""
+    return model_path.stat().st_size + sum(
+        p.stat().st_size for p in external_data_files(model_path) if p.exists()
+    )
 
 
 def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
@@ -238,8 +272,6 @@ def publish(tmp: Path, final: Path) -> None:
     The .data file goes first, the .onnx last, so a reader never finds a final-looking
     .onnx whose weights are missing. File modes follow the umask.
     """
-    from onnxopt.artifacts import file_mode
-
     mode = file_mode()
     data = tmp.with_name(tmp.name + ".data")
     final_data = final.with_name(final.name + ".data")

@@ -14,27 +14,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from onnxopt import artifacts
+from onnxopt import _fs, artifacts, modelio
 from onnxopt._fs import scratch_env
 from onnxopt.config import PipelineConfig, Step
 from onnxopt.errors import InputError, OnnxoptError, StepError, VerificationError
 from onnxopt.modelio import (
     check_model,
-    graph_inputs,
     load_model,
     publish,
     remove_model,
     summary,
-    value_info_shape,
 )
 from onnxopt.registry import runner
-from onnxopt.runtime import make_session, run_session
-from onnxopt.steps.base import Reference, StepContext, StepResult
+from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.verify import (
-    Tol,
+    InputSet,
     check_inputs_fit,
-    compare_outputs,
-    failure_text,
     inputs_digest,
     load_inputs,
     make_inputs,
@@ -44,6 +39,7 @@ from onnxopt.verify import (
     second_dims,
     specs_from_model,
     symbolic_dims,
+    verify_against_parent,
 )
 
 log = logging.getLogger("onnxopt")
@@ -59,83 +55,6 @@ def _now() -> str:
 def _resolve(base_dir: Path, path: str) -> Path:
     p = Path(os.path.expanduser(path))
     return p if p.is_absolute() else (base_dir / p)
-
-
-# ---------------------------------------------------------------- verification
-
-
-def reference_outputs(parent: Path, ctx: StepContext) -> Reference:
-    """Outputs of ``parent`` on the shared (and second-shape) inputs.
-
-    The parent runs as written, with ONNX Runtime's graph rewrites disabled, so a bug in a
-    rewrite cannot hide in the reference.
-    """
-    return outputs_on_inputs(make_session(parent, ctx.target, level="disable"), ctx, parent.name)
-
-
-def outputs_on_inputs(session: Any, ctx: StepContext, where: str) -> Reference:
-    """A session's outputs on the shared inputs and, when there is one, the second shape."""
-    return Reference(
-        main=run_session(session, ctx.inputs, where),
-        second=(
-            run_session(session, ctx.second_inputs, where)
-            if ctx.second_inputs is not None
-            else None
-        ),
-    )
-
-
-def verify_model(
-    child: Path,
-    reference: Reference,
-    tol: Tol,
-    ctx: StepContext,
-    output_names: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run ``child`` on the shared inputs (and second-shape inputs) and compare with reference."""
-    session = make_session(child, ctx.target)
-    names = output_names or [o.name for o in session.get_outputs()]
-    result: dict[str, Any] = {"tolerance": tol.as_dict()}
-    main = compare_outputs(reference.main, run_session(session, ctx.inputs, child.name), names, tol)
-    result["main"] = main
-    passed = main["passed"]
-    if reference.second is not None and ctx.second_inputs is not None:
-        second = compare_outputs(
-            reference.second, run_session(session, ctx.second_inputs, child.name), names, tol
-        )
-        second["dims"] = ctx.second_dims
-        result["second_shape"] = second
-        passed = passed and second["passed"]
-    result["passed"] = passed
-    return result
-
-
-def pinned_dims(child: Path, symbolic: dict[str, set[int]]) -> list[str]:
-    """Inputs whose requested symbolic axes became fixed in ``child``."""
-    model = load_model(child, load_weights=False)
-    problems = []
-    for value in graph_inputs(model):
-        shape = value_info_shape(value)
-        for axis in sorted(symbolic.get(value.name, set())):
-            dim = shape[axis] if axis < len(shape) else None
-            if isinstance(dim, int) and dim > 0:
-                problems.append(f"{value.name}[{axis}] fixed to {dim}")
-    return problems
-
-
-def symbolic_axes(specs: Any) -> dict[str, set[int]]:
-    """input name -> axes that are symbolic in the specs."""
-    return {s.name: {i for i, d in enumerate(s.shape) if isinstance(d, str)} for s in specs}
-
-
-def verification_summary(verification: dict[str, Any]) -> str:
-    """Short text such as 'ok (cos 0.99999, max abs 2e-06)'."""
-    rows = verification.get("main", {}).get("outputs", [])
-    cos = min((r.get("cosine", 1.0) for r in rows), default=1.0)
-    err = max((r.get("max_abs_err", 0.0) for r in rows), default=0.0)
-    state = "ok" if verification.get("passed") else "FAILED"
-    extra = ", 2 shapes" if "second_shape" in verification else ""
-    return f"{state} cos={cos:.6f} err={err:.1e}{extra}"
 
 
 # ---------------------------------------------------------------- engine
@@ -300,10 +219,7 @@ class Pipeline:
             config=cfg,
             base_dir=self.base_dir,
             specs=specs,
-            dims=dims,
-            inputs=inputs,
-            second_dims=alt_dims,
-            second_inputs=alt_inputs,
+            input_set=InputSet(main=inputs, dims=dims, second=alt_inputs, second_dims=alt_dims),
             invocation_dir=self.invocation_dir,
         )
 
@@ -331,28 +247,28 @@ class Pipeline:
 
     def _source_digest(self) -> str:
         """Digest of a PyTorch factory's source file, weights and arguments."""
-        from onnxopt.steps.export import factory_source_file
+        from onnxopt.factory import factory_source_file
 
         model = self.config.model
         if model.huggingface:
             from onnxopt.hf import folder_digest_parts
 
             folder = _resolve(self.base_dir, model.huggingface)
-            return artifacts.digest_of(
+            return _fs.digest_of(
                 "huggingface", model.task, model.pooling, folder_digest_parts(folder)
             )
         parts: list[Any] = [model.factory, model.factory_args]
         src = factory_source_file(model.factory or "", self.base_dir)
-        parts.append(artifacts.sha256_file(src) if src and src.is_file() else None)
+        parts.append(_fs.sha256_file(src) if src and src.is_file() else None)
         if model.weights:
             weights = _resolve(self.base_dir, model.weights)
-            parts.append(artifacts.sha256_file(weights) if weights.is_file() else str(weights))
-        return artifacts.digest_of(*parts)
+            parts.append(_fs.sha256_file(weights) if weights.is_file() else str(weights))
+        return _fs.digest_of(*parts)
 
     def _key(self, index: int, step: Any, parent: Any, *extra: Any) -> str:
         """Cache key of step ``index``: its config, what it reads (``parent``), the input
         set, ``extra`` settings that change its result, and the tool versions."""
-        return artifacts.digest_of(
+        return _fs.digest_of(
             index,
             step.model_dump(mode="json"),
             parent,
@@ -387,21 +303,18 @@ class Pipeline:
             if entry.get("files"):
                 intact = all(
                     (self.out_dir / f["path"]).is_file()
-                    and artifacts.sha256_file(self.out_dir / f["path"]) == f["sha256"]
+                    and _fs.sha256_file(self.out_dir / f["path"]) == f["sha256"]
                     for f in entry["files"]
                 )
                 return entry if intact else None
             if entry.get("report_file"):
                 report = self.out_dir / entry["report_file"]["path"]
-                if (
-                    report.is_file()
-                    and artifacts.sha256_file(report) == entry["report_file"]["sha256"]
-                ):
+                if report.is_file() and _fs.sha256_file(report) == entry["report_file"]["sha256"]:
                     return entry
                 return None
             out = self.out_dir / entry["output"]["path"]
             try:
-                if out.is_file() and artifacts.model_digest(out) == entry["output"]["sha256"]:
+                if out.is_file() and modelio.model_digest(out) == entry["output"]["sha256"]:
                     return entry
             except (OnnxoptError, OSError) as err:
                 log.info("cached artifact %s is unusable (%s); rebuilding", out.name, err)
@@ -430,7 +343,7 @@ class Pipeline:
     # -- running ----------------------------------------------------------
 
     def _write_manifest(self) -> None:
-        artifacts.write_json_atomic(self.out_dir / artifacts.MANIFEST_NAME, self.manifest)
+        _fs.write_json_atomic(self.out_dir / artifacts.MANIFEST_NAME, self.manifest)
 
     def run(self) -> dict[str, Any]:
         """Run every step; return the manifest.
@@ -469,7 +382,7 @@ class Pipeline:
             ctx = self._build_context(source)
             self._write_manifest()
             parent: Path | None = source
-            parent_digest = artifacts.model_digest(source) if source else self._source_digest()
+            parent_digest = modelio.model_digest(source) if source else self._source_digest()
             chain: list[tuple[str, Path, str]] = (
                 [("source", source, parent_digest)] if source else []
             )
@@ -522,7 +435,7 @@ class Pipeline:
         files = [_resolve(self.base_dir, n).resolve() for n in named if n]
         if cfg.model.path and files and files[0].is_file():
             with contextlib.suppress(OnnxoptError, OSError):
-                files += [p.resolve() for p in artifacts.external_data_files(files[0])]
+                files += [p.resolve() for p in modelio.external_data_files(files[0])]
         return files
 
     def _refuse_clobbering(self, previous: dict[str, Any] | None, owned: set[str]) -> None:
@@ -706,9 +619,9 @@ class Pipeline:
                     report = bench_step.run([(n, p) for n, p, _ in chain], step, ctx)
             finally:
                 shutil.rmtree(partial, ignore_errors=True)
-            artifacts.write_json_atomic(path, report)
-            artifacts.write_text_atomic(path.with_suffix(".md"), bench_report.markdown(report))
-            entry["report_file"] = {"path": name, "sha256": artifacts.sha256_file(path)}
+            _fs.write_json_atomic(path, report)
+            _fs.write_text_atomic(path.with_suffix(".md"), bench_report.markdown(report))
+            entry["report_file"] = {"path": name, "sha256": _fs.sha256_file(path)}
             entry["report"] = bench_step.summary(report)
             raise_for_gates(report)
             self._finished(entry, started)
@@ -755,21 +668,21 @@ class Pipeline:
                     entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
                 tol = resolve_tolerance("package", step.tolerance)
                 reference = package.reference(parent, step, ctx)
-                verification = verify_model(tmp_ort, reference, tol, ctx)
-                entry["verification"] = verification
-                if not verification["passed"]:
+                verification = ctx.verify(tmp_ort, reference, tol)
+                entry["verification"] = verification.as_dict()
+                if not verification.passed:
                     raise VerificationError(
                         f"step {index} (package): the .ort file differs from its ONNX parent: "
-                        f"{self._first_failure(verification)}"
+                        f"{verification.first_failure()}"
                     )
-                mode = artifacts.file_mode()
+                mode = _fs.file_mode()
                 for tmp in (tmp_config, tmp_ort):  # the .ort last: its presence means complete
                     os.chmod(tmp, mode)
                     os.replace(tmp, self.out_dir / tmp.name)
                 files = [
                     {
                         "path": f.name,
-                        "sha256": artifacts.sha256_file(f),
+                        "sha256": _fs.sha256_file(f),
                         "size_bytes": f.stat().st_size,
                     }
                     for f in finals
@@ -845,12 +758,12 @@ class Pipeline:
                 publish(tmp, final)
                 # still inside the recording: an interrupt before the manifest records the
                 # artifact removes it, so a file on disk always has an "ok" entry
-                digest = artifacts.model_digest(final)
+                digest = modelio.model_digest(final)
                 output = {
                     "path": name,
                     "sha256": digest,
-                    "size_bytes": artifacts.model_size(final),
-                    "external_data": [p.name for p in artifacts.external_data_files(final)],
+                    "size_bytes": modelio.model_size(final),
+                    "external_data": [p.name for p in modelio.external_data_files(final)],
                 }
                 self._finished(entry, started, output=output)
         finally:
@@ -875,12 +788,13 @@ class Pipeline:
         verification = result.verification
         if verification is None:
             assert parent is not None
-            verification = self._verify_against_parent(parent, tmp, step, ctx)
-        entry["verification"] = verification
-        if not verification["passed"]:
+            tol = resolve_tolerance(step.type, step.tolerance, getattr(step, "mode", None))
+            verification = verify_against_parent(parent, tmp, tol, ctx.input_set, ctx.target)
+        entry["verification"] = verification.as_dict()
+        if not verification.passed:
             raise VerificationError(
                 f"step {index} ({step.type}): output differs from its parent: "
-                f"{self._first_failure(verification)}",
+                f"{verification.first_failure()}",
                 hint="loosen 'tolerance' only if this precision loss is expected",
             )
         after = load_model(tmp, load_weights=False)
@@ -952,29 +866,6 @@ class Pipeline:
         self._write_manifest()
         self.emit("step_end", entry=entry)
         return parent, parent_digest
-
-    @staticmethod
-    def _first_failure(verification: dict[str, Any]) -> str:
-        for part in ("main", "second_shape"):
-            if part in verification and not verification[part]["passed"]:
-                where = " at the second shape" if part == "second_shape" else ""
-                return failure_text(verification[part]) + where
-        return str(verification.get("problem", "mismatch"))
-
-    def _verify_against_parent(
-        self, parent: Path, child: Path, step: Step, ctx: StepContext
-    ) -> dict[str, Any]:
-        tol = resolve_tolerance(step.type, step.tolerance, getattr(step, "mode", None))
-        parent_axes = {
-            v.name: {
-                i for i, d in enumerate(value_info_shape(v)) if not isinstance(d, int) or d <= 0
-            }
-            for v in graph_inputs(load_model(parent, load_weights=False))
-        }
-        pinned = pinned_dims(child, parent_axes)
-        if pinned:
-            return {"passed": False, "problem": f"dynamic dims became fixed: {', '.join(pinned)}"}
-        return verify_model(child, reference_outputs(parent, ctx), tol, ctx)
 
 
 def run_pipeline(

@@ -42,7 +42,7 @@ def file_states(*paths: Path) -> dict[Path, tuple[str, int, int]]:
     A path may be a file or a folder (every file below it); an ONNX model brings the
     external data files it refers to.
     """
-    from onnxopt.artifacts import external_data_files
+    from onnxopt.modelio import external_data_files
 
     files: set[Path] = set()
     for path in paths:

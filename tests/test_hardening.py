@@ -151,8 +151,8 @@ def test_disk_full_during_save_keeps_the_previous_artifacts(
 
     import onnx
 
-    from onnxopt.artifacts import model_digest
     from onnxopt.errors import StepError
+    from onnxopt.modelio import model_digest
 
     src = models.add_relu(tmp_path / "m.onnx")
     out = tmp_path / "out"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from onnxopt.artifacts import model_digest
 from onnxopt.errors import ExitCode
+from onnxopt.modelio import model_digest
 from tests import models
 from tests.conftest import default_sigint, run_cli, write_yaml
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from onnxopt.artifacts import external_data_files
 from onnxopt.config import parse_config
 from onnxopt.inspection import inspect_model
-from onnxopt.modelio import TWO_GB
+from onnxopt.modelio import TWO_GB, external_data_files
 from onnxopt.pipeline import run_pipeline
 from tests import models
 

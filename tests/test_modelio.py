@@ -10,10 +10,16 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from onnxopt.artifacts import external_data_files, model_digest, model_size
 from onnxopt.config import parse_config
 from onnxopt.errors import InputError
-from onnxopt.modelio import load_model, move_model, save_model
+from onnxopt.modelio import (
+    external_data_files,
+    load_model,
+    model_digest,
+    model_size,
+    move_model,
+    save_model,
+)
 from onnxopt.pipeline import run_pipeline
 from tests import models
 from tests.conftest import error_line, run_cli

@@ -10,9 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from onnxopt.artifacts import model_digest
 from onnxopt.config import parse_config
 from onnxopt.errors import ExitCode, InputError, VerificationError
+from onnxopt.modelio import model_digest
 from onnxopt.pipeline import run_pipeline
 from tests import models
 from tests.conftest import error_line, finished_artifacts, run_cli, write_yaml

@@ -189,24 +189,25 @@ def _check_feeds(session: Any, feeds: Feeds, label: str) -> None:
 
 
 def fidelity(baseline: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, Any]:
-    """Cosine, max abs error and (for classifier-like outputs) top-1 agreement per output."""
-    from onnxopt.verify import _cosine
+    """Cosine, max abs error and (for classifier-like outputs) top-1 agreement per output,
+    from the same comparison verification uses (no bound applied: bench only reports)."""
+    import math
 
+    from onnxopt.verify import Tol, compare_outputs
+
+    names = [str(i) for i in range(len(candidate))]
+    result = compare_outputs(baseline, candidate, names, Tol(math.inf, math.inf, -1.0))
     rows = []
-    for i, (ref, got) in enumerate(zip(baseline, candidate, strict=False)):
+    for i, out in enumerate(result["outputs"]):
         row: dict[str, Any] = {"output": i}
-        if ref.shape != got.shape:
-            row["problem"] = f"shape {list(got.shape)} != {list(ref.shape)}"
-        elif ref.dtype.kind in "fc" and got.dtype.kind in "fc":
-            diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-            row["cosine"] = _cosine(ref, got)
-            row["max_abs_err"] = float(diff.max()) if diff.size else 0.0
-            if ref.ndim == 2 and ref.shape[1] > 1:
-                row["top1_agreement"] = float(
-                    np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1))
-                )
+        if "cosine" in out:
+            row.update(cosine=out["cosine"], max_abs_err=out["max_abs_err"])
+            if "top1_agreement" in out:
+                row["top1_agreement"] = out["top1_agreement"]
+        elif "mismatched" in out:
+            row["exact_match"] = out["mismatched"] == 0
         else:
-            row["exact_match"] = bool(np.array_equal(ref, got))
+            row["problem"] = out.get("problem", "mismatch")
         rows.append(row)
     return {"outputs": rows}
 

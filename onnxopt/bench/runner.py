@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from onnxopt.artifacts import model_digest
 from onnxopt.bench.core import (
     Candidate,
     concurrency,
@@ -22,6 +21,7 @@ from onnxopt.bench.machine import machine_info
 from onnxopt.bench.match import config_key, match_models, missing_rows_error
 from onnxopt.config import BenchStep, InputSpec, Target
 from onnxopt.errors import GateError, InputError
+from onnxopt.modelio import model_digest
 from onnxopt.runtime import provider_id
 from onnxopt.verify import Inputs, inputs_digest, make_inputs
 

@@ -31,9 +31,17 @@ def human_count(n: float | None) -> str:
     return f"{n:.0f}"
 
 
-def _verification_cell(entry: dict[str, Any]) -> str:
-    from onnxopt.pipeline import verification_summary
+def verification_summary(verification: dict[str, Any]) -> str:
+    """Short text of a manifest's verification, such as 'ok cos=0.999990 err=2.0e-06'."""
+    rows = verification.get("main", {}).get("outputs", [])
+    cos = min((r.get("cosine", 1.0) for r in rows), default=1.0)
+    err = max((r.get("max_abs_err", 0.0) for r in rows), default=0.0)
+    state = "ok" if verification.get("passed") else "FAILED"
+    extra = ", 2 shapes" if "second_shape" in verification else ""
+    return f"{state} cos={cos:.6f} err={err:.1e}{extra}"
 
+
+def _verification_cell(entry: dict[str, Any]) -> str:
     ver = entry.get("verification")
     if not ver:
         return "-"

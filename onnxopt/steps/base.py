@@ -1,26 +1,22 @@
-"""What a step receives and returns."""
+"""What a step receives and returns. Steps import this, never the engine."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from onnxopt.config import InputSpec, PipelineConfig, Target
-from onnxopt.verify import Inputs, Tol
-
-log = logging.getLogger("onnxopt")
-
-
-@dataclass
-class Reference:
-    """Reference outputs a step computed itself (e.g. PyTorch for export)."""
-
-    main: list[np.ndarray]
-    second: list[np.ndarray] | None = None
+from onnxopt.errors import OnnxoptError
+from onnxopt.verify import (
+    Inputs,
+    InputSet,
+    Reference,
+    Tol,
+    Verification,
+    reference_outputs,
+    verify_model,
+)
 
 
 @dataclass
@@ -30,25 +26,48 @@ class StepContext:
     config: PipelineConfig
     base_dir: Path
     specs: list[InputSpec]
-    dims: dict[str, int]
-    inputs: Inputs
-    second_dims: dict[str, int] | None
-    second_inputs: Inputs | None
+    input_set: InputSet
     #: the folder the run started from: the user's own code (factories, callables) runs there
     invocation_dir: Path
+    #: this step's own scratch folder (also its current and temp folder), removed afterwards
+    scratch: Path | None = None
+    #: the models measured so far, oldest first, as (label, path): what a bench step times
+    chain: list[tuple[str, Path]] = field(default_factory=list)
 
     @property
     def target(self) -> Target:
         """The pipeline's execution target."""
         return self.config.target
 
+    @property
+    def inputs(self) -> Inputs:
+        """The main verification inputs."""
+        return self.input_set.main
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The symbolic dims' values of the main inputs."""
+        return self.input_set.dims
+
+    @property
+    def second_inputs(self) -> Inputs | None:
+        """The second-shape inputs (every symbolic dim changed), if any."""
+        return self.input_set.second
+
+    @property
+    def second_dims(self) -> dict[str, int] | None:
+        """The symbolic dims' values of the second-shape inputs."""
+        return self.input_set.second_dims
+
+    def reference(self, model: Path) -> Reference:
+        """``model``'s outputs on the input set (graph rewrites disabled)."""
+        return reference_outputs(model, self.input_set, self.target)
+
     def verify(
         self, child: Path, reference: Reference, tol: Tol, output_names: list[str] | None = None
-    ) -> dict[str, Any]:
-        """Compare ``child`` with reference outputs on the shared (and second) input set."""
-        from onnxopt.pipeline import verify_model
-
-        return verify_model(child, reference, tol, self, output_names)
+    ) -> Verification:
+        """Compare ``child`` with reference outputs on the input set, on the target."""
+        return verify_model(child, reference, tol, self.input_set, self.target, output_names)
 
 
 @dataclass
@@ -57,15 +76,20 @@ class StepResult:
 
     Attributes:
         report: step-specific facts for the manifest (sizes, op counts, choices made).
-        verification: set when the step verified against its own reference (export);
-            otherwise the engine verifies against the parent ONNX model.
+        verification: set when the step verified its output itself (export against
+            PyTorch, package against its parent at the conversion's settings, quantize when
+            it chose among candidates); otherwise the engine verifies against the parent.
         warnings: messages to show and record.
-        source_label: what the parent was, when it is not an ONNX file (e.g. PyTorch).
         keep_parent: the step decided that its parent is the better artifact (no new file).
+        files: the files the step wrote beside its output (a package's operator config, a
+            bench report's Markdown), published with it.
+        failure: an error to raise after the step's files are published and recorded (a
+            bench gate: the report is kept for reading).
     """
 
     report: dict[str, Any] = field(default_factory=dict)
-    verification: dict[str, Any] | None = None
+    verification: Verification | None = None
     warnings: list[str] = field(default_factory=list)
-    source_label: str | None = None
     keep_parent: bool = False
+    files: list[Path] = field(default_factory=list)
+    failure: OnnxoptError | None = None

@@ -46,14 +46,14 @@ def reference(parent: Path, cfg: PackageStep, ctx: StepContext) -> Any:
     """The parent's outputs under the conversion's own settings (what the .ort freezes)."""
     import onnxruntime as ort
 
-    from onnxopt.pipeline import outputs_on_inputs
+    from onnxopt.verify import outputs_on
 
     opts, disabled = _options(cfg)
     session = ort.InferenceSession(
         str(parent), sess_options=opts, providers=["CPUExecutionProvider"],
         disabled_optimizers=disabled,
     )  # fmt: skip
-    return outputs_on_inputs(session, ctx, parent.name)
+    return outputs_on(session, ctx.input_set, parent.name)
 
 
 def convert(parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep) -> dict[str, Any]:

@@ -583,9 +583,9 @@ def channel_prune(
     model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext, ratio_override: float | None = None
 ) -> dict[str, Any]:
     """Prune channels of ``model`` in place; return the per-group report."""
-    from onnxopt.inspection import _fixed_copy, _shapes
+    from onnxopt.inspection import static_shapes
 
-    shapes = _shapes(_fixed_copy(model, ctx.dims))
+    shapes = static_shapes(model, ctx.dims)
     analysis = ChannelAnalysis(model, shapes)
     groups = analysis.run()
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -759,17 +759,14 @@ def _cosine_without_compensation(
     """Fidelity of the same pruning without compensation, for the report."""
     import tempfile
 
-    from onnxopt.pipeline import reference_outputs, verify_model
     from onnxopt.verify import resolve_tolerance
 
     plain = _load(src)
     channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
     with tempfile.TemporaryDirectory() as tmp:
         probe = save_model(plain, Path(tmp) / "plain.onnx")
-        result = verify_model(
-            probe, reference_outputs(src, ctx), resolve_tolerance("prune", cfg.tolerance), ctx
-        )
-    return min((o.get("cosine", 1.0) for o in result["main"]["outputs"]), default=1.0)
+        tol = resolve_tolerance("prune", cfg.tolerance)
+        return ctx.verify(probe, ctx.reference(src), tol).min_cosine
 
 
 def _search_ratio(
@@ -778,10 +775,9 @@ def _search_ratio(
     """Bisect the largest ratio whose pruned model stays within the budget."""
     import tempfile
 
-    from onnxopt.pipeline import reference_outputs, verify_model
     from onnxopt.verify import resolve_tolerance
 
-    reference = reference_outputs(src, ctx)
+    reference = ctx.reference(src)
     tol = resolve_tolerance("prune", cfg.tolerance)
     lo, hi = 0.0, cfg.auto_max_ratio
     trail: list[dict[str, Any]] = []
@@ -800,16 +796,15 @@ def _search_ratio(
                 else:
                     magnitude_prune(trial, cfg, ratio)
                 save_model(trial, probe)
-                verification = verify_model(probe, reference, tol, ctx)
+                verification = ctx.verify(probe, reference, tol)
             except StepError as err:
                 trail.append({"ratio": ratio, "passed": False, "note": err.message})
                 hi = ratio
                 continue
-            cosine = min(
-                (o.get("cosine", 1.0) for o in verification["main"]["outputs"]), default=1.0
+            trail.append(
+                {"ratio": ratio, "passed": verification.passed, "cosine": verification.min_cosine}
             )
-            trail.append({"ratio": ratio, "passed": verification["passed"], "cosine": cosine})
-            if verification["passed"]:
+            if verification.passed:
                 lo = ratio
                 if step == 0:
                     break
@@ -859,11 +854,11 @@ def _load(src: Path) -> onnx.ModelProto:
 
 def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepResult:
     """Prune ``src`` into ``dst``."""
-    from onnxopt.artifacts import model_size
     from onnxopt.inspection import compute_macs
+    from onnxopt.modelio import model_size
 
     assert src is not None
-    from onnxopt.artifacts import external_data_files
+    from onnxopt.modelio import external_data_files
 
     # magnitude pruning of external weights streams them file to file (models over 2 GB)
     streaming = cfg.method == "magnitude" and cfg.ratio != "auto" and bool(external_data_files(src))

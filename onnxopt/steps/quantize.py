@@ -31,7 +31,7 @@ from onnxopt.modelio import (
     topological_sort,
 )
 from onnxopt.steps.base import StepContext, StepResult
-from onnxopt.verify import Inputs, load_inputs, make_inputs
+from onnxopt.verify import Inputs, Verification, load_inputs, make_inputs
 
 log = logging.getLogger("onnxopt")
 
@@ -190,7 +190,7 @@ def _callable_samples(spec: str | None, limit: int, ctx: StepContext) -> list[In
 
 
 def _collect_samples(spec: str, limit: int, ctx: StepContext) -> list[Inputs]:
-    from onnxopt.steps.export import load_factory
+    from onnxopt.factory import load_factory
 
     fn = load_factory(spec, ctx.base_dir)
     names = {s.name for s in ctx.specs}
@@ -586,7 +586,7 @@ def _save_prepared(model: onnx.ModelProto, src: Path, prepared: Path) -> None:
 
 
 def _big(path: Path) -> bool:
-    from onnxopt.artifacts import model_size
+    from onnxopt.modelio import model_size
 
     return model_size(path) >= 2**31 - 2**26
 
@@ -806,29 +806,33 @@ def run(src: Path | None, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> Ste
     report = quantize_once(src, dst, cfg, ctx)
     warnings = report.pop("warnings")
     report["target"] = cpu
+    verification = None
     if cfg.diagnose and cfg.mode in ("static", "dynamic", "int4"):
-        report["diagnosis"] = _diagnose_if_needed(src, dst, cfg, ctx)
+        report["diagnosis"], verification = _diagnose_if_needed(src, dst, cfg, ctx)
         if report["diagnosis"].get("nodes_to_exclude"):
             report.update(op_counts(load_model(dst, load_weights=False)))
-    return StepResult(report=report, warnings=warnings)
+    return StepResult(report=report, warnings=warnings, verification=verification)
 
 
 def _diagnose_if_needed(
     src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext
-) -> dict[str, Any]:
-    """Check the budget; when it fails, find and exclude the sensitive nodes."""
+) -> tuple[dict[str, Any], Verification | None]:
+    """Check the budget; when it fails, find and exclude the sensitive nodes.
+
+    Returns the diagnosis report and the verification of the model left at ``dst`` (the
+    engine does not verify it again).
+    """
     from onnxopt.errors import VerificationError
-    from onnxopt.pipeline import Pipeline, reference_outputs, verify_model
     from onnxopt.steps.quantize_diagnose import diagnose
     from onnxopt.verify import resolve_tolerance
 
-    reference = reference_outputs(src, ctx)
+    reference = ctx.reference(src)
     tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
-    first = verify_model(dst, reference, tol, ctx)
-    if first["passed"]:
-        return {"needed": False}
-    failure = Pipeline._first_failure(first)
-    result = diagnose(src, dst, cfg, ctx, reference)
+    first = ctx.verify(dst, reference, tol)
+    if first.passed:
+        return {"needed": False}, first
+    failure = first.first_failure()
+    result, verification = diagnose(src, dst, cfg, ctx, reference)
     result.update(needed=True, initial_failure=failure)
     if not result["passed"]:
         raise VerificationError(
@@ -841,4 +845,4 @@ def _diagnose_if_needed(
         len(result["nodes_to_exclude"]),
         result["yaml"],
     )
-    return result
+    return result, verification

@@ -20,7 +20,7 @@ from onnxopt.config import QuantizeStep
 from onnxopt.errors import GateError, OnnxoptError
 from onnxopt.modelio import check_model, iter_graphs, load_model, move_model
 from onnxopt.steps.base import StepContext, StepResult
-from onnxopt.verify import resolve_tolerance
+from onnxopt.verify import Verification, resolve_tolerance
 
 log = logging.getLogger("onnxopt")
 
@@ -83,18 +83,17 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     """Try candidates, verify each, time the survivors with the parent, keep the fastest."""
     from onnxopt.bench.core import Candidate, measure, summarize_measured
     from onnxopt.config import BenchStep
-    from onnxopt.pipeline import reference_outputs, verify_model
     from onnxopt.steps.quantize import quantize_once
 
     model = load_model(src, load_weights=False)
     ops: Counter[str] = Counter(n.op_type for g in iter_graphs(model.graph) for n in g.node)
     del model
     names, skipped = choose_candidates(cfg, ops, ctx.target.provider)
-    reference = reference_outputs(src, ctx)
+    reference = ctx.reference(src)
     work = Path(tempfile.mkdtemp(prefix="auto-", dir=dst.parent))
     rows: list[dict[str, Any]] = []
     survivors: list[tuple[str, Path]] = []
-    verifications: dict[str, dict[str, Any]] = {}
+    verifications: dict[str, Verification] = {}
     base = cfg.model_dump(mode="json")
     try:
         for name in names:
@@ -110,11 +109,12 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
                 continue
             row["quantized_ops"] = produced["new_quantized_ops"]
             tol = resolve_tolerance("quantize", cfg.tolerance, sub.mode)
-            verification = verify_model(path, reference, tol, ctx)
-            cosines = [o.get("cosine", 1.0) for o in verification["main"]["outputs"]]
-            row["cosine"] = min(cosines) if cosines else None
+            verification = ctx.verify(path, reference, tol)
+            row["cosine"] = (
+                verification.min_cosine if (verification.main or {}).get("outputs") else None
+            )
             row["min_cosine"] = tol.min_cosine
-            if not verification["passed"]:
+            if not verification.passed:
                 row.update(status="outside budget")
                 continue
             row["status"] = "verified"

@@ -16,8 +16,8 @@ from typing import Any
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import OnnxoptError
 from onnxopt.modelio import load_model
-from onnxopt.steps.base import Reference, StepContext
-from onnxopt.verify import resolve_tolerance
+from onnxopt.steps.base import StepContext
+from onnxopt.verify import Reference, Verification, resolve_tolerance
 
 log = logging.getLogger("onnxopt")
 
@@ -32,7 +32,6 @@ def rank_nodes(
     measured by its effect on the model's outputs.
     """
     from onnxopt.modelio import constants_to_initializers
-    from onnxopt.pipeline import verify_model
     from onnxopt.steps.quantize import COMPUTE_OPS, name_nodes, quantize_once
 
     model = load_model(src, load_weights=False)
@@ -52,10 +51,7 @@ def rank_nodes(
                 quantize_once(src, probe, one, ctx)
             except OnnxoptError:
                 continue  # this node is not quantizable in this mode
-            verification = verify_model(probe, reference, tol, ctx)
-            cosine = min(
-                (o.get("cosine", 1.0) for o in verification["main"]["outputs"]), default=1.0
-            )
+            cosine = ctx.verify(probe, reference, tol).min_cosine
             ranked.append({"node": name, "error": 1.0 - cosine, "cosine_alone": cosine})
     ranked.sort(key=lambda r: r["error"], reverse=True)
     return ranked
@@ -63,14 +59,14 @@ def rank_nodes(
 
 def diagnose(
     src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext, reference: Reference
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Verification | None]:
     """Exclude sensitive nodes until the budget holds; write the passing model to ``dst``.
 
     Returns:
         A report with the ranking, the rounds tried and the final exclusion list (``passed``
-        tells whether the budget was met).
+        tells whether the budget was met), and the passing model's verification (None when
+        no exclusion list met the budget).
     """
-    from onnxopt.pipeline import verify_model
     from onnxopt.steps.quantize import quantize_once
 
     tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
@@ -78,7 +74,7 @@ def diagnose(
     excluded = list(cfg.nodes_to_exclude)
     rounds: list[dict[str, Any]] = []
     candidates = [r["node"] for r in ranking if r["node"] not in excluded]
-    passed = False
+    passed: Verification | None = None
     while candidates and len(excluded) - len(cfg.nodes_to_exclude) < cfg.diagnose_max_excluded:
         group, candidates = candidates[: cfg.diagnose_group], candidates[cfg.diagnose_group :]
         excluded += group
@@ -88,22 +84,22 @@ def diagnose(
         except OnnxoptError as err:
             rounds.append({"excluded": list(excluded), "error": err.message})
             break
-        verification = verify_model(dst, reference, tol, ctx)
-        cosines = [o.get("cosine", 1.0) for o in verification["main"]["outputs"]]
+        verification = ctx.verify(dst, reference, tol)
         rounds.append(
             {
                 "excluded": list(excluded),
-                "cosine": min(cosines, default=1.0),
-                "passed": verification["passed"],
+                "cosine": verification.min_cosine,
+                "passed": verification.passed,
             }
         )
-        if verification["passed"]:
-            passed = True
+        if verification.passed:
+            passed = verification
             break
-    return {
+    report = {
         "ranking": ranking[:20],
         "rounds": rounds,
-        "passed": passed,
+        "passed": passed is not None,
         "nodes_to_exclude": excluded,
         "yaml": "nodes_to_exclude: [" + ", ".join(excluded) + "]",
     }
+    return report, passed

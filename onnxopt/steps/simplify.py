@@ -10,13 +10,13 @@ from typing import Any
 
 import onnx
 
-from onnxopt.artifacts import model_size
 from onnxopt.config import SimplifyStep
 from onnxopt.errors import ConfigError, StepError, did_you_mean, first_line
 from onnxopt.modelio import (
     external_locations,
     iter_tensors,
     load_model,
+    model_size,
     remove_model,
     save_model,
     summary,

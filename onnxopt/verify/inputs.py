@@ -1,36 +1,19 @@
-"""The shared input set and output comparison with precision-aware tolerances."""
+"""The inputs every artifact is checked on: specs, dims, generated and stored input sets."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
-from onnxopt.config import InputSpec, Tolerance
+from onnxopt.config import InputSpec
 from onnxopt.errors import InputError
 from onnxopt.modelio import graph_inputs, value_info_dtype, value_info_shape
-
-#: Default (atol, rtol, min_cosine) per step type: fp32 graph rewrites are held tight;
-#: reduced precision is judged by cosine (and top-1 agreement when asked), not elementwise.
-DEFAULT_TOLERANCE: dict[str, tuple[float, float, float]] = {
-    "export": (1e-4, 1e-3, 0.9999),
-    "simplify": (1e-4, 1e-3, 0.9999),
-    # compared with the parent run at the conversion's own settings: the same kernels
-    "package": (1e-4, 1e-3, 0.9999),
-    "quantize:fp16": (math.inf, math.inf, 0.999),
-    "quantize:dynamic": (math.inf, math.inf, 0.99),
-    "quantize:static": (math.inf, math.inf, 0.99),
-    "quantize:int4": (math.inf, math.inf, 0.98),
-    # Pruning changes the function on purpose: no bound unless the config sets a budget.
-    "prune": (math.inf, math.inf, -1.0),
-}
 
 #: Value used for a symbolic dim that neither the config nor the CLI gives a value for.
 DEFAULT_DIM = 1
@@ -39,36 +22,21 @@ Inputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class Tol:
-    """Resolved tolerance of one comparison."""
+class InputSet:
+    """The shared inputs of a run: the main set at ``dims`` and the second-shape set.
 
-    atol: float
-    rtol: float
-    min_cosine: float
-    min_top1: float | None = None
+    Every artifact is compared with its parent on ``main`` and, when there is one, on
+    ``second`` (every symbolic dim changed), which proves the dynamic axes still work.
+    """
 
-    def as_dict(self) -> dict[str, float | None]:
-        """Plain dict for reports (unchecked bounds as None)."""
-        return {
-            "atol": None if math.isinf(self.atol) else self.atol,
-            "rtol": None if math.isinf(self.rtol) else self.rtol,
-            "min_cosine": self.min_cosine,
-            "min_top1_agreement": self.min_top1,
-        }
+    main: Inputs
+    dims: dict[str, int]
+    second: Inputs | None = None
+    second_dims: dict[str, int] | None = None
 
-
-def resolve_tolerance(step_type: str, override: Tolerance, mode: str | None = None) -> Tol:
-    """The step's default tolerance with the config's overrides applied."""
-    atol, rtol, cos = DEFAULT_TOLERANCE[f"{step_type}:{mode}" if mode else step_type]
-    return Tol(
-        atol=override.atol if override.atol is not None else atol,
-        rtol=override.rtol if override.rtol is not None else rtol,
-        min_cosine=override.min_cosine if override.min_cosine is not None else cos,
-        min_top1=override.min_top1_agreement,
-    )
-
-
-# ---------------------------------------------------------------- input specs
+    def sets(self) -> list[Inputs]:
+        """The input sets to run, main first."""
+        return [self.main] if self.second is None else [self.main, self.second]
 
 
 def specs_from_model(model: onnx.ModelProto) -> list[InputSpec]:
@@ -178,7 +146,7 @@ def inputs_digest(arrays: Inputs) -> str:
 
 def save_inputs(path: Path, arrays: Inputs) -> None:
     """Write an .npz with fixed timestamps, so equal inputs give equal bytes."""
-    from onnxopt.artifacts import atomic_path
+    from onnxopt._fs import atomic_path
 
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
@@ -237,98 +205,3 @@ def check_inputs_fit(model: onnx.ModelProto, arrays: Inputs, where: str) -> None
                 f"{where}: input {value.name!r} expects {dtype}, the input set gives {arr.dtype}",
                 hint="fix 'dtype' in the inputs spec",
             )
-
-
-# ---------------------------------------------------------------- comparison
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64 = a.astype(np.float64).ravel()
-    b64 = b.astype(np.float64).ravel()
-    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
-    if na == 0 and nb == 0:
-        return 1.0
-    if na == 0 or nb == 0:
-        return 0.0
-    return float(np.dot(a64, b64) / (na * nb))
-
-
-def compare_outputs(
-    reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str], tol: Tol
-) -> dict[str, Any]:
-    """Compare candidate outputs to the reference, output by output.
-
-    Returns:
-        ``{"passed": bool, "outputs": [{name, max_abs_err, max_rel_err, cosine, passed, ...}]}``
-    """
-    if len(reference) != len(candidate):
-        return {
-            "passed": False,
-            "outputs": [],
-            "problem": f"output count differs: {len(reference)} vs {len(candidate)}",
-        }
-    rows = []
-    for name, ref, got in zip(names, reference, candidate, strict=True):
-        row: dict[str, Any] = {"name": name, "shape": list(got.shape)}
-        if ref.shape != got.shape:
-            row.update(passed=False, problem=f"shape {list(got.shape)} != {list(ref.shape)}")
-            rows.append(row)
-            continue
-        if ref.dtype.kind in "fc" or got.dtype.kind in "fc":
-            ref64 = ref.astype(np.float64)
-            got64 = got.astype(np.float64)
-            ref_nan, got_nan = np.isnan(ref64), np.isnan(got64)
-            if np.any(got_nan & ~ref_nan):
-                row.update(passed=False, problem="NaN where the reference has numbers")
-                rows.append(row)
-                continue
-            if np.any(np.isinf(got64) & np.isfinite(ref64)):
-                row.update(passed=False, problem="inf where the reference is finite (overflow?)")
-                rows.append(row)
-                continue
-            ok = ~(ref_nan | got_nan)
-            diff = np.abs(got64[ok] - ref64[ok])
-            max_abs = float(diff.max()) if diff.size else 0.0
-            rel = diff / np.maximum(np.abs(ref64[ok]), 1e-12)
-            max_rel = float(rel.max()) if rel.size else 0.0
-            cosine = _cosine(np.where(ok, ref64, 0), np.where(ok, got64, 0))
-            if math.isinf(tol.atol) or math.isinf(tol.rtol):
-                within = True  # elementwise bounds not checked (inf * 0 would be NaN)
-            else:
-                within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref64[ok])))
-            row.update(max_abs_err=max_abs, max_rel_err=max_rel, cosine=cosine)
-            top1_ok = True
-            if ref.ndim == 2 and ref.shape[1] > 1:
-                top1 = float(np.mean(np.argmax(ref64, axis=1) == np.argmax(got64, axis=1)))
-                row["top1_agreement"] = top1
-                top1_ok = tol.min_top1 is None or top1 >= tol.min_top1
-                if ref.shape[1] > 5:
-                    top5 = np.argsort(-got64, axis=1)[:, :5]
-                    hits = (top5 == np.argmax(ref64, axis=1)[:, None]).any(axis=1)
-                    row["top5_agreement"] = float(np.mean(hits))
-            row["passed"] = within and cosine >= tol.min_cosine and top1_ok
-            if not within:
-                row["problem"] = (
-                    f"max abs error {max_abs:.3g} beyond atol {tol.atol} + rtol {tol.rtol}"
-                )
-            elif cosine < tol.min_cosine:
-                row["problem"] = f"cosine {cosine:.6f} below {tol.min_cosine}"
-            elif not top1_ok:
-                row["problem"] = f"top-1 agreement {row['top1_agreement']:.4f} below {tol.min_top1}"
-        else:
-            mismatched = int(np.count_nonzero(ref != got))
-            row.update(mismatched=mismatched, passed=mismatched == 0)
-            if mismatched:
-                row["problem"] = f"{mismatched} of {ref.size} values differ"
-        rows.append(row)
-    return {"passed": all(r["passed"] for r in rows), "outputs": rows}
-
-
-def failure_text(result: dict[str, Any]) -> str:
-    """One-line summary of the first failing output."""
-    if result.get("problem"):
-        return str(result["problem"])
-    for row in result["outputs"]:
-        if not row["passed"]:
-            return f"output {row['name']!r}: {row.get('problem', 'mismatch')}"
-    return "mismatch"

@@ -1,0 +1,103 @@
+"""Running an artifact on the input set and judging it against a reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxopt.config import InputSpec, Target
+from onnxopt.modelio import graph_inputs, load_model, value_info_shape
+from onnxopt.verify.compare import Tol, Verification, compare_outputs
+from onnxopt.verify.inputs import InputSet
+
+
+@dataclass
+class Reference:
+    """Reference outputs on an input set's main and second-shape inputs."""
+
+    main: list[np.ndarray]
+    second: list[np.ndarray] | None = None
+
+
+def outputs_on(session: Any, inputs: InputSet, where: str) -> Reference:
+    """A session's outputs on the main inputs and, when there are some, the second shape."""
+    from onnxopt.runtime import run_session
+
+    second = run_session(session, inputs.second, where) if inputs.second is not None else None
+    return Reference(main=run_session(session, inputs.main, where), second=second)
+
+
+def reference_outputs(parent: Path, inputs: InputSet, target: Target) -> Reference:
+    """Outputs of ``parent`` on the input set.
+
+    The parent runs as written, with ONNX Runtime's graph rewrites disabled, so a bug in a
+    rewrite cannot hide in the reference.
+    """
+    from onnxopt.runtime import make_session
+
+    return outputs_on(make_session(parent, target, level="disable"), inputs, parent.name)
+
+
+def verify_model(
+    child: Path,
+    reference: Reference,
+    tol: Tol,
+    inputs: InputSet,
+    target: Target,
+    output_names: list[str] | None = None,
+) -> Verification:
+    """Run ``child`` on the input set and compare its outputs with ``reference``."""
+    from onnxopt.runtime import make_session, run_session
+
+    session = make_session(child, target)
+    names = output_names or [o.name for o in session.get_outputs()]
+    got = run_session(session, inputs.main, child.name)
+    main = compare_outputs(reference.main, got, names, tol)
+    second = None
+    if reference.second is not None and inputs.second is not None:
+        got = run_session(session, inputs.second, child.name)
+        second = compare_outputs(reference.second, got, names, tol)
+    return Verification(
+        tolerance=tol.as_dict(), main=main, second=second, second_dims=inputs.second_dims
+    )
+
+
+def dynamic_axes(model_path: Path) -> dict[str, set[int]]:
+    """input name -> axes that are not fixed in the model file."""
+    model = load_model(model_path, load_weights=False)
+    return {
+        v.name: {i for i, d in enumerate(value_info_shape(v)) if not isinstance(d, int) or d <= 0}
+        for v in graph_inputs(model)
+    }
+
+
+def pinned_dims(child: Path, symbolic: dict[str, set[int]]) -> list[str]:
+    """Inputs whose requested symbolic axes became fixed in ``child``."""
+    model = load_model(child, load_weights=False)
+    problems = []
+    for value in graph_inputs(model):
+        shape = value_info_shape(value)
+        for axis in sorted(symbolic.get(value.name, set())):
+            dim = shape[axis] if axis < len(shape) else None
+            if isinstance(dim, int) and dim > 0:
+                problems.append(f"{value.name}[{axis}] fixed to {dim}")
+    return problems
+
+
+def symbolic_axes(specs: list[InputSpec]) -> dict[str, set[int]]:
+    """input name -> axes that are symbolic in the specs."""
+    return {s.name: {i for i, d in enumerate(s.shape) if isinstance(d, str)} for s in specs}
+
+
+def verify_against_parent(
+    parent: Path, child: Path, tol: Tol, inputs: InputSet, target: Target
+) -> Verification:
+    """The check every model-changing step gets: the dynamic dims of the parent are still
+    dynamic, and the child's outputs match the parent's on the input set."""
+    pinned = pinned_dims(child, dynamic_axes(parent))
+    if pinned:
+        return Verification.failed(f"dynamic dims became fixed: {', '.join(pinned)}")
+    return verify_model(child, reference_outputs(parent, inputs, target), tol, inputs, target)

@@ -1,0 +1,204 @@
+"""Comparing outputs with precision-aware tolerances, and the result of a verification."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onnxopt.config import Tolerance
+
+#: Default (atol, rtol, min_cosine) per step type: fp32 graph rewrites are held tight;
+#: reduced precision is judged by cosine (and top-1 agreement when asked), not elementwise.
+DEFAULT_TOLERANCE: dict[str, tuple[float, float, float]] = {
+    "export": (1e-4, 1e-3, 0.9999),
+    "simplify": (1e-4, 1e-3, 0.9999),
+    # compared with the parent run at the conversion's own settings: the same kernels
+    "package": (1e-4, 1e-3, 0.9999),
+    "quantize:fp16": (math.inf, math.inf, 0.999),
+    "quantize:dynamic": (math.inf, math.inf, 0.99),
+    "quantize:static": (math.inf, math.inf, 0.99),
+    "quantize:int4": (math.inf, math.inf, 0.98),
+    # Pruning changes the function on purpose: no bound unless the config sets a budget.
+    "prune": (math.inf, math.inf, -1.0),
+}
+
+
+@dataclass(frozen=True)
+class Tol:
+    """Resolved tolerance of one comparison."""
+
+    atol: float
+    rtol: float
+    min_cosine: float
+    min_top1: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        """Plain dict for reports (unchecked bounds as None)."""
+        return {
+            "atol": None if math.isinf(self.atol) else self.atol,
+            "rtol": None if math.isinf(self.rtol) else self.rtol,
+            "min_cosine": self.min_cosine,
+            "min_top1_agreement": self.min_top1,
+        }
+
+
+def resolve_tolerance(step_type: str, override: Tolerance, mode: str | None = None) -> Tol:
+    """The step's default tolerance with the config's overrides applied."""
+    atol, rtol, cos = DEFAULT_TOLERANCE[f"{step_type}:{mode}" if mode else step_type]
+    return Tol(
+        atol=override.atol if override.atol is not None else atol,
+        rtol=override.rtol if override.rtol is not None else rtol,
+        min_cosine=override.min_cosine if override.min_cosine is not None else cos,
+        min_top1=override.min_top1_agreement,
+    )
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays (1 when both are all zeros)."""
+    a64 = a.astype(np.float64).ravel()
+    b64 = b.astype(np.float64).ravel()
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a64, b64) / (na * nb))
+
+
+def compare_outputs(
+    reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str], tol: Tol
+) -> dict[str, Any]:
+    """Compare candidate outputs to the reference, output by output.
+
+    Returns:
+        ``{"passed": bool, "outputs": [{name, max_abs_err, max_rel_err, cosine, passed, ...}]}``
+    """
+    if len(reference) != len(candidate):
+        return {
+            "passed": False,
+            "outputs": [],
+            "problem": f"output count differs: {len(reference)} vs {len(candidate)}",
+        }
+    rows = []
+    for name, ref, got in zip(names, reference, candidate, strict=True):
+        row: dict[str, Any] = {"name": name, "shape": list(got.shape)}
+        if ref.shape != got.shape:
+            row.update(passed=False, problem=f"shape {list(got.shape)} != {list(ref.shape)}")
+            rows.append(row)
+            continue
+        if ref.dtype.kind in "fc" or got.dtype.kind in "fc":
+            ref64 = ref.astype(np.float64)
+            got64 = got.astype(np.float64)
+            ref_nan, got_nan = np.isnan(ref64), np.isnan(got64)
+            if np.any(got_nan & ~ref_nan):
+                row.update(passed=False, problem="NaN where the reference has numbers")
+                rows.append(row)
+                continue
+            if np.any(np.isinf(got64) & np.isfinite(ref64)):
+                row.update(passed=False, problem="inf where the reference is finite (overflow?)")
+                rows.append(row)
+                continue
+            ok = ~(ref_nan | got_nan)
+            diff = np.abs(got64[ok] - ref64[ok])
+            max_abs = float(diff.max()) if diff.size else 0.0
+            rel = diff / np.maximum(np.abs(ref64[ok]), 1e-12)
+            max_rel = float(rel.max()) if rel.size else 0.0
+            cos = cosine(np.where(ok, ref64, 0), np.where(ok, got64, 0))
+            if math.isinf(tol.atol) or math.isinf(tol.rtol):
+                within = True  # elementwise bounds not checked (inf * 0 would be NaN)
+            else:
+                within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref64[ok])))
+            row.update(max_abs_err=max_abs, max_rel_err=max_rel, cosine=cos)
+            top1_ok = True
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                top1 = float(np.mean(np.argmax(ref64, axis=1) == np.argmax(got64, axis=1)))
+                row["top1_agreement"] = top1
+                top1_ok = tol.min_top1 is None or top1 >= tol.min_top1
+                if ref.shape[1] > 5:
+                    top5 = np.argsort(-got64, axis=1)[:, :5]
+                    hits = (top5 == np.argmax(ref64, axis=1)[:, None]).any(axis=1)
+                    row["top5_agreement"] = float(np.mean(hits))
+            row["passed"] = within and cos >= tol.min_cosine and top1_ok
+            if not within:
+                row["problem"] = (
+                    f"max abs error {max_abs:.3g} beyond atol {tol.atol} + rtol {tol.rtol}"
+                )
+            elif cos < tol.min_cosine:
+                row["problem"] = f"cosine {cos:.6f} below {tol.min_cosine}"
+            elif not top1_ok:
+                row["problem"] = f"top-1 agreement {row['top1_agreement']:.4f} below {tol.min_top1}"
+        else:
+            mismatched = int(np.count_nonzero(ref != got))
+            row.update(mismatched=mismatched, passed=mismatched == 0)
+            if mismatched:
+                row["problem"] = f"{mismatched} of {ref.size} values differ"
+        rows.append(row)
+    return {"passed": all(r["passed"] for r in rows), "outputs": rows}
+
+
+def failure_text(result: dict[str, Any]) -> str:
+    """One-line summary of the first failing output."""
+    if result.get("problem"):
+        return str(result["problem"])
+    for row in result["outputs"]:
+        if not row["passed"]:
+            return f"output {row['name']!r}: {row.get('problem', 'mismatch')}"
+    return "mismatch"
+
+
+def min_cosine(result: dict[str, Any]) -> float:
+    """The lowest cosine of a comparison's outputs (1 when none was measured)."""
+    return min((o.get("cosine", 1.0) for o in result.get("outputs", [])), default=1.0)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The verdict on an artifact: its outputs compared with a reference on an input set.
+
+    ``main`` and ``second`` are :func:`compare_outputs` results on the main and the
+    second-shape inputs; ``problem`` is set when no comparison could be made (a dynamic dim
+    became fixed). :meth:`as_dict` is what the manifest records.
+    """
+
+    tolerance: dict[str, float | None] | None = None
+    main: dict[str, Any] | None = None
+    second: dict[str, Any] | None = None
+    second_dims: dict[str, int] | None = None
+    problem: str | None = None
+
+    @classmethod
+    def failed(cls, problem: str) -> Verification:
+        """A verification that could not compare anything, with the reason."""
+        return cls(problem=problem)
+
+    @property
+    def passed(self) -> bool:
+        """All outputs within tolerance on every input set."""
+        if self.problem is not None or self.main is None:
+            return False
+        return bool(self.main["passed"]) and (self.second is None or bool(self.second["passed"]))
+
+    @property
+    def min_cosine(self) -> float:
+        """The lowest cosine over the outputs on the main inputs."""
+        return min_cosine(self.main or {})
+
+    def first_failure(self) -> str:
+        """One line on what failed first (main inputs, then the second shape)."""
+        for part, where in ((self.main, ""), (self.second, " at the second shape")):
+            if part is not None and not part["passed"]:
+                return failure_text(part) + where
+        return self.problem or "mismatch"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's form of the verification."""
+        if self.problem is not None:
+            return {"passed": False, "problem": self.problem}
+        result: dict[str, Any] = {"tolerance": self.tolerance, "main": self.main}
+        if self.second is not None:
+            result["second_shape"] = {**self.second, "dims": self.second_dims}
+        result["passed"] = self.passed
+        return result
