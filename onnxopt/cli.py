@@ -988,7 +988,7 @@ def bench(
             from onnxopt.config import format_validation_error
 
             if isinstance(err, ValidationError):
-                raise format_validation_error(err, "command line") from None
+                raise format_validation_error(err, "command line", BenchStep) from None
             raise
         specs = specs_from_model(load_model(models[0], load_weights=False))
         overrides = _parse_shapes(shape)

@@ -666,7 +666,7 @@ class Pipeline:
                 tmp_ort, tmp_config = (partial / n for n in names)
                 with _ours_to_blame(partial), scratch_env(partial / "work"):
                     entry["report"] = package.run(parent, tmp_ort, tmp_config, step, ctx)
-                tol = resolve_tolerance("package", step.tolerance)
+                tol = resolve_tolerance(step)
                 reference = package.reference(parent, step, ctx)
                 verification = ctx.verify(tmp_ort, reference, tol)
                 entry["verification"] = verification.as_dict()
@@ -788,7 +788,7 @@ class Pipeline:
         verification = result.verification
         if verification is None:
             assert parent is not None
-            tol = resolve_tolerance(step.type, step.tolerance, getattr(step, "mode", None))
+            tol = resolve_tolerance(step)
             verification = verify_against_parent(parent, tmp, tol, ctx.input_set, ctx.target)
         entry["verification"] = verification.as_dict()
         if not verification.passed:

@@ -1,23 +1,144 @@
-"""The explicit table of steps: name -> (config class, runner), both imported lazily."""
+"""The one table of steps: per step its config class, runner, kind and default tolerance.
+
+Everything else is derived from it: the step types the config accepts, the pipeline rules
+that depend on a step's kind, the cache key's extras, the tolerance a step's artifact is
+judged with. Config classes and runners are import strings, imported when first needed, so
+``onnxopt --help`` imports neither onnx nor onnxruntime.
+
+Adding a step is one module with ``run(src, dst, cfg, ctx) -> StepResult``, one config
+class (a :class:`onnxopt.config.StepBase` with ``type: Literal["name"]``) and one line in
+:data:`STEPS` (or :func:`register`).
+"""
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-#: step type -> "module:function" of its runner.
-STEPS: dict[str, str] = {
-    "export": "onnxopt.steps.export:run",
-    "simplify": "onnxopt.steps.simplify:run",
-    "bench": "onnxopt.steps.bench:run",
-    "quantize": "onnxopt.steps.quantize:run",
-    "prune": "onnxopt.steps.prune:run",
-    "package": "onnxopt.steps.package:run",
-}
+#: model: ONNX in, ONNX out (the chain goes on with the new model); files: ONNX in, other
+#: files out (the chain goes on with the parent); measure: reads every model so far, writes
+#: a report (the chain goes on with the parent)
+Kind = Literal["model", "files", "measure"]
+#: (atol, rtol, min_cosine)
+Bounds = tuple[float, float, float]
+
+#: fp32 graph rewrites are held tight; reduced precision is judged by cosine (and top-1
+#: agreement when asked), not elementwise
+FP32_REWRITE: Bounds = (1e-4, 1e-3, 0.9999)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Everything the engine and the config loader need to know about one step type.
+
+    Attributes:
+        name: the step's ``type`` in YAML, and its subcommand.
+        config: ``module:Class`` of its config (a StepBase subclass).
+        runner: ``module:function`` with ``run(src, dst, cfg, ctx) -> StepResult``.
+        kind: what it reads and writes (see :data:`Kind`).
+        tolerance: the default bounds its artifact is verified with against its parent, or
+            ``module:function`` returning them for a config (per quantization backend).
+        reads_pytorch: it turns the PyTorch source into ONNX (first step, torch extra,
+            torch's version in its cache key, no ONNX parent to guard against).
+        once: it may appear at most once in a pipeline (why, for the error message).
+    """
+
+    name: str
+    config: str
+    runner: str
+    kind: Kind = "model"
+    tolerance: Bounds | str | None = FP32_REWRITE
+    reads_pytorch: bool = False
+    once: str | None = None
+
+
+STEPS: dict[str, StepSpec] = {}
+
+
+def register(spec: StepSpec) -> None:
+    """Add (or replace) a step type."""
+    STEPS[spec.name] = spec
+    _CLASSES.clear()
+
+
+for _spec in (
+    StepSpec(
+        "export",
+        "onnxopt.config.steps:ExportStep",
+        "onnxopt.steps.export:run",
+        reads_pytorch=True,
+    ),
+    StepSpec("simplify", "onnxopt.config.steps:SimplifyStep", "onnxopt.steps.simplify:run"),
+    StepSpec(
+        "bench",
+        "onnxopt.config.steps:BenchStep",
+        "onnxopt.steps.bench:run",
+        kind="measure",
+        tolerance=None,
+    ),
+    StepSpec(
+        "quantize",
+        "onnxopt.config.quantize:QuantizeStep",
+        "onnxopt.steps.quantize:run",
+        tolerance="onnxopt.steps.quantize:default_tolerance",
+        once="quantizing an already quantized model stacks precision losses. Use one step "
+        "(mode: auto tries several recipes)",
+    ),
+    # pruning changes the function on purpose: no bound unless the config sets a budget
+    StepSpec(
+        "prune",
+        "onnxopt.config.steps:PruneStep",
+        "onnxopt.steps.prune:run",
+        tolerance=(math.inf, math.inf, -1.0),
+    ),
+    # compared with its parent run at the conversion's own settings: the same kernels
+    StepSpec("package", "onnxopt.config.steps:PackageStep", "onnxopt.steps.package:run", "files"),
+):
+    STEPS[_spec.name] = _spec
+
+#: Step types that exist in the roadmap but not yet in this release: name -> issue.
+PLANNED: dict[str, int] = {}
+
+
+def spec(step_type: str) -> StepSpec:
+    """The spec of a registered step type."""
+    return STEPS[step_type]
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def runner(step_type: str) -> Callable[..., Any]:
     """Import and return the runner of a step type."""
-    module, _, func = STEPS[step_type].partition(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+    return _load(STEPS[step_type].runner)  # type: ignore[no-any-return]
+
+
+def config_class(step_type: str) -> type[Any]:
+    """Import and return the config class of a step type."""
+    return config_classes()[step_type]
+
+
+def config_classes() -> dict[str, type[Any]]:
+    """Every registered step type's config class, in registration order."""
+    if set(_CLASSES) != set(STEPS):
+        _CLASSES.clear()
+        _CLASSES.update({name: _load(s.config) for name, s in STEPS.items()})
+    return dict(_CLASSES)
+
+
+_CLASSES: dict[str, type[Any]] = {}
+
+
+def default_bounds(step: Any, mode: str | None = None) -> Bounds:
+    """The default (atol, rtol, min_cosine) of a step config (``mode``: a quantize backend)."""
+    bounds = STEPS[step.type].tolerance
+    if bounds is None:
+        raise KeyError(f"step type {step.type!r} produces no model to verify")
+    if isinstance(bounds, str):
+        return _load(bounds)(step, mode)  # type: ignore[no-any-return]
+    return bounds

@@ -63,7 +63,9 @@ def test_unknown_step_type_suggests() -> None:
 
 
 def test_planned_step_is_not_available_yet(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(__import__("onnxopt.config").config.PLANNED_STEPS, "distill", 9)
+    from onnxopt import registry
+
+    monkeypatch.setitem(registry.PLANNED, "distill", 9)
     msg = _err({**BASE, "steps": [{"type": "simplify"}, {"type": "distill"}]})
     assert "steps[1]: step type 'distill' is not available yet" in msg
     assert "(planned, issue 9)" in msg
@@ -136,3 +138,37 @@ def test_missing_pipeline_file(tmp_path: Path) -> None:
     assert proc.returncode == ExitCode.USAGE
     assert "pipeline file not found" in error_line(proc)
     assert finished_artifacts(tmp_path) == []
+
+
+def test_every_problem_is_named_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """`stepz:` for `steps:` reported only "steps: required field is missing (and 1 more
+    problem(s))", hiding the line that names the typo."""
+    text = _err({"model": {"path": "m.onnx"}, "stepz": []})
+    lines = text.splitlines()
+    assert lines[0].startswith("p.yaml: stepz: unknown key; did you mean 'steps'?"), text
+    assert "(and 1 more problem(s), below)" in lines[0]
+    assert lines[1].strip() == "p.yaml: steps: required field is missing"
+    # problems in several steps and outside them: every one, each with its did-you-mean
+    text = _err(
+        {
+            "model": {"path": "m.onnx"},
+            "dimz": {},
+            "steps": [
+                {"type": "simplify", "onnxsim": {"skip_fuse_bm": True}},
+                {"type": "quantise"},
+                {"type": "prune", "ratio": 2},
+            ],
+        }
+    )
+    assert "steps[0].onnxsim.skip_fuse_bm: unknown key; did you mean 'skip_fuse_bn'?" in text
+    assert "steps[1].type: unknown step type 'quantise'; did you mean 'quantize'?" in text
+    assert "steps[2].ratio" in text
+    assert "dimz: unknown key; did you mean 'dims'?" in text
+    assert len(text.splitlines()) == 4
+    # the CLI shows them all: the first on the error line, the others below it
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("model: {path: m.onnx}\nstepz: []\n")
+    proc = run_cli("run", cfg)
+    assert proc.returncode == ExitCode.USAGE
+    assert "did you mean 'steps'?" in error_line(proc)
+    assert "steps: required field is missing" in proc.stderr

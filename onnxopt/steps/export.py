@@ -278,7 +278,7 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
     # Trace with the larger example: exporters may specialise a dim whose example value is 1.
     example = ctx.second_inputs if ctx.second_inputs is not None else ctx.inputs
     args = _to_torch(example, names)
-    tol = resolve_tolerance("export", cfg.tolerance)
+    tol = resolve_tolerance(cfg)
     order = ["dynamo", "torchscript"] if cfg.exporter == "auto" else [cfg.exporter]
     attempts: list[dict[str, Any]] = []
     failed_verification: Verification | None = None

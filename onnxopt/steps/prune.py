@@ -765,7 +765,7 @@ def _cosine_without_compensation(
     channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
     with tempfile.TemporaryDirectory() as tmp:
         probe = save_model(plain, Path(tmp) / "plain.onnx")
-        tol = resolve_tolerance("prune", cfg.tolerance)
+        tol = resolve_tolerance(cfg)
         return ctx.verify(probe, ctx.reference(src), tol).min_cosine
 
 
@@ -778,7 +778,7 @@ def _search_ratio(
     from onnxopt.verify import resolve_tolerance
 
     reference = ctx.reference(src)
-    tol = resolve_tolerance("prune", cfg.tolerance)
+    tol = resolve_tolerance(cfg)
     lo, hi = 0.0, cfg.auto_max_ratio
     trail: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import shutil
 import tempfile
 from collections import Counter
@@ -593,6 +594,20 @@ def _big(path: Path) -> bool:
 
 MODES = {"dynamic": _dynamic, "static": _static, "fp16": _fp16, "int4": _int4}
 
+#: (atol, rtol, min_cosine) per mode: reduced precision is judged by cosine, not elementwise
+TOLERANCE = {
+    "fp16": (math.inf, math.inf, 0.999),
+    "dynamic": (math.inf, math.inf, 0.99),
+    "static": (math.inf, math.inf, 0.99),
+    "int4": (math.inf, math.inf, 0.98),
+}
+
+
+def default_tolerance(cfg: QuantizeStep, mode: str | None = None) -> tuple[float, float, float]:
+    """The default bounds of a quantize step (``mode``: a candidate's, for auto)."""
+    return TOLERANCE[mode or cfg.mode]
+
+
 WHY_NOTHING = {
     "dynamic": "no node of the op types to quantize has float weights as initializers",
     "static": "no node of the op types to quantize was found or all were excluded",
@@ -827,7 +842,7 @@ def _diagnose_if_needed(
     from onnxopt.verify import resolve_tolerance
 
     reference = ctx.reference(src)
-    tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
+    tol = resolve_tolerance(cfg)
     first = ctx.verify(dst, reference, tol)
     if first.passed:
         return {"needed": False}, first

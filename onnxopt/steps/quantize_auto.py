@@ -108,7 +108,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
                 row.update(status="failed", reason=err.message)
                 continue
             row["quantized_ops"] = produced["new_quantized_ops"]
-            tol = resolve_tolerance("quantize", cfg.tolerance, sub.mode)
+            tol = resolve_tolerance(sub)
             verification = ctx.verify(path, reference, tol)
             row["cosine"] = (
                 verification.min_cosine if (verification.main or {}).get("outputs") else None

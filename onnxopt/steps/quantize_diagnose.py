@@ -40,7 +40,7 @@ def rank_nodes(
     names = [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
     names = [n for n in names if n not in cfg.nodes_to_exclude]
     del model
-    tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
+    tol = resolve_tolerance(cfg)
     ranked = []
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "one.onnx"
@@ -69,7 +69,7 @@ def diagnose(
     """
     from onnxopt.steps.quantize import quantize_once
 
-    tol = resolve_tolerance("quantize", cfg.tolerance, cfg.mode)
+    tol = resolve_tolerance(cfg)
     ranking = rank_nodes(src, cfg, ctx, reference)
     excluded = list(cfg.nodes_to_exclude)
     rounds: list[dict[str, Any]] = []

@@ -14,7 +14,6 @@ from onnxopt.verify.check import (
     verify_model,
 )
 from onnxopt.verify.compare import (
-    DEFAULT_TOLERANCE,
     Tol,
     Verification,
     compare_outputs,
@@ -41,7 +40,6 @@ from onnxopt.verify.inputs import (
 
 __all__ = [
     "DEFAULT_DIM",
-    "DEFAULT_TOLERANCE",
     "InputSet",
     "Inputs",
     "Reference",

@@ -8,22 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxopt.config import Tolerance
-
-#: Default (atol, rtol, min_cosine) per step type: fp32 graph rewrites are held tight;
-#: reduced precision is judged by cosine (and top-1 agreement when asked), not elementwise.
-DEFAULT_TOLERANCE: dict[str, tuple[float, float, float]] = {
-    "export": (1e-4, 1e-3, 0.9999),
-    "simplify": (1e-4, 1e-3, 0.9999),
-    # compared with the parent run at the conversion's own settings: the same kernels
-    "package": (1e-4, 1e-3, 0.9999),
-    "quantize:fp16": (math.inf, math.inf, 0.999),
-    "quantize:dynamic": (math.inf, math.inf, 0.99),
-    "quantize:static": (math.inf, math.inf, 0.99),
-    "quantize:int4": (math.inf, math.inf, 0.98),
-    # Pruning changes the function on purpose: no bound unless the config sets a budget.
-    "prune": (math.inf, math.inf, -1.0),
-}
+from onnxopt.config import StepBase
 
 
 @dataclass(frozen=True)
@@ -45,9 +30,13 @@ class Tol:
         }
 
 
-def resolve_tolerance(step_type: str, override: Tolerance, mode: str | None = None) -> Tol:
-    """The step's default tolerance with the config's overrides applied."""
-    atol, rtol, cos = DEFAULT_TOLERANCE[f"{step_type}:{mode}" if mode else step_type]
+def resolve_tolerance(step: StepBase, mode: str | None = None) -> Tol:
+    """A step's tolerance: its type's default (per backend for quantize, ``mode``
+    overriding the step's own), with the step config's ``tolerance`` overrides applied."""
+    from onnxopt import registry
+
+    atol, rtol, cos = registry.default_bounds(step, mode)
+    override = step.tolerance
     return Tol(
         atol=override.atol if override.atol is not None else atol,
         rtol=override.rtol if override.rtol is not None else rtol,
