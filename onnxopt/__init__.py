@@ -31,7 +31,7 @@ _LAZY = {
     "inspect_model": "onnxopt.inspection",
     "load_config": "onnxopt.config",
     "parse_config": "onnxopt.config",
-    "run_pipeline": "onnxopt.pipeline",
+    "run_pipeline": "onnxopt.engine",
     "export": "onnxopt.api",
     "simplify": "onnxopt.api",
     "quantize": "onnxopt.api",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.config import parse_config
-from onnxopt.pipeline import run_to_file
+from onnxopt.engine import run_to_file
 
 
 def export(

@@ -270,7 +270,7 @@ def _execute(
     quiet: bool,
     wait: bool = True,
 ) -> dict[str, Any]:
-    from onnxopt.pipeline import run_pipeline
+    from onnxopt.engine import run_pipeline
 
     progress = _Progress(_stderr(), enabled=not quiet and not as_json)
     try:
@@ -352,7 +352,7 @@ def _single_step(
 ) -> None:
     """Run a one-step pipeline and put its verified artifact at ``output``."""
     from onnxopt.config import parse_config
-    from onnxopt.pipeline import run_to_file
+    from onnxopt.engine import run_to_file
 
     config = parse_config(data, "command line")
     progress = _Progress(_stderr(), enabled=not quiet and not as_json)

@@ -44,6 +44,8 @@ class StepSpec:
         reads_pytorch: it turns the PyTorch source into ONNX (first step, torch extra,
             torch's version in its cache key, no ONNX parent to guard against).
         once: it may appear at most once in a pipeline (why, for the error message).
+        suffix: the file name ending of a files or measure step's output
+            (``NN-<name><suffix>``; a model step writes ``NN-<name>-<hash8>.onnx``).
     """
 
     name: str
@@ -53,6 +55,7 @@ class StepSpec:
     tolerance: Bounds | str | None = FP32_REWRITE
     reads_pytorch: bool = False
     once: str | None = None
+    suffix: str = ".onnx"
 
 
 STEPS: dict[str, StepSpec] = {}
@@ -78,6 +81,7 @@ for _spec in (
         "onnxopt.steps.bench:run",
         kind="measure",
         tolerance=None,
+        suffix=".json",
     ),
     StepSpec(
         "quantize",
@@ -95,7 +99,13 @@ for _spec in (
         tolerance=(math.inf, math.inf, -1.0),
     ),
     # compared with its parent run at the conversion's own settings: the same kernels
-    StepSpec("package", "onnxopt.config.steps:PackageStep", "onnxopt.steps.package:run", "files"),
+    StepSpec(
+        "package",
+        "onnxopt.config.steps:PackageStep",
+        "onnxopt.steps.package:run",
+        kind="files",
+        suffix=".ort",
+    ),
 ):
     STEPS[_spec.name] = _spec
 

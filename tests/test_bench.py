@@ -14,8 +14,8 @@ from onnxopt.bench import stats
 from onnxopt.bench.core import resolve_providers
 from onnxopt.bench.runner import load_report
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import ExitCode, InputError
-from onnxopt.pipeline import run_pipeline
 from tests import models
 from tests.conftest import Untouched, error_line, run_cli
 

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import ConfigError, ExitCode
-from onnxopt.pipeline import run_pipeline
 from tests import models
 from tests.conftest import (
     SAMPLES,

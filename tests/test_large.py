@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.inspection import inspect_model
 from onnxopt.modelio import TWO_GB, external_data_files
-from onnxopt.pipeline import run_pipeline
 from tests import models
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 from onnx import helper
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import InputError
 from onnxopt.modelio import (
     external_data_files,
@@ -20,7 +21,6 @@ from onnxopt.modelio import (
     move_model,
     save_model,
 )
-from onnxopt.pipeline import run_pipeline
 from tests import models
 from tests.conftest import error_line, run_cli
 

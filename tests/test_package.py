@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import ConfigError, ExitCode
-from onnxopt.pipeline import run_pipeline
 from onnxopt.verify import make_inputs, specs_from_model
 from tests import models
 from tests.conftest import Untouched, error_line, run_cli
@@ -33,6 +33,7 @@ def test_cli_package_writes_a_matching_ort_file_and_operator_config(tmp_path: Pa
     assert entry["verification"]["passed"] is True
     assert out.read_bytes()[4:8] == b"ORTM"  # the flatbuffer identifier of the ORT format
     config = tmp_path / "dist" / "c.required_operators.config"
+    assert str(tmp_path) not in config.read_text()  # no scratch path in a deliverable
     lines = [ln for ln in config.read_text().splitlines() if not ln.startswith("#")]
     ops = {op for ln in lines if ln for op in ln.split(";")[2].split(",")}
     assert "Conv" in ops

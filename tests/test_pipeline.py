@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import ExitCode, InputError, VerificationError
 from onnxopt.modelio import model_digest
-from onnxopt.pipeline import run_pipeline
 from tests import models
 from tests.conftest import error_line, finished_artifacts, run_cli, write_yaml
 
@@ -300,7 +300,7 @@ def test_artifacts_of_an_older_config_are_removed_on_success_only(tmp_path: Path
 
 def test_a_symbolic_dim_without_a_value_defaults_to_one_and_is_recorded(tmp_path: Path) -> None:
     from onnxopt.config import parse_config
-    from onnxopt.pipeline import run_pipeline
+    from onnxopt.engine import run_pipeline
     from tests import models
 
     src = models.add_relu(tmp_path / "m.onnx")

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import ExitCode, StepError
-from onnxopt.pipeline import run_pipeline
 from tests.conftest import Untouched, error_line, run_cli, write_yaml
 
 RNG = np.random.default_rng(0)
@@ -452,7 +452,7 @@ def test_magnitude_pruning_streams_external_weights(tmp_path: Path) -> None:
     from onnx import numpy_helper
 
     from onnxopt.config import parse_config
-    from onnxopt.pipeline import run_pipeline
+    from onnxopt.engine import run_pipeline
     from tests import models
 
     src = models.matmul_chain(tmp_path / "ext.onnx", 3, 64, external=True)

@@ -9,9 +9,9 @@ import onnx
 import pytest
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import ConfigError, ExitCode, InputError, StepError, VerificationError
 from onnxopt.modelio import op_histogram
-from onnxopt.pipeline import run_pipeline
 from onnxopt.verify import Tol, compare_outputs
 from tests import models
 from tests.conftest import error_line, finished_artifacts, run_cli, write_yaml
@@ -396,8 +396,8 @@ def test_static_per_channel_below_opset_13_is_converted_first(tmp_path: Path, op
 def test_an_invalid_file_from_a_library_is_its_failure_and_names_no_scratch_path(
     tmp_path: Path,
 ) -> None:
+    from onnxopt.engine.step import ours_to_blame as _ours_to_blame
     from onnxopt.modelio import load_model
-    from onnxopt.pipeline import _ours_to_blame
 
     scratch = tmp_path / ".q.onnx.work-abc" / ".01-quantize-1234.onnx.partial"
     scratch.mkdir(parents=True)

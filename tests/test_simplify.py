@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from onnxopt.config import parse_config
+from onnxopt.engine import run_pipeline
 from onnxopt.errors import ExitCode
 from onnxopt.modelio import io_table, op_histogram
-from onnxopt.pipeline import run_pipeline
 from tests import models
 from tests.conftest import SAMPLES, error_line, run_cli
 

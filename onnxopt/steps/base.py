@@ -85,6 +85,8 @@ class StepResult:
             bench report's Markdown), published with it.
         failure: an error to raise after the step's files are published and recorded (a
             bench gate: the report is kept for reading).
+        speed: the step timed its result against its parent itself (quantize auto): the
+            comparison, which the engine records instead of timing again.
     """
 
     report: dict[str, Any] = field(default_factory=dict)
@@ -93,3 +95,4 @@ class StepResult:
     keep_parent: bool = False
     files: list[Path] = field(default_factory=list)
     failure: OnnxoptError | None = None
+    speed: dict[str, Any] | None = None

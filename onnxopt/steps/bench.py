@@ -5,19 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from onnxopt._fs import write_json_atomic, write_text_atomic
+from onnxopt.bench import report as bench_report
 from onnxopt.bench.core import Candidate
-from onnxopt.bench.runner import InputSource, run_bench
+from onnxopt.bench.runner import InputSource, raise_for_gates, run_bench
 from onnxopt.config import BenchStep
-from onnxopt.steps.base import StepContext
+from onnxopt.errors import GateError
+from onnxopt.steps.base import StepContext, StepResult
 
 
-def run(chain: list[tuple[str, Path]], cfg: BenchStep, ctx: StepContext) -> dict[str, Any]:
-    """Benchmark the chain of models (source first) on the pipeline's shared inputs.
+def run(src: Path | None, dst: Path, cfg: BenchStep, ctx: StepContext) -> StepResult:
+    """Benchmark the chain of models so far (source first) on the pipeline's shared inputs.
 
-    Returns:
-        The bench report (gates evaluated, not raised).
+    Writes the report to ``dst`` (JSON, schema ``onnxopt.bench/1``) and its Markdown beside
+    it; a failed gate is returned as the result's failure, raised once both are kept.
     """
-    candidates = [Candidate(label, path) for label, path in chain]
+    del src  # the whole chain is measured
+    candidates = [Candidate(label, path) for label, path in ctx.chain]
     if cfg.baseline is not None:  # relative to the pipeline file, like every path in it
         baseline = Path(cfg.baseline)
         resolved = baseline if baseline.is_absolute() else ctx.base_dir / baseline
@@ -25,7 +29,16 @@ def run(chain: list[tuple[str, Path]], cfg: BenchStep, ctx: StepContext) -> dict
     source = InputSource(specs=ctx.specs, dims=ctx.dims, seed=ctx.config.verify.seed)
     if not cfg.batch_sizes:
         source.fixed = ctx.inputs
-    return run_bench(candidates, source, cfg, ctx.target)
+    report = run_bench(candidates, source, cfg, ctx.target)
+    write_json_atomic(dst, report)
+    markdown = dst.with_suffix(".md")
+    write_text_atomic(markdown, bench_report.markdown(report))
+    failure = None
+    try:
+        raise_for_gates(report)
+    except GateError as err:
+        failure = err
+    return StepResult(report=summary(report), files=[markdown], failure=failure)
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,8 @@ from typing import Any
 
 from onnxopt.config import PackageStep
 from onnxopt.errors import StepError, first_line
-from onnxopt.steps.base import StepContext
-
-
-def file_names(index: int, cfg: PackageStep) -> tuple[str, str]:
-    """The .ort file and its operator config, named after the step."""
-    config = "required_operators_and_types" if cfg.type_reduction else "required_operators"
-    return f"{index:02d}-package.ort", f"{index:02d}-package.{config}.config"
+from onnxopt.steps.base import StepContext, StepResult
+from onnxopt.verify import Reference, resolve_tolerance
 
 
 def _options(cfg: PackageStep) -> tuple[Any, list[str] | None]:
@@ -42,7 +37,7 @@ def _options(cfg: PackageStep) -> tuple[Any, list[str] | None]:
     return opts, disabled
 
 
-def reference(parent: Path, cfg: PackageStep, ctx: StepContext) -> Any:
+def reference(parent: Path, cfg: PackageStep, ctx: StepContext) -> Reference:
     """The parent's outputs under the conversion's own settings (what the .ort freezes)."""
     import onnxruntime as ort
 
@@ -85,6 +80,10 @@ def convert(parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep) -
         ) from None
     if not ort_path.is_file() or not config_path.is_file():
         raise StepError(f"ORT format conversion of {parent.name} wrote no file")
+    # the converter names the model it read by its full path, a scratch path here: name the
+    # file only, so the config's bytes do not depend on the folder it was made in
+    text = config_path.read_text(encoding="utf-8")
+    config_path.write_text(text.replace(str(ort_path), ort_path.name), encoding="utf-8")
     ops = [
         line.strip()
         for line in config_path.read_text(encoding="utf-8").splitlines()
@@ -120,9 +119,12 @@ def _op_names(line: str) -> list[str]:
     return names
 
 
-def run(
-    parent: Path, ort_path: Path, config_path: Path, cfg: PackageStep, ctx: StepContext
-) -> dict[str, Any]:
-    """Convert; the pipeline verifies the .ort file afterwards."""
-    del ctx
-    return convert(parent, ort_path, config_path, cfg)
+def run(src: Path | None, dst: Path, cfg: PackageStep, ctx: StepContext) -> StepResult:
+    """Convert ``src`` into ``dst`` (.ort) and its operator config beside it, then check the
+    .ort file against ``src`` run at the conversion's own settings."""
+    assert src is not None
+    kind = "required_operators_and_types" if cfg.type_reduction else "required_operators"
+    config_path = dst.with_suffix(f".{kind}.config")
+    report = convert(src, dst, config_path, cfg)
+    verification = ctx.verify(dst, reference(src, cfg, ctx), resolve_tolerance(cfg))
+    return StepResult(report=report, verification=verification, files=[config_path])

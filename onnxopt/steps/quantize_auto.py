@@ -81,8 +81,7 @@ def choose_candidates(
 
 def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
     """Try candidates, verify each, time the survivors with the parent, keep the fastest."""
-    from onnxopt.bench.core import Candidate, measure, summarize_measured
-    from onnxopt.config import BenchStep
+    from onnxopt.bench.compare import compare_with_parent
     from onnxopt.steps.quantize import quantize_once
 
     model = load_model(src, load_weights=False)
@@ -121,31 +120,29 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
             survivors.append((name, path))
             verifications[name] = verification
         chosen: str | None = None
+        timed: dict[str, dict[str, Any]] = {}
         if survivors:
-            timing = BenchStep(
-                type="bench", warmup=cfg.auto.warmup, runs=cfg.auto.runs, trials=cfg.auto.trials
-            )
-            measured = measure(
-                [Candidate("parent", src)] + [Candidate(n, p) for n, p in survivors],
+            timed = compare_with_parent(
+                src,
+                survivors,
                 ctx.inputs,
-                timing,
                 ctx.target,
+                warmup=cfg.auto.warmup,
+                runs=cfg.auto.runs,
+                trials=cfg.auto.trials,
             )
-            summary = summarize_measured(measured, batch=1)
-            parent_ms = summary[0]["latency_ms"]["p50"]
             best_ratio = 1.0
-            for stats_row in summary[1:]:
-                cmp_ = stats_row["compare"]
-                row = next(r for r in rows if r["recipe"] == stats_row["model"])
+            for name, cmp_ in timed.items():
+                row = next(r for r in rows if r["recipe"] == name)
                 row.update(
-                    median_ms=stats_row["latency_ms"]["p50"],
-                    parent_median_ms=parent_ms,
+                    median_ms=cmp_["median_ms"],
+                    parent_median_ms=cmp_["parent_median_ms"],
                     speedup=cmp_["speedup"],
                     ratio_ci=cmp_["ratio_ci"],
                     verdict=cmp_["verdict"],
                 )
                 if cmp_["verdict"] == "faster" and cmp_["ratio"] < best_ratio:
-                    best_ratio, chosen = cmp_["ratio"], stats_row["model"]
+                    best_ratio, chosen = cmp_["ratio"], name
         report: dict[str, Any] = {
             "mode": "auto",
             "candidates": rows,
@@ -171,6 +168,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
                 keep_parent=True,
             )
         move_model(dict(survivors)[chosen], dst)
-        return StepResult(report=report, verification=verifications[chosen])
+        speed = {k: v for k, v in timed[chosen].items() if k != "verdict"}
+        return StepResult(report=report, verification=verifications[chosen], speed=speed)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""What a run sets up before its first step: the source model, the input set, the context
+every step receives, and the check that it overwrites none of the user's files."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from onnxopt import modelio
+from onnxopt.config import InputSpec, PipelineConfig
+from onnxopt.engine.cache import resolve
+from onnxopt.engine.lock import LOCK_NAME
+from onnxopt.engine.manifest import INPUTS_NAME, MANIFEST_NAME, written_by_onnxopt
+from onnxopt.errors import InputError, OnnxoptError
+from onnxopt.steps.base import StepContext
+from onnxopt.verify import (
+    InputSet,
+    check_inputs_fit,
+    inputs_digest,
+    load_inputs,
+    make_inputs,
+    resolve_dims,
+    save_inputs,
+    second_dims,
+    specs_from_model,
+    symbolic_dims,
+)
+
+log = logging.getLogger("onnxopt")
+
+
+def source_model(config: PipelineConfig, base_dir: Path) -> Path | None:
+    """The pipeline's ONNX source, checked (None for a PyTorch source)."""
+    if config.model.path is None:
+        return None
+    path = resolve(base_dir, config.model.path)
+    modelio.load_model(path, load_weights=False)  # also runs onnx.checker on the file
+    return path.resolve()
+
+
+def input_specs(config: PipelineConfig, base_dir: Path, source: Path | None) -> list[InputSpec]:
+    """The inputs' specs: from the config, a Hugging Face folder's processor, or the graph."""
+    if config.inputs is not None:
+        return list(config.inputs)
+    if config.model.huggingface:
+        from onnxopt.hf import input_specs as hf_specs
+
+        folder = resolve(base_dir, config.model.huggingface)
+        return [InputSpec(**s) for s in hf_specs(folder, config.model.task)]
+    assert source is not None
+    return specs_from_model(modelio.load_model(source, load_weights=False))
+
+
+def build_context(
+    config: PipelineConfig,
+    base_dir: Path,
+    invocation_dir: Path,
+    source: Path | None,
+    out_dir: Path,
+) -> tuple[StepContext, dict[str, Any]]:
+    """The input set (saved as ``inputs.npz``) and the context every step gets.
+
+    Returns the context and the manifest's record of the input set.
+    """
+    specs = input_specs(config, base_dir, source)
+    if config.verify.inputs_file:
+        inputs = load_inputs(resolve(base_dir, config.verify.inputs_file))
+        dims = _dims_from_arrays(specs, inputs)
+        defaulted: list[str] = []
+    else:
+        dims, defaulted = resolve_dims(specs, config.dims)
+        inputs = make_inputs(specs, dims, config.verify.seed)
+    unknown = sorted(set(config.dims) - set(symbolic_dims(specs)))
+    if unknown:
+        raise InputError(
+            f"dims {unknown} are not symbolic dims of the inputs; "
+            f"the inputs have {symbolic_dims(specs) or 'no symbolic dims'}"
+        )
+    if source is not None:
+        check_inputs_fit(modelio.load_model(source, load_weights=False), inputs, source.name)
+    for name in defaulted:
+        log.info("dim %r has no value in 'dims'; using 1 for verification inputs", name)
+    alt_dims = alt_inputs = None
+    if config.verify.second_shape and dims:
+        alt_dims = second_dims(dims, config.verify.second_dims)
+        alt_inputs = make_inputs(specs, alt_dims, config.verify.seed + 1)
+    save_inputs(out_dir / INPUTS_NAME, inputs)
+    record = {
+        "path": INPUTS_NAME,
+        "digest": inputs_digest(inputs),
+        "source": config.verify.inputs_file or f"generated (seed {config.verify.seed})",
+        "specs": [s.model_dump() for s in specs],
+        "dims": dims,
+        "defaulted_dims": defaulted,
+        "second_dims": alt_dims,
+    }
+    ctx = StepContext(
+        config=config,
+        base_dir=base_dir,
+        specs=specs,
+        input_set=InputSet(main=inputs, dims=dims, second=alt_inputs, second_dims=alt_dims),
+        invocation_dir=invocation_dir,
+    )
+    return ctx, record
+
+
+def _dims_from_arrays(specs: list[InputSpec], arrays: dict[str, Any]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            raise InputError(
+                f"the inputs file has no array {spec.name!r}; it has {sorted(arrays)}",
+                hint="name the arrays after the model inputs",
+            )
+        arr = arrays[spec.name]
+        if arr.ndim != len(spec.shape):
+            raise InputError(
+                f"inputs file: {spec.name!r} has shape {list(arr.shape)}, "
+                f"expected rank {len(spec.shape)} {spec.shape}"
+            )
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str):
+                dims.setdefault(dim, int(arr.shape[axis]))
+    return dims
+
+
+def input_files(config: PipelineConfig, base_dir: Path) -> list[Path]:
+    """The user's files a run reads: model, weights, inputs, calibration data, baselines."""
+    named = [config.model.path, config.model.weights, config.verify.inputs_file]
+    for step in config.steps:
+        static = getattr(step, "static", None)
+        named.append(static.calibration.path if static is not None else None)
+        named.append(getattr(step, "baseline", None))
+    files = [resolve(base_dir, n).resolve() for n in named if n]
+    if config.model.path and files and files[0].is_file():
+        with contextlib.suppress(OnnxoptError, OSError):
+            files += [p.resolve() for p in modelio.external_data_files(files[0])]
+    return files
+
+
+def refuse_clobbering(
+    config: PipelineConfig, base_dir: Path, out_dir: Path, previous: Any, owned: set[str]
+) -> None:
+    """Fail before any work if a run would overwrite or delete a file it did not write.
+
+    The run writes inputs.npz and manifest.json into its folder and may delete artifacts
+    that an earlier run's manifest records; none of them may be one of the user's files.
+    """
+    ours = {INPUTS_NAME, MANIFEST_NAME, LOCK_NAME} | owned
+    for path in input_files(config, base_dir):
+        if path.parent == out_dir and path.name in ours:
+            raise InputError(
+                f"{path} is an input of this run, and the run writes or removes "
+                f"{path.name} in its output folder {out_dir}",
+                hint="choose another output_dir (or rename the file)",
+            )
+    manifest = out_dir / MANIFEST_NAME
+    if previous is None and (manifest.exists() or (out_dir / INPUTS_NAME).exists()):
+        found = manifest if manifest.exists() else out_dir / INPUTS_NAME
+        if not written_by_onnxopt(manifest):
+            raise InputError(
+                f"output folder {out_dir} holds {found.name}, which onnxopt did not write; "
+                "a run would overwrite it",
+                hint="choose another output_dir, or move that file away",
+            )

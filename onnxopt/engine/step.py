@@ -1,0 +1,302 @@
+"""One step as a transaction: key, reuse, record, run in a scratch folder, check, publish.
+
+Every kind of step (see :data:`onnxopt.registry.Kind`) goes through :meth:`StepRun.run`:
+the cache key, a cache hit, the manifest entry, the step's run inside its own scratch
+folder (its current and temp folder too), then per kind: a model is checked, verified
+against its parent and speed-guarded; files and reports are published as they are. A file
+is on disk only once its entry says ``ok``; a failure or an interrupt removes what the
+step published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from onnxopt import _fs, modelio, registry
+from onnxopt.bench.compare import speed_guard
+from onnxopt.config import PipelineConfig, StepBase
+from onnxopt.engine import cache
+from onnxopt.engine.manifest import Manifest, now
+from onnxopt.errors import InputError, StepError, VerificationError
+from onnxopt.steps.base import StepContext, StepResult
+from onnxopt.verify import Verification, resolve_tolerance, verify_against_parent
+
+log = logging.getLogger("onnxopt")
+
+#: the manifest field that records what a step of each kind published
+_PUBLISHED_AS = {"model": "output", "files": "files", "measure": "report_file"}
+
+Event = Callable[..., None]
+#: (label, path, digest) of each model of the chain so far
+Chain = list[tuple[str, Path, str]]
+
+
+@contextlib.contextmanager
+def ours_to_blame(scratch: Path) -> Iterator[None]:
+    """A bad-input error about a file in a step's scratch folder is onnxopt's failure.
+
+    Such a file was written by onnxopt or a library it called, so the error is exit 1, not a
+    usage error, and its message names the file, not the scratch path the user never gave.
+    """
+    try:
+        yield
+    except InputError as err:
+        where = str(scratch)
+        if where not in str(err):
+            raise
+        pattern = re.escape(where) + r"[^\s:;,)'\"]*"
+
+        def scrub(text: str) -> str:
+            return re.sub(pattern, lambda m: Path(m.group()).name or "a scratch file", text)
+
+        raise StepError(
+            f"onnxopt or a library it calls wrote an unusable file: {scrub(err.message)}",
+            hint="this is not a problem with your input; please report it",
+        ) from None
+
+
+@dataclasses.dataclass
+class StepRun:
+    """Runs the steps of one pipeline run into its output folder."""
+
+    config: PipelineConfig
+    out_dir: Path
+    manifest: Manifest
+    ctx: StepContext
+    emit: Event
+    force: bool
+
+    def run(
+        self, index: int, step: StepBase, parent: Path | None, digest: str, chain: Chain
+    ) -> tuple[Path | None, str]:
+        """Run step ``index`` on ``parent``; return what the chain continues with."""
+        spec = registry.spec(step.type)
+        reads = [(n, d) for n, _, d in chain] if spec.kind == "measure" else digest
+        key = cache.step_key(spec, index, step, reads, self.config, self.manifest.data["inputs"])
+        name = cache.output_name(spec, index, key)
+        final = self.out_dir / name
+        self.emit("step_start", index=index, total=len(self.config.steps), step=_label(step))
+        hit = self._cached(index, key)
+        if hit is not None:
+            self.emit("step_end", entry=hit)
+            if spec.kind == "model" and not hit.get("kept_parent"):
+                return final, hit["output"]["sha256"]
+            return parent, digest
+        entry = self._entry(index, step, key, spec, parent, digest, chain)
+        published: list[Path] = []
+
+        def undo(err: BaseException) -> None:
+            if spec.kind == "measure" and not isinstance(err, KeyboardInterrupt):
+                return  # a failed gate keeps its report to read
+            entry.pop(_PUBLISHED_AS[spec.kind], None)
+            for path in published:
+                modelio.remove_model(path) if spec.kind == "model" else path.unlink(missing_ok=True)
+
+        partial = self.out_dir / f".{name}.partial"
+        try:
+            with self.manifest.recording(entry, undo) as started:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                ctx = dataclasses.replace(
+                    self.ctx, scratch=partial / "work", chain=[(n, p) for n, p, _ in chain]
+                )
+                with ours_to_blame(partial), _fs.scratch_env(partial / "work"):
+                    result: StepResult = registry.runner(step.type)(
+                        parent, partial / name, step, ctx
+                    )
+                entry["report"] = result.report
+                entry["warnings"] = result.warnings
+                for text in result.warnings:
+                    log.warning("step %d (%s): %s", index, step.type, text)
+                if result.keep_parent and parent is not None:
+                    reason = str(result.report.get("reason") or "the step found nothing better")
+                    return self._keep_parent(entry, parent, digest, started, reason)
+                if spec.kind == "model":
+                    kept = self._check_model(index, step, entry, parent, partial / name, result)
+                    if kept is not None and parent is not None:
+                        return self._keep_parent(entry, parent, digest, started, kept)
+                elif result.verification is not None:
+                    self._judge(index, step, entry, result.verification)
+                fields = self._publish(spec, partial / name, final, result, published)
+                self.manifest.finished(entry, started, **fields)
+                if result.failure is not None:
+                    raise result.failure
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        self.emit("step_end", entry=entry)
+        if spec.kind == "model":
+            return final, entry["output"]["sha256"]
+        return parent, digest
+
+    def _cached(self, index: int, key: str) -> dict[str, Any] | None:
+        """Record and return a cache hit of step ``index``, or None on a miss."""
+        if self.force:
+            return None
+        for entry in self.manifest.previous_entries(index, key):
+            if entry.get("status") not in ("ok", "cached"):
+                return None
+            if cache.intact(entry, self.out_dir):
+                return self.manifest.reuse(entry)
+            return None
+        return None
+
+    def _entry(
+        self,
+        index: int,
+        step: StepBase,
+        key: str,
+        spec: registry.StepSpec,
+        parent: Path | None,
+        digest: str,
+        chain: Chain,
+    ) -> dict[str, Any]:
+        """A new manifest entry for step ``index``, status running."""
+        fields: dict[str, Any]
+        if spec.kind == "measure":
+            fields = {
+                "models": [{"label": n, "path": str(p), "sha256": d} for n, p, d in chain],
+                "output": None,
+            }
+        else:
+            fields = {"parent": self._parent_label(parent), "input": {"sha256": digest}}
+            if spec.kind == "model":
+                fields["versions"] = cache.tool_versions(include_torch=spec.reads_pytorch)
+            else:
+                fields["output"] = None
+        return {
+            "index": index,
+            "type": step.type,
+            "name": _label(step),
+            "status": "running",
+            "key": key,
+            **fields,
+            "config": step.model_dump(mode="json"),
+            "started": now(),
+        }
+
+    def _parent_label(self, parent: Path | None) -> str:
+        if parent is None:
+            return f"pytorch:{self.config.model.label}"
+        return str(
+            parent.relative_to(self.out_dir) if parent.is_relative_to(self.out_dir) else parent
+        )
+
+    def _judge(
+        self, index: int, step: StepBase, entry: dict[str, Any], verification: Verification
+    ) -> None:
+        entry["verification"] = verification.as_dict()
+        if not verification.passed:
+            raise VerificationError(
+                f"step {index} ({step.type}): output differs from its parent: "
+                f"{verification.first_failure()}",
+                hint="loosen 'tolerance' only if this precision loss is expected",
+            )
+
+    def _check_model(
+        self,
+        index: int,
+        step: StepBase,
+        entry: dict[str, Any],
+        parent: Path | None,
+        tmp: Path,
+        result: StepResult,
+    ) -> str | None:
+        """Check, verify and time a new model; the reason when its parent is to be kept."""
+        if not tmp.is_file():
+            raise StepError(f"step {index} ({step.type}) wrote no model")
+        modelio.check_model(tmp, produced_by=f"step {index} ({step.type})")
+        verification = result.verification
+        if verification is None:
+            assert parent is not None
+            tol = resolve_tolerance(step)
+            verification = verify_against_parent(
+                parent, tmp, tol, self.ctx.input_set, self.ctx.target
+            )
+        self._judge(index, step, entry, verification)
+        after = modelio.load_model(tmp, load_weights=False)
+        entry["report"] = {**result.report, "after": modelio.summary(after)}
+        if result.speed is not None:  # the step timed its result against its parent itself
+            entry["speed"] = result.speed
+            return None
+        guarded = step.guard is not None and step.guard.not_slower
+        if parent is None or not (guarded or step.measure_speed_requested()):
+            return None
+        where = f"step {index} ({step.type})"
+        speed, decision = speed_guard(
+            parent, tmp, self.ctx.inputs, self.ctx.target, step.guard if guarded else None, where
+        )
+        entry["speed"] = speed
+        if not guarded:
+            return None
+        entry["guard"] = decision
+        if not decision["kept_parent"]:
+            return None
+        reason = (
+            f"the new artifact was slower ({speed['ratio']:.2f}x the parent's median latency, "
+            f"beyond the {decision['tolerance'] * 100:.0f}% tolerance and the noise)"
+        )
+        entry["warnings"].append(f"speed guard: {reason}; kept the parent")
+        return reason
+
+    def _keep_parent(
+        self, entry: dict[str, Any], parent: Path, digest: str, started: float, reason: str
+    ) -> tuple[Path, str]:
+        """Finish ``entry`` with no artifact of its own: the chain goes on with ``parent``."""
+        self.manifest.finished(
+            entry, started, kept_parent=True, kept_parent_reason=reason, output=None
+        )
+        self.emit("step_end", entry=entry)
+        return parent, digest
+
+    def _publish(
+        self,
+        spec: registry.StepSpec,
+        tmp: Path,
+        final: Path,
+        result: StepResult,
+        published: list[Path],
+    ) -> dict[str, Any]:
+        """Move the step's files into the output folder; the manifest fields recording them.
+
+        Still inside the recording: an interrupt before the manifest records a file removes
+        it, so a file on disk always has an "ok" entry.
+        """
+        if spec.kind == "model":
+            published.append(final)
+            modelio.publish(tmp, final)
+            return {
+                "output": {
+                    "path": final.name,
+                    "sha256": modelio.model_digest(final),
+                    "size_bytes": modelio.model_size(final),
+                    "external_data": [p.name for p in modelio.external_data_files(final)],
+                }
+            }
+        if not tmp.is_file():
+            raise StepError(f"{spec.name} wrote no {final.name}")
+        mode = _fs.file_mode()
+        finals = [self.out_dir / f.name for f in [tmp, *result.files]]
+        for src in [*result.files, tmp]:  # the main file last: its presence means complete
+            os.chmod(src, mode)
+            published.append(self.out_dir / src.name)
+            os.replace(src, self.out_dir / src.name)
+        if spec.kind == "measure":
+            return {"report_file": {"path": final.name, "sha256": _fs.sha256_file(final)}}
+        return {
+            "files": [
+                {"path": f.name, "sha256": _fs.sha256_file(f), "size_bytes": f.stat().st_size}
+                for f in finals
+            ]
+        }
+
+
+def _label(step: StepBase) -> str:
+    return step.name or step.type
