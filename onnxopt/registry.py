@@ -67,6 +67,12 @@ def register(spec: StepSpec) -> None:
     _CLASSES.clear()
 
 
+def unregister(name: str) -> None:
+    """Remove a step type."""
+    del STEPS[name]
+    _CLASSES.clear()
+
+
 for _spec in (
     StepSpec(
         "export",

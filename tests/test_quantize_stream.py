@@ -17,8 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.modelio import load_model, read_tensor
-from onnxopt.steps.quantize import name_nodes
-from onnxopt.steps.quantize_stream import quantize_dynamic_streaming, unsupported
+from onnxopt.steps.quantize.core import name_nodes
+from onnxopt.steps.quantize.streaming import quantize_dynamic_streaming, unsupported
 from tests.conftest import error_line, run_cli
 
 OPSET = [helper.make_opsetid("", 17)]

@@ -20,19 +20,11 @@ from onnxopt.config import QuantizeStep
 from onnxopt.errors import GateError, OnnxoptError
 from onnxopt.modelio import check_model, iter_graphs, load_model, move_model
 from onnxopt.steps.base import StepContext, StepResult
+from onnxopt.steps.quantize.backend import Recipe, backends
+from onnxopt.steps.quantize.core import quantize_once
 from onnxopt.verify import Verification, resolve_tolerance
 
 log = logging.getLogger("onnxopt")
-
-#: Recipe name -> overrides of the quantize step config.
-RECIPES: dict[str, dict[str, Any]] = {
-    "static_u8s8": {"mode": "static", "static": {"activation_type": "uint8", "per_channel": True}},
-    "static_s8s8": {"mode": "static", "static": {"activation_type": "int8", "per_channel": True}},
-    "dynamic": {"mode": "dynamic"},
-    "int4": {"mode": "int4"},
-    "fp16": {"mode": "fp16"},
-}
-GPU_PROVIDERS = ("cuda", "tensorrt", "rocm", "dml", "migraphx")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -48,46 +40,31 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def choose_candidates(
     cfg: QuantizeStep, ops: Counter[str], provider: str
-) -> tuple[list[str], dict[str, str]]:
+) -> tuple[list[Recipe], dict[str, str]]:
     """Recipes worth trying for this model, target and data, and why others were left out."""
+    recipes = [r for b in backends() for r in b.recipes]
     if cfg.auto.candidates:
-        return list(cfg.auto.candidates), {}
+        return [r for r in recipes if r.name in cfg.auto.candidates], {}
+    chosen: list[Recipe] = []
     skipped: dict[str, str] = {}
-    has_conv = ops["Conv"] + ops["ConvTranspose"] > 0
-    has_mm = ops["MatMul"] + ops["Gemm"] > 0
-    representative = (
-        cfg.static.calibration.source != "synthetic" or cfg.static.allow_synthetic_calibration
-    )
-    chosen: list[str] = []
-    if has_conv or has_mm:
-        if representative:
-            chosen += ["static_u8s8", "static_s8s8"]
+    for recipe in recipes:
+        reason = recipe.unfit(ops, cfg, provider)
+        if reason is None:
+            chosen.append(recipe)
         else:
-            reason = (
-                "no representative calibration data: static recipes need "
-                "static.calibration {source: npz, ...} (or allow_synthetic_calibration)"
-            )
-            skipped["static_u8s8"] = skipped["static_s8s8"] = reason
-    if has_mm:
-        chosen += ["dynamic", "int4"]
-    elif has_conv:
-        skipped["dynamic"] = "dynamic quantization of convolutions is measured 4-5x slower"
-    if provider.lower() in GPU_PROVIDERS:
-        chosen.append("fp16")
-    else:
-        skipped["fp16"] = "float16 does not pay on the CPU provider (measured 0.90-0.94x)"
+            skipped[recipe.name] = reason
     return chosen, skipped
 
 
 def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
     """Try candidates, verify each, time the survivors with the parent, keep the fastest."""
     from onnxopt.bench.compare import compare_with_parent
-    from onnxopt.steps.quantize import quantize_once
 
     model = load_model(src, load_weights=False)
     ops: Counter[str] = Counter(n.op_type for g in iter_graphs(model.graph) for n in g.node)
     del model
-    names, skipped = choose_candidates(cfg, ops, ctx.target.provider)
+    recipes, skipped = choose_candidates(cfg, ops, ctx.target.provider)
+    names = [r.name for r in recipes]
     reference = ctx.reference(src)
     work = Path(tempfile.mkdtemp(prefix="auto-", dir=dst.parent))
     rows: list[dict[str, Any]] = []
@@ -95,8 +72,9 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     verifications: dict[str, Verification] = {}
     base = cfg.model_dump(mode="json")
     try:
-        for name in names:
-            sub = QuantizeStep.model_validate(_merge(base, RECIPES[name]))
+        for recipe in recipes:
+            name = recipe.name
+            sub = QuantizeStep.model_validate(_merge(base, recipe.overrides))
             path = work / f"{name}.onnx"
             row: dict[str, Any] = {"recipe": name, "mode": sub.mode}
             rows.append(row)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.config import QuantizeStep
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, VerificationError
 from onnxopt.modelio import load_model
 from onnxopt.steps.base import StepContext
+from onnxopt.steps.quantize.core import COMPUTE_OPS, name_nodes, quantize_once
 from onnxopt.verify import Reference, Verification, resolve_tolerance
 
 log = logging.getLogger("onnxopt")
@@ -32,7 +33,6 @@ def rank_nodes(
     measured by its effect on the model's outputs.
     """
     from onnxopt.modelio import constants_to_initializers
-    from onnxopt.steps.quantize import COMPUTE_OPS, name_nodes, quantize_once
 
     model = load_model(src, load_weights=False)
     constants_to_initializers(model)
@@ -67,7 +67,6 @@ def diagnose(
         tells whether the budget was met), and the passing model's verification (None when
         no exclusion list met the budget).
     """
-    from onnxopt.steps.quantize import quantize_once
 
     tol = resolve_tolerance(cfg)
     ranking = rank_nodes(src, cfg, ctx, reference)
@@ -103,3 +102,33 @@ def diagnose(
         "yaml": "nodes_to_exclude: [" + ", ".join(excluded) + "]",
     }
     return report, passed
+
+
+def diagnose_if_needed(
+    src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext
+) -> tuple[dict[str, Any], Verification | None]:
+    """Check the budget; when it fails, find and exclude the sensitive nodes.
+
+    Returns the diagnosis report and the verification of the model left at ``dst`` (the
+    engine does not verify it again).
+    """
+    reference = ctx.reference(src)
+    tol = resolve_tolerance(cfg)
+    first = ctx.verify(dst, reference, tol)
+    if first.passed:
+        return {"needed": False}, first
+    failure = first.first_failure()
+    result, verification = diagnose(src, dst, cfg, ctx, reference)
+    result.update(needed=True, initial_failure=failure)
+    if not result["passed"]:
+        raise VerificationError(
+            f"quantize: {failure}; diagnosis excluded {len(result['nodes_to_exclude'])} "
+            "node(s) without meeting the budget",
+            hint="widen the budget, give representative calibration data, or try another mode",
+        )
+    log.warning(
+        "quantize: budget met after excluding %d node(s); paste into the step: %s",
+        len(result["nodes_to_exclude"]),
+        result["yaml"],
+    )
+    return result, verification

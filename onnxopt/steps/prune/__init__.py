@@ -1,0 +1,112 @@
+"""Pruning on the ONNX graph itself: structured channel pruning and unstructured magnitude.
+
+Channel pruning finds *groups*: sets of channels that must be removed together. A group
+starts at every Conv, Gemm or MatMul whose weight is an initializer (its output channels),
+follows the tensor through ops that keep channels aligned (activations, BatchNormalization,
+pooling, element-wise ops with per-channel constants, depthwise convolutions), and ends at
+the layers that read those channels (the next Conv's input channels, the next MatMul/Gemm
+rows, a Flatten into a Gemm). Element-wise ops that join two tensors (residual Add) merge
+their groups. Anything else that touches a group (Reshape, Concat, Split, a graph output,
+weights shared between nodes, grouped convolutions) makes that group unprunable, reported
+with the reason, so the graph is never broken.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+from typing import Any
+
+from onnxopt.config import PruneStep
+from onnxopt.errors import StepError
+from onnxopt.modelio import load_model, save_model, summary
+from onnxopt.steps.base import StepContext, StepResult
+from onnxopt.steps.prune.analysis import load_float
+from onnxopt.steps.prune.channels import channel_prune
+from onnxopt.steps.prune.magnitude import magnitude_prune, magnitude_prune_streaming
+from onnxopt.steps.prune.search import cosine_without_compensation, search_ratio
+
+log = logging.getLogger("onnxopt")
+
+__all__ = ["channel_prune", "magnitude_prune", "run"]
+
+
+def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepResult:
+    """Prune ``src`` into ``dst``."""
+    from onnxopt.inspection import compute_macs
+    from onnxopt.modelio import model_size
+
+    assert src is not None
+    from onnxopt.modelio import external_data_files
+
+    # magnitude pruning of external weights streams them file to file (models over 2 GB)
+    streaming = cfg.method == "magnitude" and cfg.ratio != "auto" and bool(external_data_files(src))
+    model = load_model(src, load_weights=False) if streaming else load_float(src)
+    before = summary(model)
+    macs_before = compute_macs(load_model(src, load_weights=False), ctx.dims, src)["macs"]
+    warnings: list[str] = []
+    search: list[dict[str, Any]] | None = None
+    ratio: float | None = None
+    if cfg.ratio == "auto":
+        ratio, search = search_ratio(src, model, cfg, ctx)
+        if ratio <= 0.0:
+            reason = (
+                f"ratio auto: no ratio above 0 keeps the model within the budget (searched up "
+                f"to {cfg.auto_max_ratio} in {cfg.auto_steps} steps)"
+            )
+            return StepResult(
+                report={
+                    "method": cfg.method,
+                    "auto": {"ratio": 0.0, "search": search},
+                    "reason": reason,
+                },  # fmt: skip
+                warnings=[
+                    f"{reason}; keeping the parent. Widen the budget or prune fewer layers "
+                    "(ignore, layer_ratios)"
+                ],
+                keep_parent=True,
+            )
+    if cfg.method == "channel":
+        facts = channel_prune(model, cfg, ctx, ratio)
+        if not facts["pruned"]:
+            reasons = [g.get("reasons") for g in facts["groups"] if not g["prunable"]]
+            first = "; ".join(str(r) for r in (reasons[0] or [])[:3]) if reasons else ""
+            raise StepError(
+                f"channel pruning removed nothing: {len(facts['groups'])} group(s) found, "
+                f"none prunable at ratio {ratio if ratio is not None else cfg.ratio}",
+                hint=f"first reasons: {first}" if first else "raise the ratio",
+            )
+    else:
+        if streaming:
+            del model
+            facts = magnitude_prune_streaming(src, dst, cfg)
+        else:
+            facts = magnitude_prune(model, cfg, ratio)
+        warnings.append(
+            "unstructured sparsity: dense CPU kernels do not skip zeros, so the model is no "
+            "faster; it compresses better (see compressed_size)"
+        )
+    if search is not None:
+        facts["auto"] = {"ratio": ratio, "search": search}
+    if cfg.method == "channel" and cfg.compensate:
+        facts["cosine_without_compensation"] = cosine_without_compensation(src, cfg, ctx, ratio)
+    if not streaming:
+        save_model(model, dst, external_data=ctx.config.external_data)
+        del model  # models over 2 GB: do not hold two copies
+    after_model = load_model(dst, load_weights=False)
+    after = summary(after_model)
+    report: dict[str, Any] = {
+        "method": cfg.method,
+        **facts,
+        "parameters_before": before["parameters"],
+        "parameters_after": after["parameters"],
+        "macs_before": macs_before,
+        "macs_after": compute_macs(after_model, ctx.dims, dst)["macs"],
+        "size_before": model_size(src),
+        "size_after": model_size(dst),
+    }
+    if cfg.method == "magnitude" and not streaming:  # gzip of 2 GB+ would take minutes
+        report["compressed_size_before"] = len(gzip.compress(src.read_bytes(), 6))
+        report["compressed_size_after"] = len(gzip.compress(dst.read_bytes(), 6))
+    return StepResult(report=report, warnings=warnings)

@@ -1,0 +1,77 @@
+"""``ratio: auto``: the largest ratio within the budget, and the fidelity without
+compensation, both measured against the parent on the input set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxopt.config import PruneStep
+from onnxopt.errors import StepError
+from onnxopt.modelio import save_model
+from onnxopt.steps.base import StepContext
+from onnxopt.steps.prune.analysis import load_float
+from onnxopt.steps.prune.channels import channel_prune
+from onnxopt.steps.prune.magnitude import magnitude_prune
+
+
+def cosine_without_compensation(
+    src: Path, cfg: PruneStep, ctx: StepContext, ratio: float | None
+) -> float:
+    """Fidelity of the same pruning without compensation, for the report."""
+    import tempfile
+
+    from onnxopt.verify import resolve_tolerance
+
+    plain = load_float(src)
+    channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = save_model(plain, Path(tmp) / "plain.onnx")
+        tol = resolve_tolerance(cfg)
+        return ctx.verify(probe, ctx.reference(src), tol).min_cosine
+
+
+def search_ratio(
+    src: Path, model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext
+) -> tuple[float, list[dict[str, Any]]]:
+    """Bisect the largest ratio whose pruned model stays within the budget."""
+    import tempfile
+
+    from onnxopt.verify import resolve_tolerance
+
+    reference = ctx.reference(src)
+    tol = resolve_tolerance(cfg)
+    lo, hi = 0.0, cfg.auto_max_ratio
+    trail: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        for step in range(cfg.auto_steps + 1):
+            ratio = hi if step == 0 else (lo + hi) / 2
+            trial = onnx.ModelProto()
+            trial.CopyFrom(model)
+            try:
+                if cfg.method == "channel":
+                    if not channel_prune(trial, cfg, ctx, ratio)["pruned"]:
+                        trail.append({"ratio": ratio, "passed": False, "note": "nothing pruned"})
+                        hi = ratio
+                        continue
+                else:
+                    magnitude_prune(trial, cfg, ratio)
+                save_model(trial, probe)
+                verification = ctx.verify(probe, reference, tol)
+            except StepError as err:
+                trail.append({"ratio": ratio, "passed": False, "note": err.message})
+                hi = ratio
+                continue
+            trail.append(
+                {"ratio": ratio, "passed": verification.passed, "cosine": verification.min_cosine}
+            )
+            if verification.passed:
+                lo = ratio
+                if step == 0:
+                    break
+            else:
+                hi = ratio
+    return lo, trail

@@ -1,0 +1,104 @@
+"""INT8 dynamic quantization: int8 weights, activations quantized at run time (MatMul,
+Gemm, Attention, LSTM, GRU by default; dynamic Conv measured 4-5x slower).
+
+Weights held in external data (models over 2 GB) go through onnxopt's streaming quantizer,
+which writes ONNX Runtime's graph with ONNX Runtime's arithmetic one weight at a time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxopt.config import QuantizeStep
+from onnxopt.modelio import external_locations
+from onnxopt.steps.base import StepContext
+from onnxopt.steps.quantize.backend import Backend, Recipe
+from onnxopt.steps.quantize.core import big
+
+DYNAMIC_DEFAULT_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
+
+
+def quant_type(name: str) -> Any:
+    """ONNX Runtime's QuantType for "uint8" / "int8"."""
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
+
+
+def _write(
+    src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext, notes: list[str]
+) -> dict[str, Any]:
+    from onnxruntime.quantization import quantize_dynamic
+
+    opts = cfg.dynamic
+    ops = cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS
+    quantize_dynamic(
+        str(src),
+        str(out),
+        op_types_to_quantize=ops,
+        per_channel=opts.per_channel,
+        reduce_range=opts.reduce_range,
+        weight_type=quant_type(opts.weight_type),
+        nodes_to_exclude=cfg.nodes_to_exclude or None,
+        use_external_data_format=big(src),
+        # after transformer fusions (com.microsoft ops) ONNX shape inference cannot type every
+        # tensor; the values there are float activations
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return {"engine": "onnxruntime", "op_types_to_quantize": ops, "per_channel": opts.per_channel}
+
+
+def _stream(
+    model: onnx.ModelProto, folder: Path, out: Path, cfg: QuantizeStep, notes: list[str]
+) -> dict[str, Any] | None:
+    """Weights in external data: quantize them one at a time (None: not this graph)."""
+    from onnxopt.steps.quantize.streaming import quantize_dynamic_streaming, unsupported
+
+    if not external_locations(model):
+        return None
+    ops = cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS
+    reason = unsupported(model, ops, cfg.nodes_to_exclude)
+    if reason:
+        notes.append(
+            f"weights are external data, but {reason}: ONNX Runtime's quantizer is used "
+            "(it holds about 3x the model size in memory)"
+        )
+        return None
+    opts = cfg.dynamic
+    facts = quantize_dynamic_streaming(
+        model,
+        folder,
+        out,
+        ops=ops,
+        exclude=cfg.nodes_to_exclude,
+        per_channel=opts.per_channel,
+        reduce_range=opts.reduce_range,
+        weight_type=opts.weight_type,
+    )
+    return {**facts, "op_types_to_quantize": ops, "per_channel": opts.per_channel}
+
+
+def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str) -> str | None:
+    if ops["MatMul"] + ops["Gemm"] > 0:
+        return None
+    if ops["Conv"] + ops["ConvTranspose"] > 0:
+        return "dynamic quantization of convolutions is measured 4-5x slower"
+    return "the model has no MatMul or Gemm"
+
+
+BACKEND = Backend(
+    mode="dynamic",
+    write=_write,
+    producer="ONNX Runtime's dynamic quantizer (quantize_dynamic)",
+    why_nothing="no node of the op types to quantize has float weights as initializers",
+    tolerance=(float("inf"), float("inf"), 0.99),
+    int8=True,
+    per_channel=lambda cfg: cfg.dynamic.per_channel,
+    stream=_stream,
+    stream_producer="onnxopt's streaming dynamic quantizer",
+    recipes=(Recipe("dynamic", {"mode": "dynamic"}, _unfit),),
+)

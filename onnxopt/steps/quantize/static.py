@@ -1,0 +1,126 @@
+"""INT8 static quantization, calibrated: QDQ (default) or QOperator; uint8 activations with
+int8 per-channel weights by default (the recipe measured fastest on ONNX Runtime's CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from onnxopt.config import QuantizeStep
+from onnxopt.errors import first_line
+from onnxopt.steps.base import StepContext
+from onnxopt.steps.quantize.backend import Backend, Recipe
+from onnxopt.steps.quantize.calibration import Reader, calibration_samples
+from onnxopt.steps.quantize.core import big
+from onnxopt.steps.quantize.dynamic import quant_type
+
+
+def preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(src), str(dst))
+        return dst
+    except Exception as err:
+        notes.append(
+            f"symbolic shape inference failed ({first_line(err)}); "
+            "pre-processed with ONNX shape inference only"
+        )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst
+    except Exception as err:
+        notes.append(f"pre-processing skipped: {first_line(err)}")
+        return src
+
+
+def _write(
+    src: Path, out: Path, cfg: QuantizeStep, ctx: StepContext, notes: list[str]
+) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    opts = cfg.static
+    if opts.preprocess:
+        src = preprocess(src, src.with_name("preprocessed.onnx"), notes)
+    samples = calibration_samples(cfg, ctx)
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "distribution": CalibrationMethod.Distribution,
+    }
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": opts.symmetric_activations,
+        "WeightSymmetric": opts.symmetric_weights,
+    }
+    if opts.method == "percentile":
+        extra["CalibPercentile"] = opts.percentile
+    if opts.num_bins is not None:
+        extra["CalibNumBins"] = opts.num_bins
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(samples),
+        quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator,
+        op_types_to_quantize=cfg.op_types_to_quantize,
+        per_channel=opts.per_channel,
+        reduce_range=opts.reduce_range,
+        activation_type=quant_type(opts.activation_type),
+        weight_type=quant_type(opts.weight_type),
+        nodes_to_exclude=cfg.nodes_to_exclude or None,
+        calibrate_method=methods[opts.method],
+        use_external_data_format=big(src),
+        extra_options=extra,
+    )
+    return {
+        "format": opts.format,
+        "activation_type": opts.activation_type,
+        "weight_type": opts.weight_type,
+        "per_channel": opts.per_channel,
+        "calibration": {
+            "method": opts.method,
+            "source": opts.calibration.source,
+            "samples": len(samples),
+            **({"percentile": opts.percentile} if opts.method == "percentile" else {}),
+            **({"num_bins": opts.num_bins} if opts.num_bins is not None else {}),
+        },
+    }
+
+
+def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str) -> str | None:
+    if ops["Conv"] + ops["ConvTranspose"] + ops["MatMul"] + ops["Gemm"] == 0:
+        return "the model has no Conv, ConvTranspose, MatMul or Gemm"
+    if cfg.static.calibration.source == "synthetic" and not cfg.static.allow_synthetic_calibration:
+        return (
+            "no representative calibration data: static recipes need "
+            "static.calibration {source: npz, ...} (or allow_synthetic_calibration)"
+        )
+    return None
+
+
+BACKEND = Backend(
+    mode="static",
+    write=_write,
+    producer="ONNX Runtime's static quantizer (quantize_static)",
+    why_nothing="no node of the op types to quantize was found or all were excluded",
+    tolerance=(float("inf"), float("inf"), 0.99),
+    int8=True,
+    per_channel=lambda cfg: cfg.static.per_channel,
+    recipes=(
+        Recipe(
+            "static_u8s8",
+            {"mode": "static", "static": {"activation_type": "uint8", "per_channel": True}},
+            _unfit,
+        ),
+        Recipe(
+            "static_s8s8",
+            {"mode": "static", "static": {"activation_type": "int8", "per_channel": True}},
+            _unfit,
+        ),
+    ),
+)
