@@ -138,3 +138,44 @@ def prune(
         The manifest of the one-step pipeline.
     """
     return _on_onnx("prune", model, output, step, dims, target, verify, external_data)
+
+
+def bench(
+    models: list[str | Path] | list[Path],
+    *,
+    labels: list[str] | None = None,
+    inputs_file: str | Path | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    dims: dict[str, int] | None = None,
+    seed: int = 0,
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Benchmark ONNX files (the first is the baseline); ``**settings`` takes the bench keys
+    (providers, runs, trials, threads (a sweep), baseline, max_regression, ...).
+
+    Returns:
+        The bench report (schema ``onnxopt.bench/1``); failed gates are in ``report["gates"]``
+        (``onnxopt.bench.runner.raise_for_gates`` raises them).
+    """
+    from pydantic import ValidationError
+
+    from onnxopt.bench.runner import bench_files
+    from onnxopt.config import BenchStep, format_validation_error
+
+    try:
+        cfg = BenchStep.model_validate({"type": "bench", **settings})
+    except ValidationError as err:
+        raise format_validation_error(err, "bench", BenchStep) from None
+    return bench_files(
+        [Path(m) for m in models],
+        cfg,
+        labels=labels,
+        inputs_file=Path(inputs_file) if inputs_file is not None else None,
+        shapes=shapes,
+        dims=dims,
+        seed=seed,
+        threads=intra_op_threads,
+        inter_threads=inter_op_threads,
+    )

@@ -14,16 +14,8 @@ from typing import Any
 import onnx
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.modelio import (
-    graph_inputs,
-    io_table,
-    iter_graphs,
-    load_model,
-    model_size,
-    opset_of,
-    summary,
-    value_info_shape,
-)
+from onnxopt.graph import graph_inputs, io_table, iter_graphs, opset_of, summary, value_info_shape
+from onnxopt.modelio import load_model, model_size
 from onnxopt.verify import make_inputs, resolve_dims, specs_from_model
 
 log = logging.getLogger("onnxopt")

@@ -1,4 +1,5 @@
-"""Load, check, save and summarise ONNX models, external data (> 2 GB) included."""
+"""ONNX files on disk: load, check, save, publish, move and copy them with their external
+data (models over 2 GB), their digests and sizes. What is inside a graph: :mod:`onnxopt.graph`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections import Counter
-from collections.abc import Iterator
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,33 +19,60 @@ from onnx import numpy_helper
 
 from onnxopt._fs import file_mode, sha256_file
 from onnxopt.errors import InputError, first_line
+from onnxopt.graph import external_info, external_locations, iter_tensors, tensor_bytes
 
 TWO_GB = 2**31
-Dim = int | str
+
+# ---------------------------------------------------------------- one parse per file
+
+#: graph-only parses (weights that live in the file included), by the file's identity;
+#: models whose .onnx file is larger are parsed each time, so no copy of their weights stays
+_PARSED: OrderedDict[tuple[Any, ...], onnx.ModelProto] = OrderedDict()
+_CHECKED: set[tuple[Any, ...]] = set()
+_CACHED_FILE_LIMIT = 64 << 20
+_CACHED_FILES = 8
 
 
-def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """The graph and every subgraph (If/Loop/Scan bodies) below it."""
-    yield graph
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            yield from iter_graphs(sub)
+def _identity(file: Path) -> tuple[Any, ...]:
+    """The file's identity: device and inode (the same file when renamed into place), size and
+    modification time (changed by every rewrite)."""
+    st = file.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every initializer and Constant-node tensor, subgraphs included."""
-    for graph in iter_graphs(model.graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
+def load_graph(file: Path) -> onnx.ModelProto:
+    """The file's ModelProto without its external data (no checks: for files onnxopt wrote),
+    parsed once while the file is unchanged; callers get their own copy to modify."""
+    key = _identity(file)
+    cached = _PARSED.get(key)
+    if cached is None:
+        cached = onnx.load(str(file), load_external_data=False)
+        if key[2] <= _CACHED_FILE_LIMIT:
+            _PARSED[key] = cached
+            while len(_PARSED) > _CACHED_FILES:
+                _PARSED.popitem(last=False)
+        else:
+            return cached
+    else:
+        _PARSED.move_to_end(key)
+    model = onnx.ModelProto()
+    model.CopyFrom(cached)
+    return model
+
+
+def _check_path(file: Path) -> None:
+    """``onnx.checker`` by path (external data looked up beside the file, not read), once
+    while the file is unchanged."""
+    key = _identity(file)
+    if key not in _CHECKED:
+        onnx.checker.check_model(str(file))
+        _CHECKED.add(key)
 
 
 def external_data_files(model_path: Path) -> list[Path]:
     """The external data files an ONNX file refers to (without loading the weights)."""
     try:
-        model = onnx.load(str(model_path), load_external_data=False)
+        model = load_graph(model_path)
     except (DecodeError, ValueError, RuntimeError) as err:
         raise InputError(f"{model_path}: not a valid ONNX file ({str(err)[:120]})") from None
     locations: set[str] = set()
@@ -136,7 +163,7 @@ def _load_model(file: Path, load_weights: bool) -> onnx.ModelProto:
     if file.stat().st_size == 0:
         raise InputError(f"{file}: the file is empty (0 bytes)", hint="re-export the model")
     try:
-        model = onnx.load(str(file), load_external_data=False)
+        model = load_graph(file)
     except (DecodeError, ValueError, RuntimeError) as err:
         raise InputError(
             f"{file}: not a valid ONNX file (protobuf parse failed: {str(err)[:120]})",
@@ -148,8 +175,8 @@ def _load_model(file: Path, load_weights: bool) -> onnx.ModelProto:
             hint="check that the file is really an ONNX model",
         )
     _check_external_locations(model, file)
-    try:  # by path: external data is looked up beside the file, not read
-        onnx.checker.check_model(str(file))
+    try:
+        _check_path(file)
     except (onnx.checker.ValidationError, UnicodeError, ValueError, RuntimeError) as err:
         raise InputError(
             f"{file}: not a valid ONNX model (onnx.checker: {first_line(err, 200)})",
@@ -176,7 +203,7 @@ def check_model(path: Path, produced_by: str = "onnxopt") -> None:
     from onnxopt.errors import StepError
 
     try:
-        onnx.checker.check_model(str(path))
+        _check_path(path)
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
         raise StepError(
             f"{produced_by} wrote an invalid model {path.name} "
@@ -184,25 +211,6 @@ def check_model(path: Path, produced_by: str = "onnxopt") -> None:
             hint="this is a failure of onnxopt or a library it calls, not of your model; "
             "please report it",
         ) from None
-
-
-def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held by weights (initializers and Constant tensors)."""
-    total = 0
-    for tensor in iter_tensors(model):
-        total += _tensor_nbytes(tensor)
-    return total
-
-
-def _tensor_nbytes(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError, ValueError):
-        itemsize = 1
-    return count * itemsize
 
 
 def save_model(model: onnx.ModelProto, final: Path, *, external_data: str = "auto") -> Path:
@@ -297,7 +305,7 @@ def move_model(src: Path, dst: Path) -> None:
     try:
         staged = tmp_dir / dst.name
         if src_data.exists():
-            model = onnx.load(str(src), load_external_data=False)
+            model = load_graph(src)
             for tensor in iter_tensors(model):
                 for entry in tensor.external_data:
                     if entry.key == "location" and entry.value == src_data.name:
@@ -324,7 +332,7 @@ def copy_model(src: Path, dst: Path) -> None:
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         staged = tmp_dir / dst.name
-        model = onnx.load(str(src), load_external_data=False)
+        model = load_graph(src)
         if external_locations(model):
             with ExternalWriter(tmp_dir, staged.name + ".data") as writer:
                 for tensor in iter_tensors(model):
@@ -336,196 +344,6 @@ def copy_model(src: Path, dst: Path) -> None:
         publish(staged, dst)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def value_info_shape(value: onnx.ValueInfoProto) -> list[Dim]:
-    """Shape as ints and names; '?' for an unknown dim."""
-    t = value.type
-    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return []
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in t.tensor_type.shape.dim
-    ]
-
-
-def value_info_dtype(value: onnx.ValueInfoProto) -> str:
-    """numpy-style dtype of a tensor value; e.g. 'sequence<map<int64,float32>>' otherwise."""
-    return _type_text(value.type)
-
-
-def _elem_text(elem_type: int) -> str:
-    try:
-        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    except (KeyError, TypeError, ValueError):
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
-
-
-def _type_text(t: onnx.TypeProto) -> str:
-    kind = t.WhichOneof("value")
-    if kind == "tensor_type":
-        return _elem_text(t.tensor_type.elem_type)
-    if kind == "sequence_type":
-        return f"sequence<{_type_text(t.sequence_type.elem_type)}>"
-    if kind == "map_type":
-        key = _elem_text(t.map_type.key_type)
-        return f"map<{key},{_type_text(t.map_type.value_type)}>"
-    if kind == "optional_type":
-        return f"optional<{_type_text(t.optional_type.elem_type)}>"
-    return kind or "unknown"
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Real inputs: graph inputs that are not initializers."""
-    inits = {i.name for i in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
-
-
-def io_table(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
-    """Inputs and outputs with shapes and dtypes."""
-    return {
-        "inputs": [
-            {"name": v.name, "shape": value_info_shape(v), "dtype": value_info_dtype(v)}
-            for v in graph_inputs(model)
-        ],
-        "outputs": [
-            {"name": v.name, "shape": value_info_shape(v), "dtype": value_info_dtype(v)}
-            for v in model.graph.output
-        ],
-    }
-
-
-def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
-    """Nodes per op type (``domain::Op`` outside the default domain), subgraphs included."""
-    counts: Counter[str] = Counter()
-    for graph in iter_graphs(model.graph):
-        for node in graph.node:
-            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
-            counts[f"{domain}::{node.op_type}" if domain else node.op_type] += 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def summary(model: onnx.ModelProto) -> dict[str, Any]:
-    """Node count, op histogram, parameter count and bytes."""
-    hist = op_histogram(model)
-    params = 0
-    for init in model.graph.initializer:
-        count = 1
-        for d in init.dims:
-            count *= d
-        params += count
-    return {
-        "nodes": sum(hist.values()),
-        "ops": hist,
-        "parameters": params,
-        "weight_bytes": tensor_bytes(model),
-    }
-
-
-def outer_scope_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names a (sub)graph reads that it does not define itself: values of enclosing graphs."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    defined |= {o for node in graph.node for o in node.output}
-    reads: set[str] = set()
-    for node in graph.node:
-        reads.update(node.input)
-        for sub in _subgraphs(node):
-            reads |= outer_scope_reads(sub)
-    reads |= {o.name for o in graph.output}
-    return {name for name in reads if name and name not in defined}
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
-
-
-def topological_sort(graph: onnx.GraphProto) -> None:
-    """Reorder a graph's nodes so every node comes after the producers of its inputs.
-
-    A node with subgraphs (If, Loop, Scan) also depends on the enclosing values its bodies
-    read, and the bodies are sorted too. Names that no node produces (graph inputs,
-    initializers, outer-scope values) count as available from the start; among ready nodes
-    the original order is kept. Raises InputError on a cycle.
-    """
-    import heapq
-
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            topological_sort(sub)
-    produced_by: dict[str, int] = {}
-    for i, node in enumerate(graph.node):
-        for name in node.output:
-            if name:
-                produced_by[name] = i
-    waiting = [0] * len(graph.node)
-    users: dict[int, list[int]] = {}
-    for i, node in enumerate(graph.node):
-        reads = set(node.input)
-        for sub in _subgraphs(node):
-            reads |= outer_scope_reads(sub)
-        deps = {produced_by[n] for n in reads if n in produced_by and produced_by[n] != i}
-        waiting[i] = len(deps)
-        for d in deps:
-            users.setdefault(d, []).append(i)
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users.get(i, []):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(graph.node):
-        raise InputError(f"graph {graph.name!r} has a cycle; cannot order its nodes")
-    nodes = [graph.node[i] for i in order]
-    copies = [onnx.NodeProto() for _ in nodes]
-    for copy, node in zip(copies, nodes, strict=True):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    """The default-domain opset version."""
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return 0
-
-
-def constants_to_initializers(model: onnx.ModelProto) -> int:
-    """Turn top-level ``Constant`` nodes holding tensors into initializers; return how many.
-
-    Exporters such as Paddle's and spox keep weights in Constant nodes, which ONNX Runtime's
-    quantizers do not accept ("Expected ... to be an initializer").
-    """
-    graph = model.graph
-    keep, moved = [], 0
-    for node in graph.node:
-        attr = {a.name: a for a in node.attribute}
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in attr:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(attr["value"].t)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-            moved += 1
-        else:
-            keep.append(node)
-    if moved:
-        del graph.node[:]
-        graph.node.extend(keep)
-    return moved
-
-
-def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
-    """A tensor's external-data entries (location, offset, length) as a dict."""
-    return {e.key: e.value for e in tensor.external_data}
 
 
 def read_tensor(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
@@ -587,14 +405,3 @@ class ExternalWriter:
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
         tensor.raw_data = raw
-
-
-def external_locations(model: onnx.ModelProto) -> set[str]:
-    """The external-data file names (relative locations) a model's tensors refer to."""
-    return {
-        entry.value
-        for tensor in iter_tensors(model)
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }

@@ -174,17 +174,28 @@ def run_exposing(
         ]
 
 
-def run_session(
-    session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str = "model"
-) -> list[np.ndarray]:
-    """Run a session and return its outputs as numpy arrays."""
+def require_feeds(
+    session: ort.InferenceSession,
+    feeds: dict[str, np.ndarray],
+    where: str,
+    hint: str = "make the inputs spec (or .npz) use the model's input names",
+) -> list[str]:
+    """The session's input names; an input error when ``feeds`` lacks one of them."""
     names = [i.name for i in session.get_inputs()]
     missing = [n for n in names if n not in feeds]
     if missing:
         raise InputError(
             f"{where}: inputs {missing} have no data; the input set has {sorted(feeds)}",
-            hint="make the inputs spec (or .npz) use the model's input names",
+            hint=hint,
         )
+    return names
+
+
+def run_session(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str = "model"
+) -> list[np.ndarray]:
+    """Run a session and return its outputs as numpy arrays."""
+    names = require_feeds(session, feeds, where)
     try:
         outputs = session.run(None, {n: feeds[n] for n in names})
     except Exception as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from onnxopt import __version__
 from onnxopt.errors import ExitCode
@@ -63,3 +64,27 @@ def test_bad_dim_flag_is_one_line_usage_error(tmp_path) -> None:
 def test_completion_is_offered() -> None:
     proc = run_cli("--help")
     assert "--install-completion" in proc.stdout
+
+
+def test_only_the_flags_given_reach_the_config(tmp_path: Path) -> None:
+    """Defaults live in the config models only: a subcommand without flags runs the step's
+    defaults, and flags of another mode are refused rather than silently ignored."""
+    from onnxopt.config import PruneStep, QuantizeStep, SimplifyStep
+    from tests import models
+
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
+    for args, cls, extra in (
+        (["simplify"], SimplifyStep, {}),
+        (["quantize", "-m", "dynamic"], QuantizeStep, {"mode": "dynamic"}),
+        (["prune", "--method", "magnitude"], PruneStep, {"method": "magnitude"}),
+    ):
+        proc = run_cli(*args[:1], src, *args[1:], "-o", tmp_path / "o.onnx", "--json")
+        assert proc.returncode == 0, proc.stderr
+        config = json.loads(proc.stdout)["steps"][0]["config"]
+        default = cls.model_validate({"type": args[0], **extra}).model_dump(mode="json")
+        assert config == default, (args, config, default)
+    proc = run_cli(
+        "quantize", src, "-o", tmp_path / "q.onnx", "-m", "dynamic", "--block-size", "64"
+    )
+    assert proc.returncode == ExitCode.USAGE
+    assert "options for other modes were given with -m dynamic: block_size" in error_line(proc)

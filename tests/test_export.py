@@ -13,7 +13,7 @@ import torch
 from onnxopt.config import parse_config
 from onnxopt.engine import run_pipeline
 from onnxopt.errors import ExitCode, InputError, VerificationError
-from onnxopt.modelio import io_table
+from onnxopt.graph import io_table
 from tests.conftest import SAMPLES, Untouched, error_line, finished_artifacts, run_cli
 
 FACTORIES = Path(__file__).with_name("factories.py")

@@ -11,7 +11,7 @@ import pytest
 from onnxopt.config import parse_config
 from onnxopt.engine import run_pipeline
 from onnxopt.errors import ConfigError, ExitCode, InputError, StepError, VerificationError
-from onnxopt.modelio import op_histogram
+from onnxopt.graph import op_histogram
 from onnxopt.verify import Tol, compare_outputs
 from tests import models
 from tests.conftest import error_line, finished_artifacts, run_cli, write_yaml

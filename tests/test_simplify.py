@@ -12,7 +12,7 @@ import pytest
 from onnxopt.config import parse_config
 from onnxopt.engine import run_pipeline
 from onnxopt.errors import ExitCode
-from onnxopt.modelio import io_table, op_histogram
+from onnxopt.graph import io_table, op_histogram
 from tests import models
 from tests.conftest import SAMPLES, error_line, run_cli
 

@@ -22,7 +22,14 @@ import numpy as np
 from onnxopt.bench.stats import bootstrap_median_ci, bootstrap_ratio_ci, summarize, verdict
 from onnxopt.config import BenchStep, Target
 from onnxopt.errors import InputError
-from onnxopt.runtime import LEVELS, as_array, make_session, provider_id, short_name
+from onnxopt.runtime import (
+    LEVELS,
+    as_array,
+    make_session,
+    provider_id,
+    require_feeds,
+    short_name,
+)
 
 log = logging.getLogger("onnxopt")
 
@@ -133,7 +140,12 @@ def measure(
             start = time.perf_counter()
             session = make_session(res.candidate.path, target, options=opts)
             res.create_ms.append((time.perf_counter() - start) * 1000.0)
-            _check_feeds(session, feeds, res.candidate.label)
+            require_feeds(
+                session,
+                feeds,
+                res.candidate.label,
+                hint="benchmarked models must share input names; pass --inputs-file or --shape",
+            )
             start = time.perf_counter()
             outputs = session.run(None, feeds)
             res.first_run_ms.append((time.perf_counter() - start) * 1000.0)
@@ -176,16 +188,6 @@ def measure(
         with contextlib.suppress(NameError):
             del run
     return results
-
-
-def _check_feeds(session: Any, feeds: Feeds, label: str) -> None:
-    names = [i.name for i in session.get_inputs()]
-    missing = [n for n in names if n not in feeds]
-    if missing:
-        raise InputError(
-            f"{label}: inputs {missing} have no data; the input set has {sorted(feeds)}",
-            hint="benchmarked models must share input names; pass --inputs-file or --shape",
-        )
 
 
 def fidelity(baseline: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, Any]:

@@ -1,15 +1,22 @@
-"""Bench report renderings: rich table, Markdown, CSV and a PNG plot."""
+"""Renderings of bench reports and of merged reports: rich tables and console lines,
+Markdown, CSV and PNG plots. The CLI only chooses which to write."""
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from onnxopt.errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.console import Console
 
 COLUMNS = (
     "model",
@@ -29,6 +36,12 @@ COLUMNS = (
     "verdict",
     "cosine",
 )
+
+
+def _markdown_header(columns: tuple[str, ...], left: tuple[str, ...]) -> list[str]:
+    """A Markdown table's header and alignment rows (numbers right-aligned)."""
+    align = "|".join("---" if c in left else "---:" for c in columns)
+    return ["| " + " | ".join(columns) + " |", f"|{align}|"]
 
 
 def _cosine(row: dict[str, Any]) -> float | None:
@@ -112,10 +125,7 @@ def markdown(report: dict[str, Any]) -> str:
         "models interleaved. Latency in ms; ratio = median / first model's median with a 95% "
         "bootstrap interval; a difference is declared only when the interval excludes 1.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|"
-        + "|".join("---" if c in ("model", "provider", "verdict") else "---:" for c in COLUMNS)
-        + "|",
+        *_markdown_header(COLUMNS, left=("model", "provider", "verdict")),
     ]
     for row in flat_rows(report):
         lines.append("| " + " | ".join(_fmt(row[c], c) for c in COLUMNS) + " |")
@@ -210,3 +220,168 @@ def plot(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def print_bench(console: Console, report: dict[str, Any]) -> None:
+    """A bench report on the terminal: the table, concurrency, skipped providers, machine."""
+    console.print(table(report))
+    for c in report["concurrency"]:
+        console.print(
+            f"{c['model']} {c['provider']} threads={c.get('threads') or 'default'} "
+            f"{c['mode']} x{c['concurrency']}: "
+            f"{c['throughput_rps']:.1f} req/s, p50 {c['latency_ms']['p50']:.3f} ms, "
+            f"p99 {c['latency_ms']['p99']:.3f} ms",
+            highlight=False,
+        )
+    for s in report["skipped"]:
+        console.print(f"skipped {s['provider']}: {s['reason']}", highlight=False)
+    m = report["machine"]
+    console.print(
+        f"machine: {m['cpu']}, {m['usable_cores']} cores, flags "
+        f"{' '.join(m['cpu_flags']) or '-'}, onnxruntime {m['onnxruntime']}",
+        highlight=False,
+    )
+    for note in (report.get("baseline_matches") or {}).get("notes", []):
+        console.print(f"baseline: {note}", highlight=False)
+
+
+def print_merged(console: Console, merged: dict[str, Any]) -> None:
+    """A merged report on the terminal: the table, the machines, the notes."""
+    console.print(merged_table(merged))
+    for source in merged["sources"]:
+        console.print(machine_line(source), highlight=False)
+    for note in merged["notes"]:
+        console.print(f"note: {note}", highlight=False)
+
+
+MERGED_COLUMNS = (
+    "model",
+    "provider",
+    "threads",
+    "batch",
+    "source",
+    "p50",
+    "p99",
+    "ratio",
+    "verdict",
+)
+
+
+def _merged_cell(row: dict[str, Any], col: str) -> str:
+    value = row.get(col)
+    if value is None:
+        return "-"
+    if col == "ratio":
+        interval = row.get("ratio_interval")
+        text = f"{value:.3f}x"
+        return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    if col == "threads":
+        return str(value or "default")
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def machine_line(source: dict[str, Any]) -> str:
+    """One line describing the machine a merged source was measured on."""
+    m = source.get("machine") or {}
+    flags = ", ".join(m.get("cpu_flags") or []) or "none"
+    return (
+        f"{source['label']}: {m.get('cpu', '?')}, {m.get('usable_cores', '?')} cores "
+        f"(flags: {flags}), {m.get('os', '?')}, onnxruntime {m.get('onnxruntime', '?')}"
+    )
+
+
+def merged_table(merged: dict[str, Any]) -> Table:
+    """Rich table: one row per model/provider/threads/batch and source."""
+    t = Table(
+        title=f"onnxopt report merge (latency in ms; ratio = median / {merged['reference']}'s)",
+        title_justify="left",
+    )
+    for col in MERGED_COLUMNS:
+        t.add_column(col, justify="right" if col in ("p50", "p99", "ratio", "threads") else "left")
+    for row in merged["rows"]:
+        t.add_row(*(_merged_cell(row, c) for c in MERGED_COLUMNS))
+    return t
+
+
+def merged_markdown(merged: dict[str, Any]) -> str:
+    """Markdown comparison (for a CI job summary or a hardware decision document)."""
+    lines = ["## onnxopt report merge", "", "Machines:"]
+    lines += [f"- {machine_line(s)}" for s in merged["sources"]]
+    lines += [
+        "",
+        f"Latency in ms. Ratio = median / {merged['reference']}'s median, with an interval "
+        "built from both medians' 95% intervals; a difference is declared only when it "
+        "excludes 1.",
+        "",
+        *_markdown_header(
+            MERGED_COLUMNS,
+            left=tuple(c for c in MERGED_COLUMNS if c not in ("p50", "p99", "ratio")),
+        ),
+    ]
+    lines += [
+        "| " + " | ".join(_merged_cell(r, c) for c in MERGED_COLUMNS) + " |" for r in merged["rows"]
+    ]
+    if merged["notes"]:
+        lines += ["", "Notes:"] + [f"- {n}" for n in merged["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def merged_csv(merged: dict[str, Any]) -> str:
+    """CSV, one line per row."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["source", "model", "provider", "threads", "batch", "p50", "p90", "p99",
+                     "ratio", "ratio_low", "ratio_high", "verdict"])  # fmt: skip
+    for r in merged["rows"]:
+        interval = r.get("ratio_interval") or [None, None]
+        writer.writerow(
+            [r["source"], r["model"], r["provider"], r["threads"], r["batch"], r["p50"],
+             r["p90"], r["p99"], r.get("ratio"), interval[0], interval[1], r["verdict"]]
+        )  # fmt: skip
+    return buf.getvalue()
+
+
+def merged_plot(merged: dict[str, Any], path: Path) -> None:
+    """Grouped bars: median latency per model (x) and source (colour), p99 as a whisker."""
+    plt = pyplot()
+    keys = sorted({(r["model"], r["provider"], r["threads"], r["batch"]) for r in merged["rows"]})
+    sources = [s["label"] for s in merged["sources"]]
+    by = {
+        (r["model"], r["provider"], r["threads"], r["batch"], r["source"]): r
+        for r in merged["rows"]
+    }
+    width = 0.8 / len(sources)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) * len(sources)), 4.5))
+    for i, source in enumerate(sources):
+        xs, p50, err = [], [], []
+        for j, key in enumerate(keys):
+            row = by.get((*key, source))
+            if row is None:
+                continue
+            xs.append(j + (i - (len(sources) - 1) / 2) * width)
+            p50.append(row["p50"])
+            err.append(row["p99"] - row["p50"])
+        ax.bar(xs, p50, width, yerr=[[0] * len(err), err], capsize=3, label=source)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([f"{k[0]}\n{k[1]} t={k[2] or 'def'} b={k[3]}" for k in keys], fontsize=8)
+    ax.set_ylabel("median latency, ms (whisker: p99)")
+    ax.set_title("onnxopt report merge")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Renderers:
+    """How one kind of report is written as Markdown, CSV and PNG."""
+
+    markdown: Callable[[dict[str, Any]], str]
+    csv: Callable[[dict[str, Any]], str]
+    plot: Callable[[dict[str, Any], Path], None]
+
+
+BENCH = Renderers(markdown, to_csv, plot)
+MERGED = Renderers(merged_markdown, merged_csv, merged_plot)

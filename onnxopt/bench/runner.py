@@ -309,3 +309,66 @@ def median_of(report: dict[str, Any], label: str) -> float:
         if row["model"] == label:
             return float(row["latency_ms"]["p50"])
     raise KeyError(label)
+
+
+def bench_files(
+    models: list[Path],
+    cfg: BenchStep,
+    *,
+    labels: list[str] | None = None,
+    inputs_file: Path | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    dims: dict[str, int] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    inter_threads: int | None = None,
+) -> dict[str, Any]:
+    """Benchmark ONNX files that take the same inputs; the first is the baseline.
+
+    Inputs are generated from the first model's specs (``shapes`` replaces an input's shape,
+    ``dims`` gives symbolic dims their values) or read from ``inputs_file``.
+
+    Raises:
+        InputError: unreadable models, models with other inputs, shapes of unknown inputs.
+    """
+    from onnxopt.errors import ConfigError
+    from onnxopt.modelio import load_model
+    from onnxopt.verify import load_inputs, resolve_dims, specs_from_model
+
+    names = labels or [m.stem for m in models]
+    if len(names) != len(models):
+        raise ConfigError(f"--labels has {len(names)} names for {len(models)} models")
+    if len(set(names)) != len(names):
+        names = [str(m) for m in models]
+    specs_of = [specs_from_model(load_model(m, load_weights=False)) for m in models]
+    signatures = [[(s.name, s.dtype, len(s.shape)) for s in specs] for specs in specs_of]
+    for m, sig in zip(models[1:], signatures[1:], strict=True):
+        if sig != signatures[0]:
+            raise InputError(
+                f"{m.name} takes other inputs than {models[0].name} (name, dtype, rank: "
+                f"{sig} vs {signatures[0]}); bench compares models on the same inputs",
+                hint="bench models with the same inputs together, or in separate runs",
+            )
+    specs = specs_of[0]
+    overrides = shapes or {}
+    unknown = sorted(set(overrides) - {s.name for s in specs})
+    if unknown:
+        raise ConfigError(
+            f"--shape names {unknown} are not inputs of {models[0].name}; "
+            f"inputs: {[s.name for s in specs]}"
+        )
+    specs = [
+        s.model_copy(update={"shape": overrides[s.name]}) if s.name in overrides else s
+        for s in specs
+    ]
+    values, _ = resolve_dims(specs, dims or {})
+    source = InputSource(specs=specs, dims=values, seed=seed)
+    if inputs_file is not None:
+        source.fixed = load_inputs(inputs_file)
+    target = Target(
+        provider=cfg.providers[0] if cfg.providers else "cpu",
+        intra_op_threads=threads,
+        inter_op_threads=inter_threads,
+    )
+    candidates = [Candidate(n, m) for n, m in zip(names, models, strict=True)]
+    return run_bench(candidates, source, cfg, target)

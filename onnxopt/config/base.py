@@ -246,3 +246,17 @@ class GuardedStep(StepBase):
         if isinstance(value, dict) and value.get("measure_speed") is False and "guard" not in value:
             return {**value, "guard": None}
         return value
+
+
+class TimedStep(GuardedStep):
+    """A speed-guarded step that is also timed against its parent when unguarded."""
+
+    measure_speed: bool = Field(
+        True,
+        description="Time the result against its parent on the target (interleaved); false "
+        "also turns the default speed guard off.",
+    )
+
+    def measure_speed_requested(self) -> bool:
+        """Whether the artifact is to be timed against its parent without a guard."""
+        return self.measure_speed

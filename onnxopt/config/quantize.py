@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from onnxopt.config.base import GuardedStep, StrictModel
+from onnxopt.config.base import StrictModel, TimedStep
 
 
 class ImagePreprocessing(StrictModel):
@@ -140,7 +140,7 @@ class AutoOptions(StrictModel):
     trials: int = Field(2, ge=1, description="Trials, each with fresh sessions.")
 
 
-class QuantizeStep(GuardedStep):
+class QuantizeStep(TimedStep):
     """INT8 dynamic/static, fp16 or int4 weight-only quantization, verified against a budget."""
 
     type: Literal["quantize"] = Field(description="Step type.")
@@ -171,12 +171,3 @@ class QuantizeStep(GuardedStep):
     diagnose_max_excluded: int = Field(
         16, ge=1, description="Give up after excluding this many nodes."
     )
-    measure_speed: bool = Field(
-        True,
-        description="Time the result against its parent on the target (interleaved); false "
-        "also turns the default speed guard off.",
-    )
-
-    def measure_speed_requested(self) -> bool:
-        """Whether the artifact is to be timed against its parent without a guard."""
-        return self.measure_speed

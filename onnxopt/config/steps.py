@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from onnxopt.config.base import GuardedStep, StepBase, StrictModel, parse_fraction, parse_millis
+from onnxopt.config.base import (
+    GuardedStep,
+    StepBase,
+    StrictModel,
+    TimedStep,
+    parse_fraction,
+    parse_millis,
+)
 
 
 class ExportStep(StepBase):
@@ -156,7 +163,7 @@ class BenchStep(StepBase):
     _millis = field_validator("latency_budget_ms", mode="before")(parse_millis)
 
 
-class PruneStep(GuardedStep):
+class PruneStep(TimedStep):
     """Structured channel pruning or unstructured magnitude pruning on the ONNX graph."""
 
     type: Literal["prune"] = Field(description="Step type.")
@@ -175,15 +182,6 @@ class PruneStep(GuardedStep):
         description="channel: ratio per group by producer-name pattern (fnmatch), e.g. "
         "{'layers.3.*': 0.7}; the first pattern matching a producer of the group wins.",
     )
-    measure_speed: bool = Field(
-        True,
-        description="Time the result against its parent on the target (interleaved); false "
-        "also turns the default speed guard off.",
-    )
-
-    def measure_speed_requested(self) -> bool:
-        """Whether the artifact is to be timed against its parent without a guard."""
-        return self.measure_speed
 
     auto_max_ratio: float = Field(0.9, gt=0, lt=1, description="Upper end of the auto search.")
     auto_steps: int = Field(6, ge=1, le=20, description="Bisection steps of the auto search.")

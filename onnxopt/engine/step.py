@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from onnxopt import _fs, modelio, registry
+from onnxopt import _fs, graph, modelio, registry
 from onnxopt.bench.compare import speed_guard
 from onnxopt.config import PipelineConfig, StepBase
 from onnxopt.engine import cache
@@ -222,7 +222,7 @@ class StepRun:
             )
         self._judge(index, step, entry, verification)
         after = modelio.load_model(tmp, load_weights=False)
-        entry["report"] = {**result.report, "after": modelio.summary(after)}
+        entry["report"] = {**result.report, "after": graph.summary(after)}
         if result.speed is not None:  # the step timed its result against its parent itself
             entry["speed"] = result.speed
             return None

@@ -238,7 +238,7 @@ STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 
 def strip_stack_traces(model: Any) -> int:
     """Remove the exporter's per-node stack traces (absolute paths); return how many."""
-    from onnxopt.modelio import iter_graphs
+    from onnxopt.graph import iter_graphs
 
     removed = 0
     for graph in iter_graphs(model.graph):

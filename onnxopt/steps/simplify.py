@@ -12,15 +12,8 @@ import onnx
 
 from onnxopt.config import SimplifyStep
 from onnxopt.errors import ConfigError, StepError, did_you_mean, first_line
-from onnxopt.modelio import (
-    external_locations,
-    iter_tensors,
-    load_model,
-    model_size,
-    remove_model,
-    save_model,
-    summary,
-)
+from onnxopt.graph import external_locations, iter_tensors, summary
+from onnxopt.modelio import load_graph, load_model, model_size, remove_model, save_model
 from onnxopt.runtime import make_session, short_name
 from onnxopt.steps.base import StepContext, StepResult
 
@@ -68,7 +61,7 @@ def _own_external_data_name(path: Path, policy: str) -> None:
 
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_graph(path)
     locations = external_locations(model)
     wanted = path.name + ".data"
     if locations == {wanted} or not locations:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from onnxopt.config import InputSpec, Target
-from onnxopt.modelio import graph_inputs, load_model, value_info_shape
+from onnxopt.graph import graph_inputs, value_info_shape
+from onnxopt.modelio import load_model
 from onnxopt.verify.compare import Tol, Verification, compare_outputs
 from onnxopt.verify.inputs import InputSet
 

@@ -13,7 +13,7 @@ import onnx
 
 from onnxopt.config import InputSpec
 from onnxopt.errors import InputError
-from onnxopt.modelio import graph_inputs, value_info_dtype, value_info_shape
+from onnxopt.graph import graph_inputs, value_info_dtype, value_info_shape
 
 #: Value used for a symbolic dim that neither the config nor the CLI gives a value for.
 DEFAULT_DIM = 1

@@ -1,15 +1,7 @@
-"""Pruning on the ONNX graph itself: structured channel pruning and unstructured magnitude.
-
-Channel pruning finds *groups*: sets of channels that must be removed together. A group
-starts at every Conv, Gemm or MatMul whose weight is an initializer (its output channels),
-follows the tensor through ops that keep channels aligned (activations, BatchNormalization,
-pooling, element-wise ops with per-channel constants, depthwise convolutions), and ends at
-the layers that read those channels (the next Conv's input channels, the next MatMul/Gemm
-rows, a Flatten into a Gemm). Element-wise ops that join two tensors (residual Add) merge
-their groups. Anything else that touches a group (Reshape, Concat, Split, a graph output,
-weights shared between nodes, grouped convolutions) makes that group unprunable, reported
-with the reason, so the graph is never broken.
-"""
+"""The prune step on the ONNX graph itself: structured channel pruning (:mod:`.analysis`
+finds the groups of channels that go together, :mod:`.channels` removes them) and
+unstructured magnitude pruning (:mod:`.magnitude`); ``ratio: auto`` searches the largest
+ratio within the budget (:mod:`.search`)."""
 
 from __future__ import annotations
 
@@ -20,7 +12,8 @@ from typing import Any
 
 from onnxopt.config import PruneStep
 from onnxopt.errors import StepError
-from onnxopt.modelio import load_model, save_model, summary
+from onnxopt.graph import summary
+from onnxopt.modelio import load_model, save_model
 from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.steps.prune.analysis import load_float
 from onnxopt.steps.prune.channels import channel_prune

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxopt.modelio import constants_to_initializers, load_model
+from onnxopt.graph import constants_to_initializers
+from onnxopt.modelio import load_model
 
 PASS_OPS = {
     "Relu",

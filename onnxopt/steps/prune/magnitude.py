@@ -12,7 +12,8 @@ from onnx import numpy_helper
 
 from onnxopt.config import PruneStep
 from onnxopt.errors import StepError
-from onnxopt.modelio import constants_to_initializers, load_model
+from onnxopt.graph import constants_to_initializers
+from onnxopt.modelio import load_model
 
 
 def _weights_of(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -141,7 +142,8 @@ def magnitude_prune_streaming(src: Path, dst: Path, cfg: PruneStep) -> dict[str,
     file, pruned and appended to ``dst``'s own .data file, and every other external tensor
     is copied across, so a model over 2 GB never has two copies of its weights in memory.
     """
-    from onnxopt.modelio import ExternalWriter, iter_tensors, read_tensor
+    from onnxopt.graph import iter_tensors
+    from onnxopt.modelio import ExternalWriter, read_tensor
 
     model = load_model(src, load_weights=False)
     constants_to_initializers(model)

@@ -18,7 +18,8 @@ from typing import Any
 
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import GateError, OnnxoptError
-from onnxopt.modelio import check_model, iter_graphs, load_model, move_model
+from onnxopt.graph import iter_graphs
+from onnxopt.modelio import check_model, load_model, move_model
 from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.steps.quantize.backend import Recipe, backends
 from onnxopt.steps.quantize.core import quantize_once

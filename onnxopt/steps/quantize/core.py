@@ -16,16 +16,14 @@ import onnx
 
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import ConfigError, InputError, StepError, first_line
-from onnxopt.modelio import (
+from onnxopt.graph import (
     constants_to_initializers,
     external_locations,
     iter_graphs,
-    load_model,
-    model_size,
     opset_of,
-    save_model,
     topological_sort,
 )
+from onnxopt.modelio import load_graph, load_model, model_size, save_model
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.quantize.backend import Backend, backend
 
@@ -185,7 +183,7 @@ def _load_produced(raw: Path, producer: str, notes: list[str]) -> onnx.ModelProt
     except StepError as err:
         if "topologically sorted" not in err.message:
             raise
-    graph_only = onnx.load(str(raw), load_external_data=False)
+    graph_only = load_graph(raw)
     try:
         topological_sort(graph_only.graph)
     except InputError:

@@ -32,7 +32,7 @@ def rank_nodes(
     tensor (its cosine stays high while every other channel is ruined), so each node is
     measured by its effect on the model's outputs.
     """
-    from onnxopt.modelio import constants_to_initializers
+    from onnxopt.graph import constants_to_initializers
 
     model = load_model(src, load_weights=False)
     constants_to_initializers(model)

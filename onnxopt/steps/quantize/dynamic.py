@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from onnxopt.config import QuantizeStep
-from onnxopt.modelio import external_locations
+from onnxopt.graph import external_locations
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.quantize.backend import Backend, Recipe
 from onnxopt.steps.quantize.core import big

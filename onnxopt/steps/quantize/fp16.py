@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 
 from onnxopt.config import QuantizeStep
-from onnxopt.modelio import iter_graphs, load_model, save_model, topological_sort
+from onnxopt.graph import iter_graphs, topological_sort
+from onnxopt.modelio import load_model, save_model
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.quantize.backend import Backend, Recipe
 

@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxopt.modelio import ExternalWriter, iter_graphs, iter_tensors, opset_of, read_tensor
+from onnxopt.graph import iter_graphs, iter_tensors, opset_of
+from onnxopt.modelio import ExternalWriter, read_tensor
 
 #: rows quantized at once: bounds the float temporaries to ROWS x N x 4 bytes x 3
 ROWS = 1024

@@ -1,0 +1,211 @@
+"""The Typer app, the error funnel and the entry point: the only place that prints errors
+and exits.
+
+Heavy libraries (onnx, onnxruntime, torch) are imported inside the commands, so that
+``onnxopt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from onnxopt import __version__
+from onnxopt.errors import ExitCode, OnnxoptError, Terminated
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+app = typer.Typer(
+    name="onnxopt",
+    help="Take a trained model to the fastest ONNX artifact that still gives the right "
+    "answers, and prove both. Exit codes: 0 ok, 1 failure, 2 usage/config/input error, "
+    "3 verification failed, 4 benchmark gate failed, 130 interrupted, 143 terminated.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+report_app = typer.Typer(
+    help="Work with stored bench reports.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(report_app, name="report")
+
+log = logging.getLogger("onnxopt")
+
+
+def stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def stdout(width: int) -> Console:
+    """A console for tables on stdout: the terminal's width, or ``width`` when piped."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else width)
+
+
+def setup_logging(debug: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else logging.WARNING
+    handler = RichHandler(console=stderr(), show_time=False, show_path=debug, markup=False)
+    root = logging.getLogger("onnxopt")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    del quiet
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def funnel(debug: bool) -> Iterator[None]:
+    """Turn every failure into one 'error:' line and a documented exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt as err:
+        _interrupted(isinstance(err, Terminated))
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        if "signum" in _SIGNALS:
+            # The signal landed inside library code, which turned it into another error
+            # (an extension module being imported reports "ImportError: initialization
+            # failed"): the run was stopped, it did not fail.
+            import signal
+
+            _interrupted(_SIGNALS["signum"] == signal.SIGTERM)
+        if isinstance(err, OnnxoptError):
+            _error(str(err))
+            raise typer.Exit(int(err.exit_code)) from None
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        _error(
+            f"internal error: {type(err).__name__}: {text[:300]} "
+            "(rerun with --debug for the traceback, and please report it)"
+        )
+        raise typer.Exit(int(ExitCode.FAILURE)) from None
+
+
+def _interrupted(terminated: bool) -> None:
+    _error(f"{'terminated' if terminated else 'interrupted'}; no unfinished artifact was kept")
+    _SIGNALS["reported"] = 1
+    code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+    raise typer.Exit(int(code)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"onnxopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """onnxopt: export, simplify and inspect ONNX models, proving every artifact."""
+
+
+_SIGNALS: dict[str, float] = {}  # the last signal acted on, when, and whether it was reported
+_CLEANUP_S = 3.0
+_REDELIVER_S = 0.05
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: unwind, removing unfinished work (exit code 130/143).
+
+    A repeat within a few seconds is ignored, so that a double Ctrl-C, or a SIGTERM right
+    after one, cannot cut the cleanup short (it takes well under a second). A later repeat
+    interrupts again, in case the first was swallowed by library code; SIGKILL always works.
+    """
+    import signal
+    import time
+
+    now = time.monotonic()
+    if now - _SIGNALS.get("at", -_CLEANUP_S) < _CLEANUP_S:
+        return
+    if _importing(frame):
+        # An exception raised while an extension module initialises can leave it half
+        # made: seen as "ImportError: initialization failed" and, rarely, a segmentation
+        # fault. The signal is delivered again once the import is done.
+        _redeliver(signum)
+        return
+    _SIGNALS.update(at=now, signum=signum)
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
+
+
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code is inside Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver(signum: int) -> None:
+    import threading
+
+    timer = threading.Timer(_REDELIVER_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
+def main() -> None:
+    """Console-script entry point (SIGTERM is handled like Ctrl-C, with exit code 143)."""
+    import signal
+
+    from onnxopt._fs import process_temp
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
+    temp = contextlib.ExitStack()  # closed before every exit, os._exit included
+    try:
+        temp.enter_context(process_temp())  # every library's temporary files, removed at exit
+        app()
+    except KeyboardInterrupt as err:  # while Typer was still building the command line
+        temp.close()
+        _error("stopped before any work started; nothing was written")
+        sys.stderr.flush()
+        os._exit(int(ExitCode.TERMINATED if isinstance(err, Terminated) else ExitCode.INTERRUPTED))
+    except SystemExit as done:
+        if done.code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+            # The cleanup is done. Exit now: if the interrupt landed while an extension
+            # module was evaluating Python code, CPython has flagged it "unhandled" and
+            # would otherwise end the process by SIGINT, hiding the documented exit code.
+            code = int(done.code)
+            if "signum" in _SIGNALS:  # typer reports any interrupt before a command as 130
+                code = int(
+                    ExitCode.TERMINATED
+                    if _SIGNALS["signum"] == signal.SIGTERM
+                    else ExitCode.INTERRUPTED
+                )
+            if not _SIGNALS.get("reported"):
+                _error("stopped before any work started; nothing was written")
+            temp.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise
+    finally:
+        temp.close()
