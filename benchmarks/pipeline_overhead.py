@@ -1,4 +1,6 @@
-"""Measure onnxopt's own overhead: --help start-up, quickstart cold vs cached, peak memory.
+"""Measure onnxopt's own overhead: --help start-up, a one-step command beyond importing the
+libraries it needs, how often each model file is parsed, quickstart cold vs cached, peak
+memory.
 
 Run with ``make bench`` (or ``.venv/bin/python benchmarks/pipeline_overhead.py``). Each
 measurement is a fresh process; wall times are medians of ``--repeat`` runs, and the peak
@@ -42,6 +44,78 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     return wall, int(proc.stdout.strip().splitlines()[-1]) // 1024
 
 
+# Counts, in a child process, how often onnxopt parses (onnx.load) and checks
+# (onnx.checker by path) each file during one command, by file name.
+_COUNT = """
+import collections, json, sys
+from pathlib import Path
+import onnx, onnx.checker
+counts = collections.Counter()
+load, check = onnx.load_model, onnx.checker.check_model
+def counted_load(f, *a, **k):
+    counts["parse " + Path(str(f)).name] += 1
+    return load(f, *a, **k)
+def counted_check(m, *a, **k):
+    counts["check " + Path(str(m)).name] += 1
+    return check(m, *a, **k)
+onnx.load = onnx.load_model = counted_load
+onnx.checker.check_model = counted_check
+from onnxopt.cli import app
+sys.argv = ["onnxopt", *sys.argv[1:]]
+try:
+    app()
+except SystemExit:
+    pass
+print(json.dumps(counts))
+"""
+LIBRARIES = "import onnx, onnxruntime, numpy, pydantic, typer, rich, yaml"
+
+
+def one_step(repeat: int) -> dict[str, object]:
+    """A one-step simplify of a one-node model: its wall time beyond importing the libraries
+    it needs, and the parses and checks of each file (ours, not onnxsim's) per step."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = Path(tempfile.mkdtemp(prefix="onnxopt-one-step-"))
+    try:
+        src = folder / "tiny.onnx"
+        weight = numpy_helper.from_array(np.eye(16, dtype=np.float32), "w")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "tiny",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+            [weight],
+        )
+        onnx.save_model(helper.make_model(graph), str(src))
+        base = [sys.executable, "-m", "onnxopt"]
+        cmd = [*base, "simplify", str(src), "-o", str(folder / "s.onnx"), "-b", "ort"]
+        cmd += ["--no-guard", "-q"]
+        total = [measure(cmd)[0] for _ in range(repeat * 3)]
+        imports = [measure([sys.executable, "-c", LIBRARIES])[0] for _ in range(repeat * 3)]
+        parses = {}
+        commands = {
+            "simplify -b ort": ["simplify", str(src), "-o", str(folder / "a.onnx"), "-b", "ort"],
+            "quantize -m dynamic": ["quantize", str(src), "-o", str(folder / "b.onnx")],
+        }
+        commands["quantize -m dynamic"] += ["-m", "dynamic"]
+        for name, args in commands.items():
+            proc = subprocess.run(
+                [sys.executable, "-c", _COUNT, *args, "-q"], capture_output=True, text=True
+            )
+            parses[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {
+            "command_s": statistics.median(total),
+            "library_imports_s": statistics.median(imports),
+            "overhead_s": statistics.median(total) - statistics.median(imports),
+            "parses": parses,
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement")
@@ -62,6 +136,7 @@ def main() -> None:
         }
 
     record("onnxopt --help", [measure([*onnxopt, "--help"]) for _ in range(args.repeat * 3)])
+    step = one_step(args.repeat)
 
     cold, cached = [], []
     for _ in range(args.repeat):
@@ -86,8 +161,18 @@ def main() -> None:
             f"{row['peak_rss_mib']:>10}"
         )
     print(f"cached / cold wall-time ratio: {ratio:.3f}")
+    print(
+        f"one-step simplify of a one-node model: {step['command_s']:.2f} s, of which "
+        f"{step['library_imports_s']:.2f} s importing onnx, onnxruntime, numpy, pydantic, typer, "
+        f"rich and yaml: onnxopt's own overhead {step['overhead_s']:.2f} s"
+    )
+    for name, counts in step["parses"].items():  # type: ignore[attr-defined]
+        shown = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        print(f"parses and checks during one '{name}' (file: count): {shown}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "cached_over_cold": ratio}, indent=2))
+        args.json.write_text(
+            json.dumps({"results": results, "cached_over_cold": ratio, "one_step": step}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
     for exporter in order:
         attempt: dict[str, Any] = {"exporter": exporter}
         attempts.append(attempt)
-        with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
+        with tempfile.TemporaryDirectory(dir=ctx.scratch) as scratch:
             try:
                 model = _export(exporter, module, args, cfg, ctx, output_names, Path(scratch) / "m")
             except Exception as err:

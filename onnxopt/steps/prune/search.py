@@ -27,7 +27,7 @@ def cosine_without_compensation(
 
     plain = load_float(src)
     channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         probe = save_model(plain, Path(tmp) / "plain.onnx")
         tol = resolve_tolerance(cfg)
         return ctx.verify(probe, ctx.reference(src), tol).min_cosine
@@ -45,7 +45,7 @@ def search_ratio(
     tol = resolve_tolerance(cfg)
     lo, hi = 0.0, cfg.auto_max_ratio
     trail: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         probe = Path(tmp) / "probe.onnx"
         for step in range(cfg.auto_steps + 1):
             ratio = hi if step == 0 else (lo + hi) / 2

@@ -67,7 +67,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     recipes, skipped = choose_candidates(cfg, ops, ctx.target.provider)
     names = [r.name for r in recipes]
     reference = ctx.reference(src)
-    work = Path(tempfile.mkdtemp(prefix="auto-", dir=dst.parent))
+    work = Path(tempfile.mkdtemp(prefix="auto-", dir=ctx.scratch))
     rows: list[dict[str, Any]] = []
     survivors: list[tuple[str, Path]] = []
     verifications: dict[str, Verification] = {}

@@ -220,7 +220,7 @@ def big(path: Path) -> bool:
 def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
     """Quantize ``src`` into ``dst`` with one concrete mode; return the report."""
     notes: list[str] = []
-    work = Path(tempfile.mkdtemp(prefix="quantize-", dir=dst.parent))
+    work = Path(tempfile.mkdtemp(prefix="quantize-", dir=ctx.scratch))
     try:
         prepared = work / "prepared.onnx"
         model = load_model(src, load_weights=False)  # external weights stay on disk

@@ -42,7 +42,7 @@ def rank_nodes(
     del model
     tol = resolve_tolerance(cfg)
     ranked = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         probe = Path(tmp) / "one.onnx"
         for name in names:
             others = [n for n in names if n != name] + list(cfg.nodes_to_exclude)
