@@ -53,14 +53,30 @@ def stdout(width: int) -> Console:
     return Console(width=None if sys.stdout.isatty() else width)
 
 
-def setup_logging(debug: bool, quiet: bool) -> None:
-    from rich.logging import RichHandler
+class _LazyRichHandler(logging.Handler):
+    """Renders records with rich's handler, imported on the first record (rich.logging pulls
+    in rich.traceback and pygments: most runs log nothing and need not pay for them)."""
 
-    level = logging.DEBUG if debug else logging.WARNING
-    handler = RichHandler(console=stderr(), show_time=False, show_path=debug, markup=False)
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+        self._rich: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._rich is None:
+            from rich.logging import RichHandler
+
+            self._rich = RichHandler(
+                console=stderr(), show_time=False, show_path=self.debug, markup=False
+            )
+        self._rich.handle(record)
+
+
+def setup_logging(debug: bool, quiet: bool) -> None:
+    """Warnings (debug: everything) of onnxopt's loggers on stderr."""
     root = logging.getLogger("onnxopt")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.handlers[:] = [_LazyRichHandler(debug)]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
     root.propagate = False
     del quiet
 

@@ -17,7 +17,7 @@ DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint
 class StrictModel(BaseModel):
     """Base for every config model: unknown keys are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class InputSpec(StrictModel):

@@ -8,6 +8,7 @@ recorded are still on disk with the recorded sha256.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -43,7 +44,9 @@ def tool_versions(include_torch: bool = False) -> dict[str, str | None]:
     return versions
 
 
+@functools.cache
 def _dist_version(name: str) -> str | None:
+    """An installed distribution's version (read once: its metadata is parsed to tell)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

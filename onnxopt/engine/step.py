@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt import _fs, graph, modelio, registry
-from onnxopt.bench.compare import speed_guard
 from onnxopt.config import PipelineConfig, StepBase
 from onnxopt.engine import cache
 from onnxopt.engine.manifest import Manifest, now
@@ -229,6 +228,8 @@ class StepRun:
         guarded = step.guard is not None and step.guard.not_slower
         if parent is None or not (guarded or step.measure_speed_requested()):
             return None
+        from onnxopt.bench.compare import speed_guard
+
         where = f"step {index} ({step.type})"
         speed, decision = speed_guard(
             parent, tmp, self.ctx.inputs, self.ctx.target, step.guard if guarded else None, where
