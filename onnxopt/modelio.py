@@ -66,6 +66,8 @@ def _check_path(file: Path) -> None:
     key = _identity(file)
     if key not in _CHECKED:
         onnx.checker.check_model(str(file))
+        if len(_CHECKED) > 1024:  # a long-lived process: forget the oldest run's files
+            _CHECKED.clear()
         _CHECKED.add(key)
 
 

@@ -217,13 +217,17 @@ def format_validation_error(
     return config_error(_problems(err, model or PipelineConfig), source)
 
 
-def _step_problems(steps: Any) -> list[str]:
-    """Problems of the steps list, each step checked against its own config class."""
+def _steps(steps: Any) -> tuple[list[Any], list[str]]:
+    """The steps list validated, each step against its own config class, and its problems.
+
+    Returns the steps (config instances where valid) and one line per problem.
+    """
     if not isinstance(steps, list):
-        return []
+        return steps, []
     classes = registry.config_classes()
     known = list(classes)
     problems: list[str] = []
+    validated: list[Any] = list(steps)
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
             found = type(step).__name__
@@ -247,10 +251,10 @@ def _step_problems(steps: Any) -> list[str]:
             )
         else:
             try:
-                classes[kind].model_validate(step)
+                validated[i] = classes[kind].model_validate(step)
             except ValidationError as err:
                 problems += _problems(err, classes[kind], ("steps", i))
-    return problems
+    return validated, problems
 
 
 def parse_config(data: Any, source: str = "config") -> PipelineConfig:
@@ -270,7 +274,7 @@ def parse_config(data: Any, source: str = "config") -> PipelineConfig:
             f"{source}: expected a mapping at the top level, found {type(data).__name__}"
         )
     data = _expand_env(data, "")
-    problems = _step_problems(data.get("steps"))
+    steps, problems = _steps(data.get("steps"))
     if problems:  # the rest of the file is checked too, with the steps left out
         rest = {k: v for k, v in data.items() if k != "steps"}
         try:
@@ -279,7 +283,8 @@ def parse_config(data: Any, source: str = "config") -> PipelineConfig:
             problems += [p for p in _problems(err, PipelineConfig) if not p.startswith("steps")]
         raise config_error(problems, source)
     try:
-        return PipelineConfig.model_validate(data)
+        # the steps are validated already: the model takes the instances as they are
+        return PipelineConfig.model_validate({**data, "steps": steps} if "steps" in data else data)
     except ValidationError as err:
         raise format_validation_error(err, source) from None
 
