@@ -46,6 +46,8 @@ class StepSpec:
         once: it may appear at most once in a pipeline (why, for the error message).
         suffix: the file name ending of a files or measure step's output
             (``NN-<name><suffix>``; a model step writes ``NN-<name>-<hash8>.onnx``).
+        lossy: it changes the function on purpose (reduced precision, removed weights): a
+            proof on generated inputs does not cover the task, and the run says so.
     """
 
     name: str
@@ -56,6 +58,7 @@ class StepSpec:
     reads_pytorch: bool = False
     once: str | None = None
     suffix: str = ".onnx"
+    lossy: bool = False
 
 
 STEPS: dict[str, StepSpec] = {}
@@ -94,6 +97,7 @@ for _spec in (
         "onnxopt.config.quantize:QuantizeStep",
         "onnxopt.steps.quantize:run",
         tolerance="onnxopt.steps.quantize:default_tolerance",
+        lossy=True,
         once="quantizing an already quantized model stacks precision losses. Use one step "
         "(mode: auto tries several recipes)",
     ),
@@ -103,6 +107,7 @@ for _spec in (
         "onnxopt.config.steps:PruneStep",
         "onnxopt.steps.prune:run",
         tolerance=(math.inf, math.inf, -1.0),
+        lossy=True,
     ),
     # compared with its parent run at the conversion's own settings: the same kernels
     StepSpec(

@@ -123,7 +123,9 @@ def test_static_npz_calibration_and_exclusions(tmp_path: Path) -> None:
         "tolerance": {"min_cosine": 0.8},  # a tiny random model: plumbing, not accuracy
     }
     entry = _run(src, tmp_path / "o", step)["steps"][0]
-    assert entry["report"]["calibration"]["samples"] == 6
+    # the calibration data is the run's data: 2 of its 6 samples are held out to verify on
+    assert entry["report"]["calibration"]["samples"] == 4
+    assert entry["verification"]["main"]["samples"] == 2
     assert entry["report"]["calibration"]["percentile"] == 99.9
     assert entry["report"]["float_compute_ops"] == {"Conv": 1}  # excluded, stays float
 
@@ -281,14 +283,16 @@ def test_callable_calibration_source(tmp_path: Path) -> None:
     src = models.compute_model(tmp_path / "c.onnx")
     step = {
         "mode": "static",
-        "tolerance": {"min_cosine": 0.3},  # plumbing: uniform calibration, normal inputs
+        "tolerance": {"min_cosine": 0.3},  # plumbing: a tiny random model
         "static": {
             "calibration": {"source": "callable", "callable": f"{factories}:calibration_batches"}
         },
     }
     entry = _run(src, tmp_path / "o", step)["steps"][0]
     assert entry["report"]["calibration"]["source"] == "callable"
-    assert entry["report"]["calibration"]["samples"] == 5
+    # the callable's 5 samples are the run's data: 1 held out to verify on, 4 calibrate
+    assert entry["report"]["calibration"]["samples"] == 4
+    assert entry["verification"]["main"]["samples"] == 1
     bad = {
         **step,
         "static": {
@@ -311,10 +315,10 @@ def test_image_folder_calibration_source(tmp_path: Path) -> None:
     (folder / "notes.txt").write_text("ignored")
     src = models.compute_model(tmp_path / "c.onnx")
     cal = {"source": "images", "path": str(folder), "preprocessing": {"resize": 10, "crop": [8, 8]}}
-    # plumbing, not accuracy: random images against normal-distributed verification inputs
+    # plumbing, not accuracy: random images
     step = {"mode": "static", "tolerance": {"min_cosine": 0.3}, "static": {"calibration": cal}}
     entry = _run(src, tmp_path / "o", step)["steps"][0]
-    assert entry["report"]["calibration"]["samples"] == 3
+    assert entry["report"]["calibration"]["samples"] == 2  # and 1 image held out
     wrong = {**cal, "preprocessing": {"resize": 32, "crop": [16, 16]}}
     with pytest.raises(InputError, match=r"gives shape \[1, 3, 16, 16\]"):
         _run(src, tmp_path / "o2", {**step, "static": {"calibration": wrong}})

@@ -27,6 +27,9 @@ def model_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlp_onnx: Path) -
     cal = np.random.default_rng(0).standard_normal((16, 1, 64)).astype(np.float32)
     np.savez(tmp_path / "cal.npz", features=cal)
     env = {"MODEL": str(mlp_onnx), "CALIB": str(tmp_path / "cal.npz"), "OUT": str(tmp_path / "out")}
+    # the sample's random weights and data: the recipes' plumbing, not their accuracy (held-out
+    # samples of random data put a random MLP's int8 near cosine 0.99, by CPU)
+    env["MIN_COSINE"] = "0.95"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -20,6 +20,7 @@ from onnxopt.config.base import (
     parse_fraction,
     parse_millis,
 )
+from onnxopt.config.data import DataConfig, ImagePreprocessing
 from onnxopt.config.pipeline import (
     PipelineConfig,
     Step,
@@ -34,7 +35,6 @@ from onnxopt.config.quantize import (
     CalibrationConfig,
     DynamicOptions,
     Fp16Options,
-    ImagePreprocessing,
     Int4Options,
     QuantizeStep,
     StaticOptions,
@@ -57,6 +57,7 @@ __all__ = [
     "BenchStep",
     "CalibrationConfig",
     "DType",
+    "DataConfig",
     "DynamicOptions",
     "ExportStep",
     "Fp16Options",

@@ -27,6 +27,7 @@ from pydantic import (
 
 from onnxopt import registry
 from onnxopt.config.base import InputSpec, ModelSource, StepBase, StrictModel, Target, VerifyConfig
+from onnxopt.config.data import DataConfig
 from onnxopt.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
@@ -56,6 +57,13 @@ class PipelineConfig(StrictModel):
         description="Store weights in a separate .data file: auto (only over 2 GB), always, never.",
     )
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Verification.")
+    data: DataConfig | None = Field(
+        None,
+        description="The user's data: samples of the inputs, split (seeded) into a calibration "
+        "part and a held-out part that every step is verified on and timed at. Without it "
+        "(and without a quantize step's calibration data, which then serves as it), every "
+        "proof runs on generated inputs.",
+    )
     steps: list[Step] = Field(min_length=1, description="Ordered steps.")
 
     @field_validator("steps", mode="before")

@@ -7,25 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from onnxopt.config.base import StrictModel, TimedStep
-
-
-class ImagePreprocessing(StrictModel):
-    """How images become one model input (RGB, resized, center-cropped, normalized)."""
-
-    input: str | None = Field(None, description="Input that receives the image (default: first).")
-    resize: int | None = Field(
-        256, ge=1, description="Resize so the shorter side has this length (None: keep)."
-    )
-    crop: tuple[int, int] = Field((224, 224), description="Center crop [height, width].")
-    scale: float = Field(1 / 255, description="Pixel values are multiplied by this first.")
-    mean: list[float] = Field(
-        default_factory=lambda: [0.485, 0.456, 0.406], description="Per-channel mean (RGB)."
-    )
-    std: list[float] = Field(
-        default_factory=lambda: [0.229, 0.224, 0.225], description="Per-channel std (RGB)."
-    )
-    layout: Literal["nchw", "nhwc"] = Field("nchw", description="Tensor layout.")
-    channels: Literal["rgb", "bgr"] = Field("rgb", description="Channel order.")
+from onnxopt.config.data import ImagePreprocessing
 
 
 class CalibrationConfig(StrictModel):

@@ -8,14 +8,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from onnxopt import modelio
+from onnxopt import _fs, modelio
 from onnxopt.config import InputSpec, PipelineConfig
+from onnxopt.data import load_samples, split
 from onnxopt.engine.cache import resolve
 from onnxopt.engine.lock import LOCK_NAME
 from onnxopt.engine.manifest import INPUTS_NAME, MANIFEST_NAME, written_by_onnxopt
 from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.steps.base import StepContext
 from onnxopt.verify import (
+    Inputs,
     InputSet,
     check_inputs_fit,
     inputs_digest,
@@ -65,10 +67,24 @@ def build_context(
     Returns the context and the manifest's record of the input set.
     """
     specs = input_specs(config, base_dir, source)
+    data = data_source(config)
+    samples: list[Inputs] = []
+    if data is not None:
+        given, _ = resolve_dims(specs, config.dims)
+        samples = load_samples(data, specs, given, base_dir, invocation_dir)
+    calibration = held = None
     if config.verify.inputs_file:
         inputs = load_inputs(resolve(base_dir, config.verify.inputs_file))
         dims = _dims_from_arrays(specs, inputs)
         defaulted: list[str] = []
+        calibration = samples or None  # verification is on exactly the inputs file
+    elif samples:
+        calibration, held, held_index = split(
+            samples, getattr(data, "holdout", 0.25), getattr(data, "seed", 0)
+        )
+        inputs = held[0]
+        dims = _dims_from_arrays(specs, inputs)
+        defaulted = []
     else:
         dims, defaulted = resolve_dims(specs, config.dims)
         inputs = make_inputs(specs, dims, config.verify.seed)
@@ -79,31 +95,76 @@ def build_context(
             f"the inputs have {symbolic_dims(specs) or 'no symbolic dims'}"
         )
     if source is not None:
-        check_inputs_fit(modelio.load_model(source, load_weights=False), inputs, source.name)
+        model = modelio.load_model(source, load_weights=False)
+        for i, feeds in enumerate(held or [inputs]):
+            where = source.name if held is None else f"{source.name}, held-out sample {i}"
+            check_inputs_fit(model, feeds, where)
     for name in defaulted:
         log.info("dim %r has no value in 'dims'; using 1 for verification inputs", name)
     alt_dims = alt_inputs = None
-    if config.verify.second_shape and dims:
+    if config.verify.second_shape and dims and held is None:
         alt_dims = second_dims(dims, config.verify.second_dims)
         alt_inputs = make_inputs(specs, alt_dims, config.verify.seed + 1)
     save_inputs(out_dir / INPUTS_NAME, inputs)
-    record = {
+    record: dict[str, Any] = {
         "path": INPUTS_NAME,
         "digest": inputs_digest(inputs),
         "source": config.verify.inputs_file or f"generated (seed {config.verify.seed})",
+        "synthetic": not config.verify.inputs_file and not held,
         "specs": [s.model_dump() for s in specs],
         "dims": dims,
         "defaulted_dims": defaulted,
         "second_dims": alt_dims,
     }
+    if data is not None:
+        record["digest"] = _fs.digest_of(
+            [inputs_digest(s) for s in held or [inputs]], [inputs_digest(s) for s in samples]
+        )
+        record["data"] = {
+            "from": data.callable if data.source == "callable" else data.path,
+            "samples": len(samples),
+            "calibration": len(calibration or []),
+            "held_out": len(held or []),
+            "held_out_samples": held_index if held else [],
+            "split_seed": getattr(data, "seed", 0),
+        }
+        if held:
+            record["source"] = f"{len(held)} held-out samples of the data"
+            record["shapes"] = sorted({_shapes(s) for s in held})
+    input_set = InputSet(
+        main=inputs,
+        dims=dims,
+        second=alt_inputs,
+        second_dims=alt_dims,
+        samples=held,
+        synthetic=bool(record["synthetic"]),
+    )
     ctx = StepContext(
         config=config,
         base_dir=base_dir,
         specs=specs,
-        input_set=InputSet(main=inputs, dims=dims, second=alt_inputs, second_dims=alt_dims),
+        input_set=input_set,
         invocation_dir=invocation_dir,
+        calibration=calibration,
+        data_source=data,
     )
     return ctx, record
+
+
+def data_source(config: PipelineConfig) -> Any:
+    """The run's data: its ``data``, or else the first quantize step's own calibration data
+    (the data that calibrates also verifies, held out)."""
+    if config.data is not None:
+        return config.data
+    for step in config.steps:
+        static = getattr(step, "static", None)
+        if static is not None and static.calibration.source != "synthetic":
+            return static.calibration
+    return None
+
+
+def _shapes(sample: Inputs) -> str:
+    return ", ".join(f"{k}{list(v.shape)}" for k, v in sorted(sample.items()))
 
 
 def _dims_from_arrays(specs: list[InputSpec], arrays: dict[str, Any]) -> dict[str, int]:
@@ -129,6 +190,7 @@ def _dims_from_arrays(specs: list[InputSpec], arrays: dict[str, Any]) -> dict[st
 def input_files(config: PipelineConfig, base_dir: Path) -> list[Path]:
     """The user's files a run reads: model, weights, inputs, calibration data, baselines."""
     named = [config.model.path, config.model.weights, config.verify.inputs_file]
+    named.append(config.data.path if config.data is not None else None)
     for step in config.steps:
         static = getattr(step, "static", None)
         named.append(static.calibration.path if static is not None else None)

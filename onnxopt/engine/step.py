@@ -30,6 +30,10 @@ from onnxopt.verify import Verification, resolve_tolerance, verify_against_paren
 
 log = logging.getLogger("onnxopt")
 
+SYNTHETIC_WARNING = (
+    "verified on synthetic inputs only: that proves the graph, not the task; give --data "
+    "(samples of your inputs) to verify on a held-out part of them"
+)
 #: the manifest field that records what a step of each kind published
 _PUBLISHED_AS = {"model": "output", "files": "files", "measure": "report_file"}
 
@@ -220,6 +224,9 @@ class StepRun:
                 parent, tmp, tol, self.ctx.input_set, self.ctx.target
             )
         self._judge(index, step, entry, verification)
+        if registry.spec(step.type).lossy and self.ctx.input_set.synthetic:
+            entry["warnings"].append(SYNTHETIC_WARNING)
+            log.warning("step %d (%s): %s", index, step.type, SYNTHETIC_WARNING)
         after = modelio.load_model(tmp, load_weights=False)
         entry["report"] = {**result.report, "after": graph.summary(after)}
         if result.speed is not None:  # the step timed its result against its parent itself

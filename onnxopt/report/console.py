@@ -121,6 +121,21 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
     for entry in manifest.get("steps", []):
         if entry.get("type") == "bench" and entry.get("report"):
             console.print(bench_summary_table(entry))
+    inputs = manifest.get("inputs") or {}
+    if inputs.get("data") and not inputs.get("synthetic"):
+        data = inputs["data"]
+        console.print(
+            f"verified on {data['held_out']} held-out samples of {data['from']} "
+            f"(calibration: {data['calibration']}, split seed {data['split_seed']})",
+            highlight=False,
+        )
+    elif inputs.get("synthetic"):
+        dims = ", ".join(f"{k}={v}" for k, v in (inputs.get("dims") or {}).items())
+        console.print(
+            f"[yellow]verified on synthetic inputs ({inputs.get('source')}"
+            f"{'; ' + dims if dims else ''}): give --data to prove the task[/]",
+            highlight=False,
+        )
     for entry in manifest.get("steps", []):
         if entry.get("kept_parent"):
             console.print(

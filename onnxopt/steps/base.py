@@ -33,6 +33,11 @@ class StepContext:
     scratch: Path | None = None
     #: the models measured so far, oldest first, as (label, path): what a bench step times
     chain: list[tuple[str, Path]] = field(default_factory=list)
+    #: the calibration part of the run's data (None without data), disjoint from the
+    #: held-out samples in ``input_set``
+    calibration: list[Inputs] | None = None
+    #: the config the run's data came from (a DataConfig, or a step's CalibrationConfig)
+    data_source: Any = None
 
     @property
     def target(self) -> Target:

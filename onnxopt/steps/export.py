@@ -25,7 +25,14 @@ from onnxopt.errors import (
 from onnxopt.factory import load_factory
 from onnxopt.modelio import TWO_GB, check_model, load_model, remove_model, save_model
 from onnxopt.steps.base import StepContext, StepResult
-from onnxopt.verify import Reference, Verification, pinned_dims, resolve_tolerance, symbolic_axes
+from onnxopt.verify import (
+    Reference,
+    Verification,
+    make_inputs,
+    pinned_dims,
+    resolve_tolerance,
+    symbolic_axes,
+)
 
 log = logging.getLogger("onnxopt")
 
@@ -257,14 +264,18 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
     with user_cwd(ctx.invocation_dir):  # the factory is the user's code
         module = build_module(ctx.config.model, ctx.base_dir, [s.name for s in ctx.specs])
     names = [s.name for s in ctx.specs]
-    reference = Reference(
-        main=torch_outputs(module, ctx.inputs, names),
-        second=(
-            torch_outputs(module, ctx.second_inputs, names)
-            if ctx.second_inputs is not None
-            else None
-        ),
-    )
+    if ctx.input_set.samples:  # the user's held-out samples
+        per_sample = [torch_outputs(module, s, names) for s in ctx.input_set.samples]
+        reference = Reference(main=per_sample[0], samples=per_sample)
+    else:
+        reference = Reference(
+            main=torch_outputs(module, ctx.inputs, names),
+            second=(
+                torch_outputs(module, ctx.second_inputs, names)
+                if ctx.second_inputs is not None
+                else None
+            ),
+        )
     output_names = (
         cfg.output_names
         or getattr(module, "onnxopt_output_names", None)
@@ -276,7 +287,12 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
             f"{len(reference.main)} tensors"
         )
     # Trace with the larger example: exporters may specialise a dim whose example value is 1.
-    example = ctx.second_inputs if ctx.second_inputs is not None else ctx.inputs
+    example = ctx.second_inputs
+    if example is None:
+        bigger = {name: value + 1 for name, value in ctx.dims.items()}
+        example = (
+            make_inputs(ctx.specs, bigger, ctx.config.verify.seed + 1) if bigger else ctx.inputs
+        )
     args = _to_torch(example, names)
     tol = resolve_tolerance(cfg)
     order = ["dynamo", "torchscript"] if cfg.exporter == "auto" else [cfg.exporter]

@@ -11,22 +11,27 @@ import numpy as np
 from onnxopt.config import InputSpec, Target
 from onnxopt.graph import graph_inputs, value_info_shape
 from onnxopt.modelio import load_model
-from onnxopt.verify.compare import Tol, Verification, compare_outputs
+from onnxopt.verify.compare import Tol, Verification, compare_outputs, merge_samples
 from onnxopt.verify.inputs import InputSet
 
 
 @dataclass
 class Reference:
-    """Reference outputs on an input set's main and second-shape inputs."""
+    """Reference outputs on an input set: its main and second-shape inputs, or its held-out
+    samples (one list of outputs per sample)."""
 
     main: list[np.ndarray]
     second: list[np.ndarray] | None = None
+    samples: list[list[np.ndarray]] | None = None
 
 
 def outputs_on(session: Any, inputs: InputSet, where: str) -> Reference:
-    """A session's outputs on the main inputs and, when there are some, the second shape."""
+    """A session's outputs on the input set (every held-out sample when it has them)."""
     from onnxopt.runtime import run_session
 
+    if inputs.samples:
+        per_sample = [run_session(session, s, where) for s in inputs.samples]
+        return Reference(main=per_sample[0], samples=per_sample)
     second = run_session(session, inputs.second, where) if inputs.second is not None else None
     return Reference(main=run_session(session, inputs.main, where), second=second)
 
@@ -55,6 +60,13 @@ def verify_model(
 
     session = make_session(child, target)
     names = output_names or [o.name for o in session.get_outputs()]
+    if inputs.samples and reference.samples is not None:
+        got_all = [run_session(session, s, child.name) for s in inputs.samples]
+        results = [
+            compare_outputs(ref, got, names, tol)
+            for ref, got in zip(reference.samples, got_all, strict=True)
+        ]
+        return Verification(tolerance=tol.as_dict(), main=merge_samples(results))
     got = run_session(session, inputs.main, child.name)
     main = compare_outputs(reference.main, got, names, tol)
     second = None

@@ -138,6 +138,40 @@ def failure_text(result: dict[str, Any]) -> str:
     return "mismatch"
 
 
+def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One comparison from the comparisons of several samples: per output its worst figures
+    (lowest cosine and top-1 agreement, largest errors), failing where any sample failed
+    (the first such sample named in the problem)."""
+    if any(r.get("problem") and not r["outputs"] for r in results):
+        first = next(r for r in results if r.get("problem") and not r["outputs"])
+        return {
+            "passed": False,
+            "outputs": [],
+            "problem": first["problem"],
+            "samples": len(results),
+        }
+    merged = []
+    for rows in zip(*(r["outputs"] for r in results), strict=True):
+        row: dict[str, Any] = {"name": rows[0]["name"], "shape": rows[0]["shape"]}
+        for key, pick in (
+            ("max_abs_err", max),
+            ("max_rel_err", max),
+            ("cosine", min),
+            ("top1_agreement", min),
+            ("top5_agreement", min),
+            ("mismatched", max),
+        ):
+            values = [r[key] for r in rows if key in r]
+            if values:
+                row[key] = pick(values)
+        failing = [i for i, r in enumerate(rows) if not r["passed"]]
+        row["passed"] = not failing
+        if failing:
+            row["problem"] = f"{rows[failing[0]].get('problem', 'mismatch')} (sample {failing[0]})"
+        merged.append(row)
+    return {"passed": all(r["passed"] for r in merged), "outputs": merged, "samples": len(results)}
+
+
 def min_cosine(result: dict[str, Any]) -> float:
     """The lowest cosine of a comparison's outputs (1 when none was measured)."""
     return min((o.get("cosine", 1.0) for o in result.get("outputs", [])), default=1.0)

@@ -33,9 +33,16 @@ class InputSet:
     dims: dict[str, int]
     second: Inputs | None = None
     second_dims: dict[str, int] | None = None
+    #: held-out samples of the user's data: when given, verification runs on every one of
+    #: them (at their own shapes) instead of ``main`` and ``second``; ``main`` is the first
+    samples: list[Inputs] | None = None
+    #: generated inputs (no data, no inputs file): a proof of the graph, not of the task
+    synthetic: bool = True
 
     def sets(self) -> list[Inputs]:
-        """The input sets to run, main first."""
+        """The input sets to run: the held-out samples, or main (and second)."""
+        if self.samples:
+            return list(self.samples)
         return [self.main] if self.second is None else [self.main, self.second]
 
 

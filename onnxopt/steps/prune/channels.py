@@ -132,10 +132,15 @@ def _group_ratio(names: list[str], cfg: PruneStep, override: float | None) -> fl
     return float(cfg.ratio)
 
 
+#: samples of the data the activation statistics are averaged over
+STATS_SAMPLES = 16
+
+
 def activation_stats(
     model: onnx.ModelProto, names: list[str], ctx: StepContext
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-channel (mean, mean |x|) of tensors on the verification inputs.
+    """Per-channel (mean, mean |x|) of tensors, averaged over the calibration part of the
+    run's data (or, without data, the verification inputs).
 
     Channels are axis 1 for rank-4 tensors (NCHW) and the last axis otherwise.
     """
@@ -144,12 +149,18 @@ def activation_stats(
     probe_model = onnx.ModelProto()
     probe_model.CopyFrom(model)
     del probe_model.graph.value_info[:]
-    (values,) = run_exposing(probe_model, names, [ctx.inputs], target=ctx.target, where="stats")
+    feeds = (ctx.calibration or [ctx.inputs])[:STATS_SAMPLES]
+    runs = run_exposing(probe_model, names, feeds, target=ctx.target, where="stats")
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, value in values.items():
-        axis = 1 if value.ndim == 4 else value.ndim - 1
-        others = tuple(i for i in range(value.ndim) if i != axis)
-        stats[name] = (value.mean(axis=others), np.abs(value).mean(axis=others))
+    for name in runs[0]:
+        means, magnitudes = [], []
+        for values in runs:
+            value = values[name]
+            axis = 1 if value.ndim == 4 else value.ndim - 1
+            others = tuple(i for i in range(value.ndim) if i != axis)
+            means.append(value.mean(axis=others))
+            magnitudes.append(np.abs(value).mean(axis=others))
+        stats[name] = (np.mean(means, axis=0), np.mean(magnitudes, axis=0))
     return stats
 
 

@@ -40,7 +40,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def choose_candidates(
-    cfg: QuantizeStep, ops: Counter[str], provider: str
+    cfg: QuantizeStep, ops: Counter[str], provider: str, data: bool = False
 ) -> tuple[list[Recipe], dict[str, str]]:
     """Recipes worth trying for this model, target and data, and why others were left out."""
     recipes = [r for b in backends() for r in b.recipes]
@@ -49,7 +49,7 @@ def choose_candidates(
     chosen: list[Recipe] = []
     skipped: dict[str, str] = {}
     for recipe in recipes:
-        reason = recipe.unfit(ops, cfg, provider)
+        reason = recipe.unfit(ops, cfg, provider, data)
         if reason is None:
             chosen.append(recipe)
         else:
@@ -64,7 +64,9 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     model = load_model(src, load_weights=False)
     ops: Counter[str] = Counter(n.op_type for g in iter_graphs(model.graph) for n in g.node)
     del model
-    recipes, skipped = choose_candidates(cfg, ops, ctx.target.provider)
+    recipes, skipped = choose_candidates(
+        cfg, ops, ctx.target.provider, data=ctx.calibration is not None
+    )
     names = [r.name for r in recipes]
     reference = ctx.reference(src)
     work = Path(tempfile.mkdtemp(prefix="auto-", dir=ctx.scratch))

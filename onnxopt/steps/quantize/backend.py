@@ -33,12 +33,13 @@ def _quantized_nothing(facts: dict[str, Any], counts: dict[str, Any]) -> bool:
 class Recipe:
     """A configuration ``auto`` may try, and when it does not fit.
 
-    ``unfit(ops, cfg, provider)`` returns why the recipe is not tried (None: try it).
+    ``unfit(ops, cfg, provider, data)`` returns why the recipe is not tried (None: try it);
+    ``data`` tells whether the run has the user's data (a calibration part).
     """
 
     name: str
     overrides: dict[str, Any]
-    unfit: Callable[[Counter[str], QuantizeStep, str], str | None]
+    unfit: Callable[[Counter[str], QuantizeStep, str, bool], str | None]
 
 
 @dataclass(frozen=True)

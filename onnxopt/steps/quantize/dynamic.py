@@ -82,7 +82,7 @@ def _stream(
     return {**facts, "op_types_to_quantize": ops, "per_channel": opts.per_channel}
 
 
-def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str) -> str | None:
+def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
     if ops["MatMul"] + ops["Gemm"] > 0:
         return None
     if ops["Conv"] + ops["ConvTranspose"] > 0:

@@ -47,7 +47,7 @@ def fp16_overflow_nodes(src: Path, ctx: StepContext) -> dict[str, str]:
             producers[name] = node.name or f"{node.op_type}:{name}"
         for name in node.input:
             consumers.setdefault(name, []).append(node.name or f"{node.op_type}:{node.output[0]}")
-    feeds_list = [f for f in (ctx.inputs, ctx.second_inputs) if f is not None]
+    feeds_list = ctx.input_set.sets() + (ctx.calibration or [])
     names = [n for n in producers if n]
     found: dict[str, str] = {}
     for values in run_exposing(model, names, feeds_list, where=src.name):
@@ -159,7 +159,7 @@ def _cpu_note(provider: str) -> str | None:
     return None
 
 
-def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str) -> str | None:
+def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
     if provider.lower() in GPU_PROVIDERS:
         return None
     return "float16 does not pay on the CPU provider (measured 0.90-0.94x)"

@@ -45,7 +45,7 @@ def _write(
     }
 
 
-def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str) -> str | None:
+def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
     return None if ops["MatMul"] + ops["Gemm"] > 0 else "the model has no MatMul or Gemm"
 
 

@@ -92,13 +92,14 @@ def _write(
     }
 
 
-def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str) -> str | None:
+def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
     if ops["Conv"] + ops["ConvTranspose"] + ops["MatMul"] + ops["Gemm"] == 0:
         return "the model has no Conv, ConvTranspose, MatMul or Gemm"
-    if cfg.static.calibration.source == "synthetic" and not cfg.static.allow_synthetic_calibration:
+    synthetic = cfg.static.calibration.source == "synthetic" and not data
+    if synthetic and not cfg.static.allow_synthetic_calibration:
         return (
-            "no representative calibration data: static recipes need "
-            "static.calibration {source: npz, ...} (or allow_synthetic_calibration)"
+            "no representative calibration data: static recipes need --data (or "
+            "static.calibration {source: npz, ...}, or allow_synthetic_calibration)"
         )
     return None
 

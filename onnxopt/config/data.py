@@ -1,0 +1,77 @@
+"""The user's data: where samples of the model's inputs come from, and how they are split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from onnxopt.config.base import StrictModel
+
+
+class ImagePreprocessing(StrictModel):
+    """How images become one model input (RGB, resized, center-cropped, normalized)."""
+
+    input: str | None = Field(None, description="Input that receives the image (default: first).")
+    resize: int | None = Field(
+        256, ge=1, description="Resize so the shorter side has this length (None: keep)."
+    )
+    crop: tuple[int, int] = Field((224, 224), description="Center crop [height, width].")
+    scale: float = Field(1 / 255, description="Pixel values are multiplied by this first.")
+    mean: list[float] = Field(
+        default_factory=lambda: [0.485, 0.456, 0.406], description="Per-channel mean (RGB)."
+    )
+    std: list[float] = Field(
+        default_factory=lambda: [0.229, 0.224, 0.225], description="Per-channel std (RGB)."
+    )
+    layout: Literal["nchw", "nhwc"] = Field("nchw", description="Tensor layout.")
+    channels: Literal["rgb", "bgr"] = Field("rgb", description="Channel order.")
+
+
+class DataConfig(StrictModel):
+    """Samples of the model's inputs, the user's own (unlabelled is enough).
+
+    A seeded split draws a calibration part and a disjoint held-out part: every step is
+    verified against its parent on the held-out samples and timed at their shapes; static
+    quantization calibrates on the other part.
+    """
+
+    source: Literal["npz", "images", "callable"] = Field(
+        "npz",
+        description="npz: an .npz file or a folder of .npz files; images: a folder of images "
+        "with 'preprocessing'; callable: 'module:function' or 'file.py:function' returning an "
+        "iterable of input dicts (runs that code).",
+    )
+    path: str | None = Field(
+        None,
+        description="npz: a file whose arrays hold samples (an array of the input's own rank: "
+        "samples stacked on its first axis; of rank + 1: one whole sample per leading index), "
+        "or a folder of .npz files, one sample each; images: a folder of images.",
+    )
+    callable: str | None = Field(None, description="For source callable: the function.")
+    preprocessing: ImagePreprocessing = Field(
+        default_factory=ImagePreprocessing, description="For source images."
+    )
+    samples: int = Field(64, ge=1, description="Samples to read at most.")
+    holdout: float = Field(
+        0.25,
+        gt=0,
+        description="Held-out part for verification: a fraction (0.25) or a count (8); at least "
+        "one sample, and at least one left for calibration.",
+    )
+    seed: int = Field(0, description="Seed of the split (recorded in the manifest).")
+
+    @field_validator("holdout")
+    @classmethod
+    def _fraction_or_count(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError(f"expected a fraction below 1 or a whole count, found {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _where(self) -> DataConfig:
+        if self.source == "callable" and not self.callable:
+            raise ValueError("source callable needs 'callable' (module:function)")
+        if self.source != "callable" and not self.path:
+            raise ValueError(f"source {self.source} needs 'path'")
+        return self
