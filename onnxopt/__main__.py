@@ -1,6 +1,6 @@
 """``python -m onnxopt``."""
 
-from onnxopt.cli import main
+from onnxopt._signals import main
 
 if __name__ == "__main__":
     main()

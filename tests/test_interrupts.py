@@ -84,7 +84,12 @@ def test_random_interrupts_never_leave_a_half_written_folder_and_resume(tmp_path
     codes = []
     finished = resumed = 0
     last_text = ""
-    for attempt in range(10):
+    both = {ExitCode.INTERRUPTED, ExitCode.TERMINATED}
+    for attempt in range(20):
+        # at least 10 attempts, more until both signals have landed in a run: on a loaded
+        # machine a signal can still arrive before the handlers are installed
+        if attempt >= 10 and both <= set(codes):
+            break
         proc = subprocess.Popen(
             [sys.executable, "-m", "onnxopt", "run", str(cfg), "-q"],
             stdout=subprocess.PIPE,
@@ -128,7 +133,7 @@ def test_random_interrupts_never_leave_a_half_written_folder_and_resume(tmp_path
             finished += 1
             shutil.rmtree(out)
             done = {}
-    assert ExitCode.INTERRUPTED in codes and ExitCode.TERMINATED in codes, codes
+    assert both <= set(codes), codes
 
     proc = run_cli("run", cfg, "-q", "--json", env=env, timeout=300)
     assert proc.returncode == ExitCode.OK, proc.stderr

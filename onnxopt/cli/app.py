@@ -13,11 +13,12 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from onnxopt import __version__
+from onnxopt._signals import SIGNALS, install, stopped_early
 from onnxopt.errors import ExitCode, OnnxoptError, Terminated
 
 if TYPE_CHECKING:
@@ -98,13 +99,13 @@ def funnel(debug: bool) -> Iterator[None]:
     except Exception as err:
         if debug:
             traceback.print_exc()
-        if "signum" in _SIGNALS:
+        if "signum" in SIGNALS:
             # The signal landed inside library code, which turned it into another error
             # (an extension module being imported reports "ImportError: initialization
             # failed"): the run was stopped, it did not fail.
             import signal
 
-            _interrupted(_SIGNALS["signum"] == signal.SIGTERM)
+            _interrupted(SIGNALS["signum"] == signal.SIGTERM)
         if isinstance(err, OnnxoptError):
             _error(str(err))
             raise typer.Exit(int(err.exit_code)) from None
@@ -118,7 +119,7 @@ def funnel(debug: bool) -> Iterator[None]:
 
 def _interrupted(terminated: bool) -> None:
     _error(f"{'terminated' if terminated else 'interrupted'}; no unfinished artifact was kept")
-    _SIGNALS["reported"] = 1
+    SIGNALS["reported"] = 1
     code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
     raise typer.Exit(int(code)) from None
 
@@ -139,84 +140,33 @@ def _root(
     """onnxopt: export, simplify and inspect ONNX models, proving every artifact."""
 
 
-_SIGNALS: dict[str, float] = {}  # the last signal acted on, when, and whether it was reported
-_CLEANUP_S = 3.0
-_REDELIVER_S = 0.05
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    """SIGINT/SIGTERM: unwind, removing unfinished work (exit code 130/143).
-
-    A repeat within a few seconds is ignored, so that a double Ctrl-C, or a SIGTERM right
-    after one, cannot cut the cleanup short (it takes well under a second). A later repeat
-    interrupts again, in case the first was swallowed by library code; SIGKILL always works.
-    """
-    import signal
-    import time
-
-    now = time.monotonic()
-    if now - _SIGNALS.get("at", -_CLEANUP_S) < _CLEANUP_S:
-        return
-    if _importing(frame):
-        # An exception raised while an extension module initialises can leave it half
-        # made: seen as "ImportError: initialization failed" and, rarely, a segmentation
-        # fault. The signal is delivered again once the import is done.
-        _redeliver(signum)
-        return
-    _SIGNALS.update(at=now, signum=signum)
-    if signum == signal.SIGTERM:
-        raise Terminated()
-    raise KeyboardInterrupt()
-
-
-def _importing(frame: Any) -> bool:
-    """Whether the interrupted code is inside Python's import machinery."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _redeliver(signum: int) -> None:
-    import threading
-
-    timer = threading.Timer(_REDELIVER_S, os.kill, (os.getpid(), signum))
-    timer.daemon = True
-    timer.start()
-
-
 def main() -> None:
     """Console-script entry point (SIGTERM is handled like Ctrl-C, with exit code 143)."""
     import signal
 
     from onnxopt._fs import process_temp
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_signal)
+    install()
     temp = contextlib.ExitStack()  # closed before every exit, os._exit included
     try:
         temp.enter_context(process_temp())  # every library's temporary files, removed at exit
         app()
     except KeyboardInterrupt as err:  # while Typer was still building the command line
         temp.close()
-        _error("stopped before any work started; nothing was written")
-        sys.stderr.flush()
-        os._exit(int(ExitCode.TERMINATED if isinstance(err, Terminated) else ExitCode.INTERRUPTED))
+        stopped_early(err)
     except SystemExit as done:
         if done.code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
             # The cleanup is done. Exit now: if the interrupt landed while an extension
             # module was evaluating Python code, CPython has flagged it "unhandled" and
             # would otherwise end the process by SIGINT, hiding the documented exit code.
             code = int(done.code)
-            if "signum" in _SIGNALS:  # typer reports any interrupt before a command as 130
+            if "signum" in SIGNALS:  # typer reports any interrupt before a command as 130
                 code = int(
                     ExitCode.TERMINATED
-                    if _SIGNALS["signum"] == signal.SIGTERM
+                    if SIGNALS["signum"] == signal.SIGTERM
                     else ExitCode.INTERRUPTED
                 )
-            if not _SIGNALS.get("reported"):
+            if not SIGNALS.get("reported"):
                 _error("stopped before any work started; nothing was written")
             temp.close()
             sys.stdout.flush()
