@@ -147,6 +147,7 @@ def bench(
     inputs_file: str | Path | None = None,
     shapes: dict[str, list[int]] | None = None,
     dims: dict[str, int] | None = None,
+    ranges: dict[str, list[float]] | None = None,
     seed: int = 0,
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
@@ -154,6 +155,7 @@ def bench(
 ) -> dict[str, Any]:
     """Benchmark ONNX files (the first is the baseline); ``**settings`` takes the bench keys
     (providers, runs, trials, threads (a sweep), baseline, max_regression, ...).
+    ``ranges``: input name -> [low, high] of its generated values ([v, v]: the value v).
 
     Returns:
         The bench report (schema ``onnxopt.bench/1``); failed gates are in ``report["gates"]``
@@ -175,6 +177,7 @@ def bench(
         inputs_file=Path(inputs_file) if inputs_file is not None else None,
         shapes=shapes,
         dims=dims,
+        ranges=ranges,
         seed=seed,
         threads=intra_op_threads,
         inter_threads=inter_op_threads,

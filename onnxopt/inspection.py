@@ -13,10 +13,11 @@ from typing import Any
 
 import onnx
 
-from onnxopt.errors import OnnxoptError
+from onnxopt.config import InputSpec
+from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.graph import graph_inputs, io_table, iter_graphs, opset_of, summary, value_info_shape
 from onnxopt.modelio import load_model, model_size
-from onnxopt.verify import make_inputs, resolve_dims, specs_from_model
+from onnxopt.verify import Fit, Inputs, fit_inputs, make_inputs, specs_from_model
 
 log = logging.getLogger("onnxopt")
 
@@ -131,23 +132,26 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
     return None
 
 
-def _runtime_shapes(path: Path, names: list[str], dims: dict[str, int]) -> dict[str, list[int]]:
+def _runtime_shapes(path: Path, names: list[str], inputs: Inputs) -> dict[str, list[int]]:
     """Shapes of named intermediate values, read by running the model once in ONNX Runtime."""
     from onnxopt.runtime import run_exposing
 
     model = load_model(path)
-    inputs = make_inputs(specs_from_model(model), dims, seed=0)
     (values,) = run_exposing(model, names, [inputs], where=path.name)
     return {n: list(v.shape) for n, v in values.items()}
 
 
 def compute_macs(
-    model: onnx.ModelProto, dims: dict[str, int], path: Path | None = None
+    model: onnx.ModelProto,
+    dims: dict[str, int],
+    path: Path | None = None,
+    inputs: Inputs | None = None,
 ) -> dict[str, Any]:
     """MACs and FLOPs (2 x MACs) for Conv, ConvTranspose, Gemm and MatMul (and fused twins).
 
     Shapes come from ONNX shape inference; where it cannot tell (contrib ops, data-dependent
-    reshapes) and ``path`` is given, from one run of the model in ONNX Runtime.
+    reshapes) and ``path`` is given, from one run of the model in ONNX Runtime on ``inputs``
+    (default: generated at ``dims``).
     """
     shapes = static_shapes(model, dims)
     mac_nodes = [
@@ -166,7 +170,8 @@ def compute_macs(
     source = "shape inference"
     if missing and path is not None:
         try:
-            shapes.update(_runtime_shapes(path, sorted(missing), dims))
+            feeds = inputs if inputs is not None else make_inputs(specs_from_model(model), dims, 0)
+            shapes.update(_runtime_shapes(path, sorted(missing), feeds))
             source = "shape inference + one ONNX Runtime run"
         except OnnxoptError as err:
             log.info("runtime shapes unavailable: %s", err)
@@ -189,14 +194,13 @@ def compute_macs(
     }
 
 
-def placement(path: Path, provider: str, dims: dict[str, int]) -> dict[str, Any]:
-    """Which provider runs each node, read from an ONNX Runtime profile of one run."""
+def placement(path: Path, provider: str, inputs: Inputs) -> dict[str, Any]:
+    """Which provider runs each node, read from an ONNX Runtime profile of one run on
+    ``inputs``."""
     from onnxopt.config import Target
     from onnxopt.runtime import provider_id, run_session, session_options
 
     target = Target(provider=provider)
-    model = load_model(path, load_weights=False)
-    inputs = make_inputs(specs_from_model(model), dims, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         opts = session_options(target)
         opts.enable_profiling = True
@@ -227,6 +231,21 @@ def placement(path: Path, provider: str, dims: dict[str, int]) -> dict[str, Any]
     }
 
 
+def _fit(file: Path, specs: list[InputSpec], dims: dict[str, int]) -> Fit:
+    """Generated inputs that fit the model (verify.fit); when the model runs at no tried
+    value, the first guesses, with the reason in the defaulted dims (inspect still reports
+    what it can)."""
+    try:
+        return fit_inputs(file, specs, dims)
+    except InputError as err:
+        fit = fit_inputs(None, specs, dims)
+        log.warning("%s", err.message)
+        fit.defaulted = {
+            k: f"{v} (the model did not run on generated inputs)" for k, v in fit.defaulted.items()
+        }
+        return fit
+
+
 def inspect_model(
     path: str | Path,
     *,
@@ -252,13 +271,14 @@ def inspect_model(
         **io_table(model),
         **summary(model),
     }
-    specs = specs_from_model(model)
-    values, defaulted = resolve_dims(specs, dims or {})
-    info["compute"] = compute_macs(model, values, file)
-    info["compute"]["defaulted_dims"] = defaulted
+    fit = _fit(file, specs_from_model(model), dims or {})
+    inputs = make_inputs(fit.specs, fit.dims, seed=0)
+    info["compute"] = compute_macs(model, fit.dims, file, inputs)
+    info["compute"]["defaulted_dims"] = fit.defaulted
+    info["compute"]["ranges"] = fit.ranges
     if provider:
         try:
-            info["placement"] = placement(file, provider, values)
+            info["placement"] = placement(file, provider, inputs)
         except OnnxoptError:
             raise
         except Exception as err:  # report, do not crash the whole inspection

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ class InputSource:
     dims: dict[str, int]
     seed: int = 0
     fixed: Inputs | None = None
+    #: how generated inputs were fitted to the model: dims defaulted and ranges inferred, why
+    fitted: dict[str, Any] = field(default_factory=dict)
 
     def feeds(self, batch: int | None, batch_dim: str) -> Inputs:
         """Inputs for one configuration (``batch`` overrides the batch dim)."""
@@ -155,8 +157,9 @@ def run_bench(
         if cfg.placement:
             from onnxopt.inspection import placement
 
+            feeds = source.feeds(None, cfg.batch_dim)
             report["placement"][provider] = {
-                c.label: placement(c.path, provider, source.dims) for c in candidates
+                c.label: placement(c.path, provider, feeds) for c in candidates
             }
             for label, place in report["placement"][provider].items():
                 if place["not_on_provider"] or place["memory_copies"]:
@@ -169,6 +172,8 @@ def run_bench(
                         place["executed_nodes"],
                         place["memory_copies"],
                     )
+    if source.fixed is None:
+        input_facts["generated"] = {"dims": source.dims, **source.fitted}
     report["inputs"] = input_facts
     report["gates"] = evaluate_gates(report, cfg, baseline)
     report["passed"] = all(g["passed"] for g in report["gates"])
@@ -319,6 +324,7 @@ def bench_files(
     inputs_file: Path | None = None,
     shapes: dict[str, list[int]] | None = None,
     dims: dict[str, int] | None = None,
+    ranges: dict[str, list[float]] | None = None,
     seed: int = 0,
     threads: int | None = None,
     inter_threads: int | None = None,
@@ -326,14 +332,15 @@ def bench_files(
     """Benchmark ONNX files that take the same inputs; the first is the baseline.
 
     Inputs are generated from the first model's specs (``shapes`` replaces an input's shape,
-    ``dims`` gives symbolic dims their values) or read from ``inputs_file``.
+    ``dims`` gives symbolic dims their values, ``ranges`` inputs' value ranges) or read
+    from ``inputs_file``.
 
     Raises:
         InputError: unreadable models, models with other inputs, shapes of unknown inputs.
     """
     from onnxopt.errors import ConfigError
     from onnxopt.modelio import load_model
-    from onnxopt.verify import load_inputs, resolve_dims, specs_from_model
+    from onnxopt.verify import fit_inputs, load_inputs, specs_from_model
 
     names = labels or [m.stem for m in models]
     if len(names) != len(models):
@@ -350,25 +357,36 @@ def bench_files(
                 hint="bench models with the same inputs together, or in separate runs",
             )
     specs = specs_of[0]
-    overrides = shapes or {}
-    unknown = sorted(set(overrides) - {s.name for s in specs})
-    if unknown:
-        raise ConfigError(
-            f"--shape names {unknown} are not inputs of {models[0].name}; "
-            f"inputs: {[s.name for s in specs]}"
-        )
+    overrides, ranges = shapes or {}, ranges or {}
+    for flag, named in (("--shape", overrides), ("--value/--range", ranges)):
+        unknown = sorted(set(named) - {s.name for s in specs})
+        if unknown:
+            raise ConfigError(
+                f"{flag} names {unknown} that are not inputs of {models[0].name}; "
+                f"inputs: {[s.name for s in specs]}"
+            )
     specs = [
         s.model_copy(update={"shape": overrides[s.name]}) if s.name in overrides else s
         for s in specs
     ]
-    values, _ = resolve_dims(specs, dims or {})
-    source = InputSource(specs=specs, dims=values, seed=seed)
-    if inputs_file is not None:
-        source.fixed = load_inputs(inputs_file)
+    specs = [
+        s.model_copy(update={"range": tuple(ranges[s.name])}) if s.name in ranges else s
+        for s in specs
+    ]
     target = Target(
         provider=cfg.providers[0] if cfg.providers else "cpu",
         intra_op_threads=threads,
         inter_op_threads=inter_threads,
     )
+    if inputs_file is not None:
+        source = InputSource(specs=specs, dims={}, seed=seed, fixed=load_inputs(inputs_file))
+    else:  # inputs that fit the model: index ranges, dims at which it runs (verify.fit)
+        fit = fit_inputs(models[0], specs, dims or {}, seed, target)
+        source = InputSource(
+            specs=fit.specs,
+            dims=fit.dims,
+            seed=seed,
+            fitted={"defaulted_dims": fit.defaulted, "ranges": fit.ranges},
+        )
     candidates = [Candidate(n, m) for n, m in zip(names, models, strict=True)]
     return run_bench(candidates, source, cfg, target)

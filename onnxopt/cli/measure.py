@@ -17,13 +17,16 @@ from onnxopt.cli.options import (
     JsonOpt,
     PlotOpt,
     QuietOpt,
+    RangeOpt,
     SeedOpt,
     ThreadsOpt,
+    ValueOpt,
     csv_ints,
     given,
     parse_dims,
     parse_provider_options,
     parse_shapes,
+    parse_values,
 )
 
 MarkdownOpt = Annotated[
@@ -83,6 +86,8 @@ def bench(
         typer.Option("--shape", help="Input shape override, e.g. --shape x=8,3,224,224."),
     ] = None,
     dims: DimOpt = None,
+    value: ValueOpt = None,
+    range_: RangeOpt = None,
     seed: SeedOpt = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up runs (10).")] = None,
     warmup_seconds: Annotated[
@@ -203,6 +208,7 @@ def bench(
             inputs_file=inputs_file,
             shapes=parse_shapes(shape),
             dims=parse_dims(dims),
+            ranges=parse_values(value or [], range_ or []),
             seed=seed or 0,
             intra_op_threads=threads,
             inter_op_threads=inter_threads,

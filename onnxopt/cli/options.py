@@ -37,6 +37,18 @@ InputsFileOpt = Annotated[
     Path | None, typer.Option("--inputs-file", help="An .npz of inputs to verify on.")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of generated inputs.")]
+ValueOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--value",
+        help="NAME=NUMBER: the value of an input the graph cannot tell, e.g. --value sr=16000 "
+        "(repeatable).",
+    ),
+]
+RangeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--range", help="NAME=LO,HI: the range an input's values are drawn from."),
+]
 DataOpt = Annotated[
     str | None,
     typer.Option(
@@ -96,6 +108,8 @@ _COMMON = [
     _keyword("inputs_file", InputsFileOpt, None),
     _keyword("seed", SeedOpt, None),
     _keyword("data", DataOpt, None),
+    _keyword("value", ValueOpt, None),
+    _keyword("range", RangeOpt, None),
     _keyword("as_json", JsonOpt, False),
     _keyword("quiet", QuietOpt, False),
     _keyword("debug", DebugOpt, False),
@@ -111,6 +125,8 @@ class Common:
     inputs_file: Path | None
     seed: int | None
     data: str | None
+    value: list[str] | None
+    range: list[str] | None
     as_json: bool
     quiet: bool
     debug: bool
@@ -132,6 +148,9 @@ class Common:
             data["verify"] = verify
         if self.data is not None:
             data["data"] = data_source(self.data)
+        ranges = parse_values(self.value or [], self.range or [])
+        if ranges:
+            data["inputs"] = [{"name": n, "range": r} for n, r in ranges.items()]
         return data
 
 
@@ -244,7 +263,14 @@ def single_step(
     from onnxopt.config import parse_config
     from onnxopt.engine import run_to_file
 
-    config = parse_config({**common.pipeline(step, model), **pipeline}, "command line")
+    data = common.pipeline(step, model)
+    if "inputs" in pipeline:  # an export's own inputs list: --value/--range apply to it
+        given = {o["name"]: o["range"] for o in data.pop("inputs", [])}
+        pipeline["inputs"] = [
+            {**spec, "range": given[spec["name"]]} if spec["name"] in given else spec
+            for spec in pipeline["inputs"]
+        ]
+    config = parse_config({**data, **pipeline}, "command line")
     manifest = run_with_progress(
         lambda progress: run_to_file(config, output, source=source, on_event=progress), common
     )
@@ -273,6 +299,25 @@ def data_source(text: str) -> dict[str, Any]:
         f"--data expects an .npz file, a folder of .npz files or images, or module:function; "
         f"{text!r} is none of these (no such file)"
     )
+
+
+def parse_values(values: list[str], ranges: list[str]) -> dict[str, list[float]]:
+    """``--value sr=16000`` and ``--range ids=0,100`` -> input name -> [low, high]."""
+    out: dict[str, list[float]] = {}
+    for flag, items in (("--value", values), ("--range", ranges)):
+        for item in items:
+            name, sep, raw = item.partition("=")
+            try:
+                numbers = [float(v) for v in raw.split(",")]
+            except ValueError:
+                numbers = []
+            wanted = 1 if flag == "--value" else 2
+            if not sep or not name or len(numbers) != wanted:
+                example = "sr=16000" if flag == "--value" else "token_type_ids=0,2"
+                form = "NUMBER" if wanted == 1 else "LO,HI"
+                raise ConfigError(f"{flag} expects NAME={form} such as {example}, found {item!r}")
+            out[name.strip()] = numbers * 2 if wanted == 1 else numbers
+    return out
 
 
 def parse_dims(values: list[str] | None) -> dict[str, int]:

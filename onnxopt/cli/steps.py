@@ -59,7 +59,7 @@ def run(
         from onnxopt.engine import run_pipeline
 
         config, base_dir = load_config(pipeline)
-        common = Common(None, None, None, None, None, as_json, quiet, debug)
+        common = Common(None, None, None, None, None, None, None, as_json, quiet, debug)
         manifest = run_with_progress(
             lambda progress: run_pipeline(
                 config,

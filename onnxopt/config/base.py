@@ -27,13 +27,16 @@ class InputSpec(StrictModel):
         description="Input name, as in the ONNX graph / the forward() argument order."
     )
     shape: list[int | str] = Field(
-        description="Dimensions: integers, or names such as 'batch' for symbolic (dynamic) dims."
+        default_factory=list,
+        description="Dimensions: integers, or names such as 'batch' for symbolic (dynamic) dims. "
+        "Required for a PyTorch factory; for an ONNX model, leave it out to keep the graph's.",
     )
     dtype: DType = Field("float32", description="Element type of the input tensor.")
     range: tuple[float, float] | None = Field(
         None,
-        description="[low, high] of generated values (uniform; ints: low..high-1). "
-        "Default: standard normal for floats, [0, 8) for integers.",
+        description="[low, high] of generated values (uniform; ints: low..high-1; a single "
+        "value: [v, v]). Default: within the table an integer input indexes, ones for masks, "
+        "else standard normal for floats and [0, 8) for integers.",
     )
 
     @field_validator("shape")

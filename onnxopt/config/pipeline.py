@@ -44,7 +44,9 @@ class PipelineConfig(StrictModel):
     model: ModelSource = Field(description="The model: {path: x.onnx} or {factory: mod:fn}.")
     inputs: list[InputSpec] | None = Field(
         None,
-        description="Input specs. Required for a PyTorch factory; read from the graph for ONNX.",
+        description="Input specs. Required for a PyTorch factory; for an ONNX model they are "
+        "read from the graph, and entries here override them by name (e.g. "
+        "{name: sr, range: [16000, 16000]}).",
     )
     dims: dict[str, int] = Field(
         default_factory=dict,
@@ -92,6 +94,9 @@ class PipelineConfig(StrictModel):
                 )
             if self.inputs is None and self.model.factory is not None:
                 raise ValueError("a PyTorch factory needs an 'inputs' list (names and shapes)")
+            shapeless = [i.name for i in self.inputs or [] if "shape" not in i.model_fields_set]
+            if shapeless and self.model.factory is not None:
+                raise ValueError(f"a PyTorch factory's inputs need a shape; {shapeless} have none")
         exporters = [i for i, s in enumerate(specs) if s.reads_pytorch]
         if exporters and (not self.model.is_pytorch or exporters != [0]):
             raise ValueError(

@@ -20,12 +20,14 @@ from onnxopt.verify import (
     Inputs,
     InputSet,
     check_inputs_fit,
+    fit_inputs,
+    fit_ranges,
+    fit_second_dims,
     inputs_digest,
     load_inputs,
     make_inputs,
     resolve_dims,
     save_inputs,
-    second_dims,
     specs_from_model,
     symbolic_dims,
 )
@@ -43,8 +45,9 @@ def source_model(config: PipelineConfig, base_dir: Path) -> Path | None:
 
 
 def input_specs(config: PipelineConfig, base_dir: Path, source: Path | None) -> list[InputSpec]:
-    """The inputs' specs: from the config, a Hugging Face folder's processor, or the graph."""
-    if config.inputs is not None:
+    """The inputs' specs: from the config, a Hugging Face folder's processor, or the graph
+    (with the config's entries overriding it by name)."""
+    if config.inputs is not None and source is None:
         return list(config.inputs)
     if config.model.huggingface:
         from onnxopt.hf import input_specs as hf_specs
@@ -52,7 +55,31 @@ def input_specs(config: PipelineConfig, base_dir: Path, source: Path | None) -> 
         folder = resolve(base_dir, config.model.huggingface)
         return [InputSpec(**s) for s in hf_specs(folder, config.model.task)]
     assert source is not None
-    return specs_from_model(modelio.load_model(source, load_weights=False))
+    specs = specs_from_model(modelio.load_model(source, load_weights=False))
+    return override_specs(specs, config.inputs or [], source.name)
+
+
+def override_specs(
+    specs: list[InputSpec], overrides: list[InputSpec], where: str
+) -> list[InputSpec]:
+    """The graph's input specs with the given fields of ``overrides`` (by name) applied."""
+    names = [s.name for s in specs]
+    unknown = [o.name for o in overrides if o.name not in names]
+    if unknown:
+        raise InputError(
+            f"inputs {unknown} are not inputs of {where}; its inputs are {names}",
+            hint="name the graph's inputs in 'inputs' (or --value/--range)",
+        )
+    by_name = {o.name: o for o in overrides}
+    out = []
+    for spec in specs:
+        given = by_name.get(spec.name)
+        if given is None:
+            out.append(spec)
+            continue
+        fields = {k: getattr(given, k) for k in given.model_fields_set if k != "name"}
+        out.append(spec.model_copy(update=fields))
+    return out
 
 
 def build_context(
@@ -73,10 +100,12 @@ def build_context(
         given, _ = resolve_dims(specs, config.dims)
         samples = load_samples(data, specs, given, base_dir, invocation_dir)
     calibration = held = None
+    fitted: dict[str, Any] = {}
     if config.verify.inputs_file:
         inputs = load_inputs(resolve(base_dir, config.verify.inputs_file))
         dims = _dims_from_arrays(specs, inputs)
         defaulted: list[str] = []
+        specs, _ = fit_ranges(source, specs)  # for the second-shape inputs
         calibration = samples or None  # verification is on exactly the inputs file
     elif samples:
         calibration, held, held_index = split(
@@ -86,7 +115,9 @@ def build_context(
         dims = _dims_from_arrays(specs, inputs)
         defaulted = []
     else:
-        dims, defaulted = resolve_dims(specs, config.dims)
+        fit = fit_inputs(source, specs, config.dims, config.verify.seed, config.target)
+        specs, dims, defaulted = fit.specs, fit.dims, list(fit.defaulted)
+        fitted = {"defaulted_dims_why": fit.defaulted, "ranges_why": fit.ranges}
         inputs = make_inputs(specs, dims, config.verify.seed)
     unknown = sorted(set(config.dims) - set(symbolic_dims(specs)))
     if unknown:
@@ -100,11 +131,17 @@ def build_context(
             where = source.name if held is None else f"{source.name}, held-out sample {i}"
             check_inputs_fit(model, feeds, where)
     for name in defaulted:
-        log.info("dim %r has no value in 'dims'; using 1 for verification inputs", name)
+        log.info("dim %r has no value in 'dims': %s", name, fitted["defaulted_dims_why"][name])
     alt_dims = alt_inputs = None
     if config.verify.second_shape and dims and held is None:
-        alt_dims = second_dims(dims, config.verify.second_dims)
-        alt_inputs = make_inputs(specs, alt_dims, config.verify.seed + 1)
+        alt_dims, why = fit_second_dims(
+            source, specs, dims, config.verify.second_dims, config.verify.seed, config.target
+        )
+        if alt_dims is None:
+            log.warning("the second-shape check is skipped: %s", why)
+            fitted["second_dims_why"] = why
+        else:
+            alt_inputs = make_inputs(specs, alt_dims, config.verify.seed + 1)
     save_inputs(out_dir / INPUTS_NAME, inputs)
     record: dict[str, Any] = {
         "path": INPUTS_NAME,
@@ -114,6 +151,7 @@ def build_context(
         "specs": [s.model_dump() for s in specs],
         "dims": dims,
         "defaulted_dims": defaulted,
+        **fitted,
         "second_dims": alt_dims,
     }
     if data is not None:

@@ -115,6 +115,16 @@ def pipeline_table(manifest: dict[str, Any]) -> Table:
     return table
 
 
+def _print_fitted(
+    console: Console, dims: dict[str, str] | None, ranges: dict[str, str] | None
+) -> None:
+    """How generated inputs were fitted: the dims no one gave and the inferred ranges."""
+    for name, why in (dims or {}).items():
+        console.print(f"  dim {name}: {why} (set it with --dim {name}=INT)", highlight=False)
+    for name, why in (ranges or {}).items():
+        console.print(f"  input {name}: {why}", highlight=False)
+
+
 def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
     """Print the summary table and where the final artifact is."""
     console.print(pipeline_table(manifest))
@@ -136,6 +146,7 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
             f"{'; ' + dims if dims else ''}): give --data to prove the task[/]",
             highlight=False,
         )
+        _print_fitted(console, inputs.get("defaulted_dims_why"), inputs.get("ranges_why"))
     for entry in manifest.get("steps", []):
         if entry.get("kept_parent"):
             console.print(
@@ -191,6 +202,7 @@ def print_inspect(console: Console, info: dict[str, Any]) -> None:
         f"{human_count(compute['flops'])}FLOPs "
         + ", ".join(f"{k} {human_count(v)}" for k, v in compute["macs_by_op"].items())
     )
+    _print_fitted(console, compute.get("defaulted_dims"), compute.get("ranges"))
     if compute["nodes_not_counted"]:
         console.print(
             f"[yellow]{len(compute['nodes_not_counted'])} MAC nodes (unknown shapes or "

@@ -22,6 +22,7 @@ from onnxopt.verify.compare import (
     min_cosine,
     resolve_tolerance,
 )
+from onnxopt.verify.fit import Fit, fit_inputs, fit_ranges, fit_second_dims
 from onnxopt.verify.inputs import (
     DEFAULT_DIM,
     Inputs,
@@ -41,6 +42,7 @@ from onnxopt.verify.inputs import (
 __all__ = [
     "DEFAULT_DIM",
     "InputSet",
+    "Fit",
     "Inputs",
     "Reference",
     "Tol",
@@ -51,6 +53,9 @@ __all__ = [
     "cosine",
     "dynamic_axes",
     "failure_text",
+    "fit_inputs",
+    "fit_ranges",
+    "fit_second_dims",
     "inputs_digest",
     "load_inputs",
     "make_inputs",
