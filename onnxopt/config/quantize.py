@@ -9,6 +9,18 @@ from pydantic import Field
 from onnxopt.config.base import StrictModel, TimedStep
 from onnxopt.config.data import ImagePreprocessing
 
+#: the recipes quantize ``auto`` knows (onnxopt.steps.quantize's backends define them)
+RecipeName = Literal[
+    "static_u8s8_compute",
+    "static_u8s8",
+    "static_s8s8_compute",
+    "static_s8s8",
+    "dynamic",
+    "dynamic_no_rnn",
+    "int4",
+    "fp16",
+]
+
 
 class CalibrationConfig(StrictModel):
     """Where calibration samples come from (kept apart from the verification inputs)."""
@@ -105,12 +117,10 @@ class DynamicOptions(StrictModel):
 class AutoOptions(StrictModel):
     """Try candidate recipes, keep the fastest that meets the accuracy budget."""
 
-    candidates: list[Literal["static_u8s8", "static_s8s8", "dynamic", "int4", "fp16"]] | None = (
-        Field(
-            None,
-            description="Recipes to try (default: those that fit the model, the target and "
-            "the calibration data available).",
-        )
+    candidates: list[RecipeName] | None = Field(
+        None,
+        description="Recipes to try (default: those that fit the model, the target and "
+        "the calibration data available).",
     )
     require_speedup: bool = Field(
         False,
@@ -120,6 +130,18 @@ class AutoOptions(StrictModel):
     warmup: int = Field(5, ge=0, description="Warm-up runs per candidate.")
     runs: int = Field(30, ge=1, description="Timed runs per candidate per trial.")
     trials: int = Field(2, ge=1, description="Trials, each with fresh sessions.")
+    rescue: bool = Field(
+        True,
+        description="With your data: an int8 candidate that misses the budget is diagnosed "
+        "(its most sensitive nodes left in float, bounded by rescue_seconds and "
+        "rescue_max_excluded) and the repaired candidate competes beside the plain ones.",
+    )
+    rescue_seconds: float = Field(
+        300.0, gt=0, description="Time for rescuing candidates, all of them together."
+    )
+    rescue_max_excluded: int = Field(
+        16, ge=1, description="Nodes a rescue may leave in float at most."
+    )
 
 
 class QuantizeStep(TimedStep):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from onnxopt.errors import GateError, OnnxoptError
 from onnxopt.graph import iter_graphs
 from onnxopt.modelio import check_model, load_model, move_model
 from onnxopt.steps.base import StepContext, StepResult
-from onnxopt.steps.quantize.backend import Recipe, backends
+from onnxopt.steps.quantize.backend import Recipe, backend, backends
 from onnxopt.steps.quantize.core import quantize_once
 from onnxopt.verify import Verification, resolve_tolerance
 
@@ -100,6 +101,10 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
             row["status"] = "verified"
             survivors.append((name, path))
             verifications[name] = verification
+        if cfg.auto.rescue and ctx.calibration is not None:
+            for name, path, verification in _rescue(src, work, base, rows, recipes, ctx):
+                survivors.append((name, path))
+                verifications[name] = verification
         chosen: str | None = None
         timed: dict[str, dict[str, Any]] = {}
         if survivors:
@@ -153,3 +158,73 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
         return StepResult(report=report, verification=verifications[chosen], speed=speed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _rescue(
+    src: Path,
+    work: Path,
+    base: dict[str, Any],
+    rows: list[dict[str, Any]],
+    recipes: list[Recipe],
+    ctx: StepContext,
+) -> list[tuple[str, Path, Verification]]:
+    """Diagnose the int8 candidates that missed the budget, closest first, within the time
+    and node bounds; each repaired one gets its own row (``repaired_from``)."""
+    from onnxopt.steps.quantize.diagnose import diagnose
+
+    cfg = QuantizeStep.model_validate(base)
+    deadline = time.monotonic() + cfg.auto.rescue_seconds
+    by_name = {r.name: r for r in recipes}
+    missed = [
+        r
+        for r in rows
+        if r.get("status") == "outside budget"
+        and backend(by_name[r["recipe"]].overrides.get("mode", "")).diagnosable
+        and backend(by_name[r["recipe"]].overrides.get("mode", "")).int8
+    ]
+    missed.sort(key=lambda r: -(r.get("cosine") or -1.0))
+    reference = ctx.reference(src)
+    repaired = []
+    for row in missed:
+        if time.monotonic() > deadline:
+            row["rescue"] = "not tried: out of rescue time"
+            continue
+        sub = QuantizeStep.model_validate(
+            _merge(
+                base,
+                {
+                    **by_name[row["recipe"]].overrides,
+                    "diagnose": False,
+                    "diagnose_max_excluded": cfg.auto.rescue_max_excluded,
+                },
+            )
+        )
+        name = f"{row['recipe']}+excluded"
+        path = work / f"{name}.onnx"
+        try:
+            report, verification = diagnose(src, path, sub, ctx, reference, deadline)
+        except OnnxoptError as err:
+            row["rescue"] = f"failed: {err.message}"
+            continue
+        excluded = report["nodes_to_exclude"]
+        if verification is None:
+            row["rescue"] = (
+                f"no exclusion list of at most {cfg.auto.rescue_max_excluded} nodes met the "
+                f"budget{' in the time' if report.get('stopped') else ''}"
+            )
+            continue
+        row["rescue"] = f"repaired as {name}"
+        rows.append(
+            {
+                "recipe": name,
+                "mode": sub.mode,
+                "repaired_from": row["recipe"],
+                "nodes_to_exclude": excluded,
+                "yaml": report["yaml"],
+                "cosine": verification.min_cosine,
+                "min_cosine": row.get("min_cosine"),
+                "status": "verified",
+            }
+        )
+        repaired.append((name, path, verification))
+    return repaired

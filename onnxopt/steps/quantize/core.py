@@ -127,6 +127,14 @@ def preflight(cfg: QuantizeStep, spec: Backend, provider: str, model: onnx.Model
         for node in graph.node
         if node.op_type in COMPUTE_OPS
     )
+    in_main = sum(1 for node in model.graph.node if node.op_type in COMPUTE_OPS)
+    if in_subgraphs and not in_main and cfg.mode == "static" and cfg.static.format == "qdq":
+        raise StepError(
+            f"static QDQ quantization would quantize nothing: all {in_subgraphs} compute nodes "
+            "sit inside If/Loop/Scan bodies, which ONNX Runtime's QDQ quantizer leaves in float",
+            hint="try mode fp16, or dynamic / static format qoperator (they quantize a body's "
+            "own weights)",
+        )
     if in_subgraphs:
         warnings.append(
             f"{in_subgraphs} compute nodes sit inside control-flow subgraphs (If/Loop/Scan); "

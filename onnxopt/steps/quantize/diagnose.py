@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,18 @@ log = logging.getLogger("onnxopt")
 
 
 def rank_nodes(
-    src: Path, cfg: QuantizeStep, ctx: StepContext, reference: Reference
+    src: Path,
+    cfg: QuantizeStep,
+    ctx: StepContext,
+    reference: Reference,
+    deadline: float | None = None,
 ) -> list[dict[str, Any]]:
     """Compute nodes, most sensitive first: the output error when only that node is quantized.
 
     Comparing intermediate activations is cheaper but misleads when one channel dominates a
     tensor (its cosine stays high while every other channel is ruined), so each node is
-    measured by its effect on the model's outputs.
+    measured by its effect on the model's outputs. Past ``deadline`` (time.monotonic) the
+    nodes not yet measured are left out.
     """
     from onnxopt.graph import constants_to_initializers
 
@@ -45,6 +51,8 @@ def rank_nodes(
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         probe = Path(tmp) / "one.onnx"
         for name in names:
+            if deadline is not None and time.monotonic() > deadline:
+                break
             others = [n for n in names if n != name] + list(cfg.nodes_to_exclude)
             one = cfg.model_copy(update={"nodes_to_exclude": others, "diagnose": False})
             try:
@@ -58,9 +66,17 @@ def rank_nodes(
 
 
 def diagnose(
-    src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext, reference: Reference
+    src: Path,
+    dst: Path,
+    cfg: QuantizeStep,
+    ctx: StepContext,
+    reference: Reference,
+    deadline: float | None = None,
 ) -> tuple[dict[str, Any], Verification | None]:
     """Exclude sensitive nodes until the budget holds; write the passing model to ``dst``.
+
+    ``deadline`` (time.monotonic): the ranking may use up to two thirds of the time left,
+    the exclusion rounds stop at it (``stopped: "time"`` in the report).
 
     Returns:
         A report with the ranking, the rounds tried and the final exclusion list (``passed``
@@ -69,12 +85,19 @@ def diagnose(
     """
 
     tol = resolve_tolerance(cfg)
-    ranking = rank_nodes(src, cfg, ctx, reference)
+    rank_by = None
+    if deadline is not None:
+        rank_by = time.monotonic() + (deadline - time.monotonic()) * 2 / 3
+    ranking = rank_nodes(src, cfg, ctx, reference, rank_by)
+    stopped = None
     excluded = list(cfg.nodes_to_exclude)
     rounds: list[dict[str, Any]] = []
     candidates = [r["node"] for r in ranking if r["node"] not in excluded]
     passed: Verification | None = None
     while candidates and len(excluded) - len(cfg.nodes_to_exclude) < cfg.diagnose_max_excluded:
+        if deadline is not None and time.monotonic() > deadline:
+            stopped = "time"
+            break
         group, candidates = candidates[: cfg.diagnose_group], candidates[cfg.diagnose_group :]
         excluded += group
         trial = cfg.model_copy(update={"nodes_to_exclude": list(excluded), "diagnose": False})
@@ -98,6 +121,7 @@ def diagnose(
         "ranking": ranking[:20],
         "rounds": rounds,
         "passed": passed is not None,
+        **({"stopped": stopped} if stopped else {}),
         "nodes_to_exclude": excluded,
         "yaml": "nodes_to_exclude: [" + ", ".join(excluded) + "]",
     }

@@ -62,21 +62,37 @@ def _write(
         extra["CalibPercentile"] = opts.percentile
     if opts.num_bins is not None:
         extra["CalibNumBins"] = opts.num_bins
-    quantize_static(
-        str(src),
-        str(out),
-        Reader(samples),
-        quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator,
-        op_types_to_quantize=cfg.op_types_to_quantize,
-        per_channel=opts.per_channel,
-        reduce_range=opts.reduce_range,
-        activation_type=quant_type(opts.activation_type),
-        weight_type=quant_type(opts.weight_type),
-        nodes_to_exclude=cfg.nodes_to_exclude or None,
-        calibrate_method=methods[opts.method],
-        use_external_data_format=big(src),
-        extra_options=extra,
-    )
+
+    def run(options: dict[str, Any]) -> None:
+        quantize_static(
+            str(src),
+            str(out),
+            Reader(samples),
+            quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator,
+            op_types_to_quantize=cfg.op_types_to_quantize,
+            per_channel=opts.per_channel,
+            reduce_range=opts.reduce_range,
+            activation_type=quant_type(opts.activation_type),
+            weight_type=quant_type(opts.weight_type),
+            nodes_to_exclude=cfg.nodes_to_exclude or None,
+            calibrate_method=methods[opts.method],
+            use_external_data_format=big(src),
+            extra_options=options,
+        )
+
+    try:
+        run(extra)
+    except Exception as err:
+        if opts.format != "qdq" or not _in_bias_adjustment(err):
+            raise
+        # ONNX Runtime's int32-bias weight-scale adjustment crashes on some biases (a Gemm
+        # bias of shape [1, N]: "truth value of an array ... is ambiguous"); without it
+        # the biases are quantized with the plain input_scale * weight_scale
+        notes.append(
+            f"ONNX Runtime's int32-bias weight adjustment failed ({first_line(err)}); "
+            "quantized with QDQDisableWeightAdjustForInt32Bias"
+        )
+        run({**extra, "QDQDisableWeightAdjustForInt32Bias": True})
     return {
         "format": opts.format,
         "activation_type": opts.activation_type,
@@ -90,6 +106,20 @@ def _write(
             **({"num_bins": opts.num_bins} if opts.num_bins is not None else {}),
         },
     }
+
+
+#: the op types of the compute-only recipes
+COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _in_bias_adjustment(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside ONNX Runtime's int32-bias weight adjustment."""
+    frame = err.__traceback__
+    while frame is not None:
+        if "int32_bias" in frame.tb_frame.f_code.co_name:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
@@ -113,15 +143,37 @@ BACKEND = Backend(
     int8=True,
     per_channel=lambda cfg: cfg.static.per_channel,
     recipes=(
+        # only the compute ops in int8, the elementwise ones (Add, Mul, Concat, Softmax,
+        # LayerNorm, ...) left in float: the winner where quantizing every op broke the task
+        Recipe(
+            "static_u8s8_compute",
+            {
+                "mode": "static",
+                "op_types_to_quantize": list(COMPUTE),
+                "static": {"activation_type": "uint8", "per_channel": True},
+            },
+            _unfit,
+        ),
         Recipe(
             "static_u8s8",
             {"mode": "static", "static": {"activation_type": "uint8", "per_channel": True}},
             _unfit,
         ),
         Recipe(
+            "static_s8s8_compute",
+            {
+                "mode": "static",
+                "op_types_to_quantize": list(COMPUTE),
+                "static": {"activation_type": "int8", "per_channel": True},
+            },
+            _unfit,
+        ),
+        Recipe(
             "static_s8s8",
             {"mode": "static", "static": {"activation_type": "int8", "per_channel": True}},
-            _unfit,
+            lambda *args: (
+                "tried only when named in auto.candidates (U8S8 and the compute-only S8S8 cover it)"
+            ),
         ),
     ),
 )

@@ -1,0 +1,158 @@
+"""quantize auto on real data: compute-only recipes, rescue by diagnosis, ORT quirks."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.config import parse_config
+from onnxopt.config.quantize import RecipeName
+from onnxopt.engine import run_pipeline
+from onnxopt.errors import StepError
+from onnxopt.graph import op_histogram
+from onnxopt.steps.quantize.backend import backends
+from tests import models
+
+
+def _run(src: Path, out: Path, step: dict, **extra: object) -> dict:
+    cfg = {
+        "model": {"path": str(src)},
+        "output_dir": str(out),
+        "steps": [{"type": "quantize", **step}],
+        **extra,
+    }
+    return run_pipeline(parse_config(cfg), out.parent)
+
+
+def _data(path: Path, name: str, shape: tuple[int, ...], n: int = 16) -> Path:
+    rng = np.random.default_rng(11)
+    np.savez(path, **{name: rng.standard_normal((n, *shape)).astype(np.float32)})
+    return path
+
+
+def gemm_with_row_bias(path: Path) -> Path:
+    """A Gemm whose bias is [1, N], as some exporters write it."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="gemm")],
+        "gemm_row_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [
+            numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.standard_normal((1, 8)).astype(np.float32), "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path))
+    return path
+
+
+def all_in_if(path: Path, width: int = 16) -> Path:
+    """y = If(sum(x) > 0, x @ W1, x @ W2): every compute node sits in an If body."""
+    rng = np.random.default_rng(2)
+
+    def branch(name: str, weight: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", weight], [f"{name}_out"], name=f"{name}_mm")],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)],
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            helper.make_node("Greater", ["total", "zero"], ["cond"]),
+            helper.make_node(
+                "If", ["cond"], ["y"], then_branch=branch("a", "W1"), else_branch=branch("b", "W2")
+            ),
+        ],
+        "all_in_if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [
+            numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"W{i}")
+            for i in (1, 2)
+        ]
+        + [numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_every_recipe_can_be_named_in_the_config() -> None:
+    names = [r.name for b in backends() for r in b.recipes]
+    assert len(names) == len(set(names))
+    assert set(names) == set(typing.get_args(RecipeName))
+
+
+def test_a_row_bias_that_crashes_the_int32_bias_adjustment_is_retried_without_it(
+    tmp_path: Path,
+) -> None:
+    src = gemm_with_row_bias(tmp_path / "g.onnx")
+    data = _data(tmp_path / "d.npz", "x", (16,))
+    step = {"mode": "static", "tolerance": {"min_cosine": 0.99}, "guard": None}
+    entry = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]
+    assert any("QDQDisableWeightAdjustForInt32Bias" in n for n in entry["report"]["notes"])
+    assert entry["verification"]["passed"]
+    produced = onnx.load(str(tmp_path / "o" / entry["output"]["path"]))
+    assert op_histogram(produced).get("QuantizeLinear", 0) >= 1
+
+
+def test_static_qdq_says_before_calibrating_that_if_bodies_stay_float(tmp_path: Path) -> None:
+    src = all_in_if(tmp_path / "m.onnx")
+    data = _data(tmp_path / "d.npz", "x", (16,))
+    with pytest.raises(StepError, match="inside If/Loop/Scan bodies") as err:
+        _run(src, tmp_path / "o", {"mode": "static"}, data={"path": str(data)})
+    assert "fp16" in (err.value.hint or "")
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.onnx"))
+
+
+def test_auto_with_data_tries_the_compute_only_recipe_first(tmp_path: Path) -> None:
+    src = models.conv_net(tmp_path / "c.onnx")
+    data = _data(tmp_path / "d.npz", "x", (3, 32, 32))
+    step = {
+        "mode": "auto",
+        "tolerance": {"min_cosine": 0.9},
+        "auto": {"runs": 5, "trials": 1, "rescue": False},
+    }
+    report = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]["report"]
+    rows = {c["recipe"]: c for c in report["candidates"]}
+    assert report["candidates"][0]["recipe"] == "static_u8s8_compute"
+    assert {"static_u8s8_compute", "static_u8s8", "static_s8s8_compute"} <= set(rows)
+    assert "auto.candidates" in report["not_tried"]["static_s8s8"]
+    compute = rows["static_u8s8_compute"]
+    assert compute["status"] == "verified", compute
+    assert set(compute["quantized_ops"]) <= {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_auto_rescues_a_candidate_with_one_sensitive_node(tmp_path: Path) -> None:
+    src = models.outlier_chain(tmp_path / "o.onnx")
+    data = _data(tmp_path / "d.npz", "x", (64,))
+    step = {
+        "mode": "auto",
+        "dynamic": {"per_channel": False},
+        "tolerance": {"min_cosine": 0.98},
+        "auto": {"candidates": ["dynamic"], "runs": 5, "trials": 1},
+    }
+    entry = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]
+    rows = {c["recipe"]: c for c in entry["report"]["candidates"]}
+    assert rows["dynamic"]["status"] == "outside budget"  # the plain candidate, reported
+    assert rows["dynamic"]["rescue"] == "repaired as dynamic+excluded"
+    repaired = rows["dynamic+excluded"]
+    assert repaired["status"] == "verified" and repaired["repaired_from"] == "dynamic"
+    assert repaired["nodes_to_exclude"][0] == "mm1"  # the planted outlier
+    assert repaired["cosine"] >= 0.98 > rows["dynamic"]["cosine"]
+    assert "verdict" in repaired  # timed beside the parent like any candidate
+
+    # without data, no rescue: a proof on noise is not worth the diagnosis
+    plain = _run(src, tmp_path / "n", step)["steps"][0]["report"]["candidates"]
+    assert [c["recipe"] for c in plain] == ["dynamic"] and "rescue" not in plain[0]
