@@ -144,6 +144,12 @@ class Tolerance(StrictModel):
         description="Lowest top-1 agreement accepted for classifier-like outputs "
         "(rank 2, more than one class).",
     )
+    outputs: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="The outputs the budget judges (default: all), e.g. the speech output of "
+        "a recurrent model and not its hidden state; every output's figures are recorded.",
+    )
 
 
 class VerifyConfig(StrictModel):

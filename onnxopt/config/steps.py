@@ -44,6 +44,13 @@ class OnnxsimOptions(StrictModel):
     skipped_optimizers: list[str] = Field(
         default_factory=list, description="onnxoptimizer passes to skip, e.g. fuse_pad_into_conv."
     )
+    fallback: Literal["ort_basic", "none"] = Field(
+        "ort_basic",
+        description="When onnxsim fails on a model (a known failure: 'Nodes in a graph must be "
+        "topologically sorted' on If bodies reading outer values): ort_basic simplifies with "
+        "ONNX Runtime's basic level instead (portable to every provider; recorded in the "
+        "report and warned); none fails the step.",
+    )
 
 
 class OrtOptions(StrictModel):

@@ -40,14 +40,27 @@ def _onnxsim(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[
                 external_data_threshold="1B" if ctx.config.external_data == "always" else "2GB",
             )
     except Exception as err:
-        raise StepError(
-            f"onnxsim failed: {first_line(err)}",
-            hint="try backend 'ort', or skip the failing pass with onnxsim.skipped_optimizers",
-        ) from None
+        return _onnxsim_failed(f"onnxsim failed: {first_line(err)}", src, dst, cfg, ctx)
     if not ok:
-        raise StepError("onnxsim reported that simplification failed")
+        return _onnxsim_failed("onnxsim reported that simplification failed", src, dst, cfg, ctx)
     _own_external_data_name(dst, ctx.config.external_data)
     return {}
+
+
+def _onnxsim_failed(
+    problem: str, src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext
+) -> dict[str, Any]:
+    """onnxsim failed on a model that loads: ONNX Runtime's basic level instead, or fail."""
+    if cfg.onnxsim.fallback == "none":
+        raise StepError(
+            problem,
+            hint="try backend 'ort', skip the failing pass with onnxsim.skipped_optimizers, "
+            "or let onnxsim.fallback: ort_basic take over",
+        )
+    remove_model(dst)  # whatever onnxsim left half written
+    basic = cfg.model_copy(update={"ort": cfg.ort.model_copy(update={"level": "basic"})})
+    facts = _ort(src, dst, basic, ctx)
+    return {**facts, "fallback": "ort_basic", "onnxsim_error": problem}
 
 
 def _own_external_data_name(path: Path, policy: str) -> None:
@@ -183,6 +196,10 @@ def run(src: Path | None, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> Ste
         passes.append(
             {"backend": backend, "nodes_before": nodes_in, "nodes_after": nodes_out, **facts}
         )
+        if "fallback" in facts:
+            warnings.append(
+                f"{facts['onnxsim_error']}; simplified with ONNX Runtime's basic level instead"
+            )
         if "valid_for_provider" in facts:
             warnings.append(
                 f"ORT level '{facts['level']}' output is valid only for the "

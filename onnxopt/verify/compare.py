@@ -19,15 +19,20 @@ class Tol:
     rtol: float
     min_cosine: float
     min_top1: float | None = None
+    #: the outputs judged (None: all)
+    outputs: tuple[str, ...] | None = None
 
-    def as_dict(self) -> dict[str, float | None]:
+    def as_dict(self) -> dict[str, Any]:
         """Plain dict for reports (unchecked bounds as None)."""
-        return {
+        result: dict[str, Any] = {
             "atol": None if math.isinf(self.atol) else self.atol,
             "rtol": None if math.isinf(self.rtol) else self.rtol,
             "min_cosine": self.min_cosine,
             "min_top1_agreement": self.min_top1,
         }
+        if self.outputs is not None:
+            result["outputs"] = list(self.outputs)
+        return result
 
 
 def resolve_tolerance(step: StepBase, mode: str | None = None) -> Tol:
@@ -42,6 +47,7 @@ def resolve_tolerance(step: StepBase, mode: str | None = None) -> Tol:
         rtol=override.rtol if override.rtol is not None else rtol,
         min_cosine=override.min_cosine if override.min_cosine is not None else cos,
         min_top1=override.min_top1_agreement,
+        outputs=tuple(override.outputs) if override.outputs is not None else None,
     )
 
 
@@ -63,8 +69,23 @@ def compare_outputs(
     """Compare candidate outputs to the reference, output by output.
 
     Returns:
-        ``{"passed": bool, "outputs": [{name, max_abs_err, max_rel_err, cosine, passed, ...}]}``
+        ``{"passed": bool, "outputs": [{name, max_abs_err, max_rel_err, cosine, passed, ...}]}``;
+        with ``tol.outputs`` only those outputs decide ``passed``, the others are recorded
+        with ``judged: False``.
+
+    Raises:
+        InputError: ``tol.outputs`` names an output the model does not have.
     """
+    if tol.outputs is not None:
+        unknown = [n for n in tol.outputs if n not in names]
+        if unknown:
+            from onnxopt.errors import InputError
+
+            raise InputError(
+                f"tolerance.outputs names {unknown}, which are not outputs of the model; "
+                f"its outputs are {names}",
+                hint="name the outputs the budget judges as the graph names them",
+            )
     if len(reference) != len(candidate):
         return {
             "passed": False,
@@ -125,7 +146,19 @@ def compare_outputs(
             if mismatched:
                 row["problem"] = f"{mismatched} of {ref.size} values differ"
         rows.append(row)
-    return {"passed": all(r["passed"] for r in rows), "outputs": rows}
+    if tol.outputs is not None:
+        for row in rows:
+            if row["name"] not in tol.outputs:
+                row["judged"] = False
+    return {"passed": _judged_pass(rows), "outputs": rows}
+
+
+def _judged_pass(rows: list[dict[str, Any]]) -> bool:
+    """Every judged output passed (a shape change fails whatever is judged)."""
+    return all(
+        r["passed"] or (r.get("judged") is False and not r.get("problem", "").startswith("shape"))
+        for r in rows
+    )
 
 
 def failure_text(result: dict[str, Any]) -> str:
@@ -133,7 +166,7 @@ def failure_text(result: dict[str, Any]) -> str:
     if result.get("problem"):
         return str(result["problem"])
     for row in result["outputs"]:
-        if not row["passed"]:
+        if not row["passed"] and row.get("judged") is not False:
             return f"output {row['name']!r}: {row.get('problem', 'mismatch')}"
     return "mismatch"
 
@@ -153,6 +186,8 @@ def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged = []
     for rows in zip(*(r["outputs"] for r in results), strict=True):
         row: dict[str, Any] = {"name": rows[0]["name"], "shape": rows[0]["shape"]}
+        if rows[0].get("judged") is False:
+            row["judged"] = False
         for key, pick in (
             ("max_abs_err", max),
             ("max_rel_err", max),
@@ -169,12 +204,13 @@ def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
         if failing:
             row["problem"] = f"{rows[failing[0]].get('problem', 'mismatch')} (sample {failing[0]})"
         merged.append(row)
-    return {"passed": all(r["passed"] for r in merged), "outputs": merged, "samples": len(results)}
+    return {"passed": _judged_pass(merged), "outputs": merged, "samples": len(results)}
 
 
 def min_cosine(result: dict[str, Any]) -> float:
-    """The lowest cosine of a comparison's outputs (1 when none was measured)."""
-    return min((o.get("cosine", 1.0) for o in result.get("outputs", [])), default=1.0)
+    """The lowest cosine of a comparison's judged outputs (1 when none was measured)."""
+    rows = [o for o in result.get("outputs", []) if o.get("judged") is not False]
+    return min((o.get("cosine", 1.0) for o in rows), default=1.0)
 
 
 @dataclass(frozen=True)
