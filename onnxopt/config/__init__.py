@@ -20,7 +20,7 @@ from onnxopt.config.base import (
     parse_fraction,
     parse_millis,
 )
-from onnxopt.config.data import DataConfig, ImagePreprocessing
+from onnxopt.config.data import DataConfig, EvaluateConfig, ImagePreprocessing, TaskBudget
 from onnxopt.config.pipeline import (
     PipelineConfig,
     Step,
@@ -58,6 +58,7 @@ __all__ = [
     "CalibrationConfig",
     "DType",
     "DataConfig",
+    "EvaluateConfig",
     "DynamicOptions",
     "ExportStep",
     "Fp16Options",
@@ -80,6 +81,7 @@ __all__ = [
     "Step",
     "StepBase",
     "StrictModel",
+    "TaskBudget",
     "Target",
     "TimedStep",
     "Tolerance",

@@ -75,3 +75,35 @@ class DataConfig(StrictModel):
         if self.source != "callable" and not self.path:
             raise ValueError(f"source {self.source} needs 'path'")
         return self
+
+
+class TaskBudget(StrictModel):
+    """How far the task score may fall from the parent's."""
+
+    max_drop: float = Field(
+        0.01, ge=0, description="Largest accepted drop of the score (parent - candidate)."
+    )
+
+
+class EvaluateConfig(StrictModel):
+    """The user's task metric: a function that scores a model through a runner.
+
+    ``fn(runner)`` (or ``fn(runner, data)`` when ``data`` is given) gets an object whose
+    ``predict(feeds) -> {output name: array}`` runs the artifact on the pipeline's target,
+    and returns a score, higher is better, or a dict of named scores (``primary`` names the
+    one judged; default: the first).
+    """
+
+    callable: str = Field(
+        description="'module:function' or 'file.py:function' (runs that code, in the folder "
+        "onnxopt was started from)."
+    )
+    data: str | None = Field(
+        None,
+        description="Passed to the function as its second argument (a path, resolved "
+        "against the config's folder).",
+    )
+    primary: str | None = Field(
+        None, description="The score judged when the function returns several (default: the first)."
+    )
+    budget: TaskBudget = Field(default_factory=TaskBudget, description="The task budget.")

@@ -27,7 +27,7 @@ from pydantic import (
 
 from onnxopt import registry
 from onnxopt.config.base import InputSpec, ModelSource, StepBase, StrictModel, Target, VerifyConfig
-from onnxopt.config.data import DataConfig
+from onnxopt.config.data import DataConfig, EvaluateConfig
 from onnxopt.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
@@ -65,6 +65,12 @@ class PipelineConfig(StrictModel):
         "part and a held-out part that every step is verified on and timed at. Without it "
         "(and without a quantize step's calibration data, which then serves as it), every "
         "proof runs on generated inputs.",
+    )
+    evaluate: EvaluateConfig | None = Field(
+        None,
+        description="Your task metric: every model-changing step's result is scored beside "
+        "its parent and must stay within budget.max_drop (exit 3 otherwise); it then decides "
+        "alone unless the step sets its own tolerance.",
     )
     steps: list[Step] = Field(min_length=1, description="Ordered steps.")
 

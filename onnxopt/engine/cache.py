@@ -98,6 +98,7 @@ def step_key(
             config.verify.model_dump(mode="json"),
             config.target.model_dump(mode="json"),
             config.external_data,
+            inputs.get("evaluate"),  # the task metric: its config and its code's digest
         ]
     elif spec.kind == "measure":
         extra = [config.target.model_dump(mode="json")]

@@ -177,6 +177,12 @@ def build_context(
         samples=held,
         synthetic=bool(record["synthetic"]),
     )
+    evaluator = None
+    if config.evaluate is not None:
+        from onnxopt.verify.task import Evaluator
+
+        evaluator = Evaluator(config.evaluate, base_dir, invocation_dir, config.target)
+        record["evaluate"] = _evaluate_record(config, base_dir)
     ctx = StepContext(
         config=config,
         base_dir=base_dir,
@@ -185,8 +191,24 @@ def build_context(
         invocation_dir=invocation_dir,
         calibration=calibration,
         data_source=data,
+        evaluator=evaluator,
     )
     return ctx, record
+
+
+def _evaluate_record(config: PipelineConfig, base_dir: Path) -> dict[str, Any]:
+    """The task metric as the manifest (and the cache key) see it: its settings and the
+    digests of its code and data files, so that editing either re-runs the steps."""
+    from onnxopt.factory import factory_source_file
+
+    assert config.evaluate is not None
+    record: dict[str, Any] = config.evaluate.model_dump(mode="json")
+    code = factory_source_file(config.evaluate.callable, base_dir)
+    record["callable_sha256"] = _fs.sha256_file(code) if code and code.is_file() else None
+    if config.evaluate.data is not None:
+        data = resolve(base_dir, config.evaluate.data)
+        record["data_sha256"] = _fs.sha256_file(data) if data.is_file() else None
+    return record
 
 
 def data_source(config: PipelineConfig) -> Any:

@@ -197,6 +197,13 @@ class StepRun:
     ) -> None:
         entry["verification"] = verification.as_dict()
         if not verification.passed:
+            task = verification.task
+            if task is not None and not task["passed"]:
+                raise VerificationError(
+                    f"step {index} ({step.type}): {verification.first_failure()}",
+                    hint="try another recipe (quantize -m auto, diagnose) or a larger "
+                    "evaluate.budget.max_drop (--max-drop) if that loss is acceptable",
+                )
             raise VerificationError(
                 f"step {index} ({step.type}): output differs from its parent: "
                 f"{verification.first_failure()}",
@@ -223,8 +230,11 @@ class StepRun:
             verification = verify_against_parent(
                 parent, tmp, tol, self.ctx.input_set, self.ctx.target
             )
+            if self.ctx.evaluator is not None:
+                verification = self.ctx.evaluator.apply(verification, parent, tmp, tol)
         self._judge(index, step, entry, verification)
-        if registry.spec(step.type).lossy and self.ctx.input_set.synthetic:
+        synthetic = self.ctx.input_set.synthetic and self.ctx.evaluator is None
+        if registry.spec(step.type).lossy and synthetic:
             entry["warnings"].append(SYNTHETIC_WARNING)
             log.warning("step %d (%s): %s", index, step.type, SYNTHETIC_WARNING)
         after = modelio.load_model(tmp, load_weights=False)

@@ -38,6 +38,12 @@ def verification_summary(verification: dict[str, Any]) -> str:
     err = max((r.get("max_abs_err", 0.0) for r in rows), default=0.0)
     state = "ok" if verification.get("passed") else "FAILED"
     extra = ", 2 shapes" if "second_shape" in verification else ""
+    task = verification.get("task")
+    if task:
+        extra += (
+            f", task {task['primary']} {task['parent_score']:.4g} -> {task['score']:.4g} "
+            f"(drop {task['drop']:.3g}, max {task['max_drop']:.3g})"
+        )
     return f"{state} cos={cos:.6f} err={err:.1e}{extra}"
 
 
@@ -141,11 +147,19 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
         )
     elif inputs.get("synthetic"):
         dims = ", ".join(f"{k}={v}" for k, v in (inputs.get("dims") or {}).items())
-        console.print(
-            f"[yellow]verified on synthetic inputs ({inputs.get('source')}"
-            f"{'; ' + dims if dims else ''}): give --data to prove the task[/]",
-            highlight=False,
-        )
+        evaluate = inputs.get("evaluate")
+        if evaluate:
+            console.print(
+                f"outputs compared on synthetic inputs ({inputs.get('source')}"
+                f"{'; ' + dims if dims else ''}); the task judged by {evaluate['callable']}",
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"[yellow]verified on synthetic inputs ({inputs.get('source')}"
+                f"{'; ' + dims if dims else ''}): give --data to prove the task[/]",
+                highlight=False,
+            )
         _print_fitted(console, inputs.get("defaulted_dims_why"), inputs.get("ranges_why"))
     for entry in manifest.get("steps", []):
         if entry.get("kept_parent"):

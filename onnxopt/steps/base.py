@@ -38,6 +38,8 @@ class StepContext:
     calibration: list[Inputs] | None = None
     #: the config the run's data came from (a DataConfig, or a step's CalibrationConfig)
     data_source: Any = None
+    #: the user's task metric (onnxopt.verify.task.Evaluator), when the run has one
+    evaluator: Any = None
 
     @property
     def target(self) -> Target:
@@ -71,8 +73,14 @@ class StepContext:
     def verify(
         self, child: Path, reference: Reference, tol: Tol, output_names: list[str] | None = None
     ) -> Verification:
-        """Compare ``child`` with reference outputs on the input set, on the target."""
-        return verify_model(child, reference, tol, self.input_set, self.target, output_names)
+        """Compare ``child`` with reference outputs on the input set, on the target (and score
+        both with the task metric, when the run has one)."""
+        verification = verify_model(
+            child, reference, tol, self.input_set, self.target, output_names
+        )
+        if self.evaluator is not None and reference.model is not None:
+            verification = self.evaluator.apply(verification, reference.model, child, tol)
+        return verification
 
 
 @dataclass

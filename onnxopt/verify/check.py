@@ -23,6 +23,8 @@ class Reference:
     main: list[np.ndarray]
     second: list[np.ndarray] | None = None
     samples: list[list[np.ndarray]] | None = None
+    #: the model these are the outputs of (a task metric scores it too)
+    model: Path | None = None
 
 
 def outputs_on(session: Any, inputs: InputSet, where: str) -> Reference:
@@ -44,7 +46,9 @@ def reference_outputs(parent: Path, inputs: InputSet, target: Target) -> Referen
     """
     from onnxopt.runtime import make_session
 
-    return outputs_on(make_session(parent, target, level="disable"), inputs, parent.name)
+    reference = outputs_on(make_session(parent, target, level="disable"), inputs, parent.name)
+    reference.model = parent
+    return reference
 
 
 def verify_model(

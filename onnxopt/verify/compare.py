@@ -21,6 +21,8 @@ class Tol:
     min_top1: float | None = None
     #: the outputs judged (None: all)
     outputs: tuple[str, ...] | None = None
+    #: the step set its own tolerance (with a task metric, the outputs are then judged too)
+    explicit: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for reports (unchecked bounds as None)."""
@@ -48,6 +50,7 @@ def resolve_tolerance(step: StepBase, mode: str | None = None) -> Tol:
         min_cosine=override.min_cosine if override.min_cosine is not None else cos,
         min_top1=override.min_top1_agreement,
         outputs=tuple(override.outputs) if override.outputs is not None else None,
+        explicit=bool(override.model_fields_set),
     )
 
 
@@ -207,6 +210,13 @@ def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"passed": _judged_pass(merged), "outputs": merged, "samples": len(results)}
 
 
+def _structural(result: dict[str, Any]) -> bool:
+    """A comparison that failed on the outputs' structure (their count or a shape)."""
+    if result.get("problem") and not result["outputs"]:
+        return True
+    return any(str(r.get("problem", "")).startswith("shape") for r in result["outputs"])
+
+
 def min_cosine(result: dict[str, Any]) -> float:
     """The lowest cosine of a comparison's judged outputs (1 when none was measured)."""
     rows = [o for o in result.get("outputs", []) if o.get("judged") is not False]
@@ -227,6 +237,11 @@ class Verification:
     second: dict[str, Any] | None = None
     second_dims: dict[str, int] | None = None
     problem: str | None = None
+    #: the task metric's verdict (onnxopt.verify.task), when the run has one
+    task: dict[str, Any] | None = None
+    #: with a task metric: whether the outputs' budget counts too (else only a changed
+    #: output shape fails)
+    outputs_judged: bool = True
 
     @classmethod
     def failed(cls, problem: str) -> Verification:
@@ -238,7 +253,13 @@ class Verification:
         """All outputs within tolerance on every input set."""
         if self.problem is not None or self.main is None:
             return False
-        return bool(self.main["passed"]) and (self.second is None or bool(self.second["passed"]))
+        parts = [p for p in (self.main, self.second) if p is not None]
+        outputs_ok = all(bool(p["passed"]) for p in parts)
+        if self.task is None:
+            return outputs_ok
+        if not self.outputs_judged:
+            outputs_ok = not any(_structural(p) for p in parts)
+        return bool(self.task["passed"]) and outputs_ok
 
     @property
     def min_cosine(self) -> float:
@@ -246,7 +267,13 @@ class Verification:
         return min_cosine(self.main or {})
 
     def first_failure(self) -> str:
-        """One line on what failed first (main inputs, then the second shape)."""
+        """One line on what failed first (the task, main inputs, then the second shape)."""
+        if self.task is not None and not self.task["passed"]:
+            t = self.task
+            return (
+                f"task score {t['primary']!r} {t['score']:.4g} dropped {t['drop']:.4g} from the "
+                f"parent's {t['parent_score']:.4g} (budget: max_drop {t['max_drop']})"
+            )
         for part, where in ((self.main, ""), (self.second, " at the second shape")):
             if part is not None and not part["passed"]:
                 return failure_text(part) + where
@@ -259,5 +286,8 @@ class Verification:
         result: dict[str, Any] = {"tolerance": self.tolerance, "main": self.main}
         if self.second is not None:
             result["second_shape"] = {**self.second, "dims": self.second_dims}
+        if self.task is not None:
+            result["task"] = self.task
+            result["outputs_judged"] = self.outputs_judged
         result["passed"] = self.passed
         return result

@@ -95,6 +95,9 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
                 verification.min_cosine if (verification.main or {}).get("outputs") else None
             )
             row["min_cosine"] = tol.min_cosine
+            if verification.task is not None:
+                row["task_score"] = verification.task["score"]
+                row["task_drop"] = verification.task["drop"]
             if not verification.passed:
                 row.update(status="outside budget")
                 continue
