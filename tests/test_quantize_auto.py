@@ -156,3 +156,34 @@ def test_auto_rescues_a_candidate_with_one_sensitive_node(tmp_path: Path) -> Non
     # without data, no rescue: a proof on noise is not worth the diagnosis
     plain = _run(src, tmp_path / "n", step)["steps"][0]["report"]["candidates"]
     assert [c["recipe"] for c in plain] == ["dynamic"] and "rescue" not in plain[0]
+
+
+def test_auto_tries_transformer_fusions_before_dynamic_int8_on_a_transformer(
+    tmp_path: Path,
+) -> None:
+    import onnxopt
+    from tests.conftest import SAMPLES
+
+    src = tmp_path / "t.onnx"
+    onnxopt.export(
+        f"{SAMPLES / 'transformer.py'}:build",
+        src,
+        [
+            {"name": "input_ids", "shape": ["batch", "sequence"], "dtype": "int64"},
+            {"name": "attention_mask", "shape": ["batch", "sequence"], "dtype": "int64"},
+        ],
+        dims={"batch": 2, "sequence": 16},
+    )
+    step = {
+        "mode": "auto",
+        "tolerance": {"min_cosine": 0.95},
+        "auto": {"runs": 5, "trials": 1},
+    }
+    report = _run(src, tmp_path / "o", step)["steps"][0]["report"]
+    rows = {c["recipe"]: c for c in report["candidates"]}
+    assert rows["dynamic_fused"]["status"] == "verified", rows["dynamic_fused"]
+    assert "MatMulInteger" in rows["dynamic_fused"]["quantized_ops"]
+    # the same model without its transformer signature is not offered the fusion
+    plain = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
+    report = _run(plain, tmp_path / "p", step)["steps"][0]["report"]
+    assert "not a transformer" in report["not_tried"]["dynamic_fused"]

@@ -17,6 +17,7 @@ RecipeName = Literal[
     "static_s8s8",
     "dynamic",
     "dynamic_no_rnn",
+    "dynamic_fused",
     "int4",
     "fp16",
 ]
@@ -112,6 +113,12 @@ class DynamicOptions(StrictModel):
         True, description="Per-channel weights (measured: same speed, cosine 0.894 -> 0.986)."
     )
     reduce_range: bool = Field(False, description="7-bit weights.")
+    fuse: bool = Field(
+        False,
+        description="First fuse the transformer subgraphs (LayerNorm, GELU, attention) with "
+        "onnxruntime.transformers (model_type bert, heads and width inferred): the auto recipe "
+        "dynamic_fused.",
+    )
 
 
 class AutoOptions(StrictModel):

@@ -120,7 +120,7 @@ def _ort(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[str,
 
 
 def _transformers(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> dict[str, Any]:
-    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
 
     opts = cfg.transformers
     if opts.model_type not in MODEL_TYPES:
@@ -129,7 +129,18 @@ def _transformers(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> 
             f"onnxruntime.transformers{did_you_mean(opts.model_type, MODEL_TYPES)}",
             hint=f"available: {', '.join(sorted(MODEL_TYPES))}",
         )
-    import logging
+    facts = fuse_transformer(
+        src, dst, opts.model_type, opts.num_heads, opts.hidden_size, ctx.config.external_data
+    )
+    return {"model_type": opts.model_type, **facts}
+
+
+def fuse_transformer(
+    src: Path, dst: Path, model_type: str, num_heads: int, hidden_size: int, external_data: str
+) -> dict[str, Any]:
+    """onnxruntime.transformers' fusions (attention, LayerNorm, GELU, ...) on the CPU; the
+    fused op counts and the optimizer's warnings."""
+    from onnxruntime.transformers.optimizer import optimize_model
 
     class _Collect(logging.Handler):  # the optimizer's warnings go to the report, not stderr
         def __init__(self) -> None:
@@ -150,9 +161,9 @@ def _transformers(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> 
         with contextlib.redirect_stdout(io.StringIO()):
             optimized = optimize_model(
                 str(src),
-                model_type=opts.model_type,
-                num_heads=opts.num_heads,
-                hidden_size=opts.hidden_size,
+                model_type=model_type,
+                num_heads=num_heads,
+                hidden_size=hidden_size,
                 opt_level=0,
                 use_gpu=False,
             )
@@ -171,8 +182,8 @@ def _transformers(src: Path, dst: Path, cfg: SimplifyStep, ctx: StepContext) -> 
     used = {node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx")}
     for domain in sorted(used - declared):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-    save_model(model, dst, external_data=ctx.config.external_data)
-    return {"model_type": opts.model_type, "fused": fused, "optimizer_notes": collect.messages}
+    save_model(model, dst, external_data=external_data)
+    return {"fused": fused, "optimizer_notes": collect.messages}
 
 
 BACKENDS = {"onnxsim": _onnxsim, "ort": _ort, "transformers": _transformers}

@@ -36,6 +36,14 @@ def _write(
 
     opts = cfg.dynamic
     ops = cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS
+    facts: dict[str, Any] = {}
+    if opts.fuse:
+        from onnxopt.steps.simplify import fuse_transformer
+
+        fused = src.with_name("fused.onnx")
+        facts = fuse_transformer(src, fused, "bert", 0, 0, "auto")
+        notes.append(f"fused first with onnxruntime.transformers: {facts['fused'] or 'nothing'}")
+        src = fused
     quantize_dynamic(
         str(src),
         str(out),
@@ -49,7 +57,12 @@ def _write(
         # tensor; the values there are float activations
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    return {"engine": "onnxruntime", "op_types_to_quantize": ops, "per_channel": opts.per_channel}
+    return {
+        "engine": "onnxruntime",
+        "op_types_to_quantize": ops,
+        "per_channel": opts.per_channel,
+        **({"fused": facts["fused"]} if opts.fuse else {}),
+    }
 
 
 def _stream(
@@ -58,7 +71,7 @@ def _stream(
     """Weights in external data: quantize them one at a time (None: not this graph)."""
     from onnxopt.steps.quantize.streaming import quantize_dynamic_streaming, unsupported
 
-    if not external_locations(model):
+    if not external_locations(model) or cfg.dynamic.fuse:
         return None
     ops = cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS
     reason = unsupported(model, ops, cfg.nodes_to_exclude)
@@ -90,6 +103,12 @@ def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> s
     return "the model has no MatMul or Gemm"
 
 
+def _unfit_fused(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
+    if not ops["Softmax"] or not (ops["LayerNormalization"] + ops["ReduceMean"] + ops["Erf"]):
+        return "not a transformer (no Softmax with LayerNorm or GELU to fuse)"
+    return _unfit(ops, cfg, provider, data)
+
+
 def _unfit_no_rnn(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
     if ops["LSTM"] + ops["GRU"] == 0:
         return "the model has no LSTM or GRU (the same as dynamic)"
@@ -109,6 +128,8 @@ BACKEND = Backend(
     recipes=(
         Recipe("dynamic", {"mode": "dynamic"}, _unfit),
         # a quantized LSTM/GRU measured slower than the float one on recurrent audio models
+        # transformer fusions first: measured 2.9-3.1x against 2.65-2.8x unfused on MiniLM
+        Recipe("dynamic_fused", {"mode": "dynamic", "dynamic": {"fuse": True}}, _unfit_fused),
         Recipe(
             "dynamic_no_rnn",
             {"mode": "dynamic", "op_types_to_quantize": ["MatMul", "Gemm", "Attention"]},
