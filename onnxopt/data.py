@@ -134,12 +134,14 @@ def checked(samples: list[Inputs], where: str, specs: list[InputSpec]) -> list[I
 
 
 def split(
-    samples: list[Inputs], holdout: float, seed: int
+    samples: list[Inputs], holdout: float, seed: int, contiguous: bool = False
 ) -> tuple[list[Inputs], list[Inputs], list[int]]:
     """A seeded split into (calibration, held-out, held-out indices), disjoint.
 
     ``holdout`` is a fraction (below 1) or a count; at least one sample is held out and at
     least one kept for calibration. A single sample serves both (said in a warning).
+    ``contiguous``: the held-out samples are one run of consecutive ones (a stream for a
+    recurrent model), at a seeded offset.
     """
     n = len(samples)
     if n == 1:
@@ -147,8 +149,12 @@ def split(
         return samples, samples, [0]
     count = round(holdout * n) if holdout < 1 else int(holdout)
     count = min(max(count, 1), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    held = sorted(int(i) for i in order[:count])
+    rng = np.random.default_rng(seed)
+    if contiguous:
+        start = int(rng.integers(0, n - count + 1))
+        held = list(range(start, start + count))
+    else:
+        held = sorted(int(i) for i in rng.permutation(n)[:count])
     rest = [i for i in range(n) if i not in set(held)]
     return [samples[i] for i in rest], [samples[i] for i in held], held
 

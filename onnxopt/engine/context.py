@@ -100,6 +100,7 @@ def build_context(
         given, _ = resolve_dims(specs, config.dims)
         samples = load_samples(data, specs, given, base_dir, invocation_dir)
     calibration = held = None
+    pairs: dict[str, str] = {}
     fitted: dict[str, Any] = {}
     if config.verify.inputs_file:
         inputs = load_inputs(resolve(base_dir, config.verify.inputs_file))
@@ -108,8 +109,9 @@ def build_context(
         specs, _ = fit_ranges(source, specs)  # for the second-shape inputs
         calibration = samples or None  # verification is on exactly the inputs file
     elif samples:
+        pairs = _state_pairs(source)
         calibration, held, held_index = split(
-            samples, getattr(data, "holdout", 0.25), getattr(data, "seed", 0)
+            samples, getattr(data, "holdout", 0.25), getattr(data, "seed", 0), bool(pairs)
         )
         inputs = held[0]
         dims = _dims_from_arrays(specs, inputs)
@@ -166,6 +168,13 @@ def build_context(
             "held_out_samples": held_index if held else [],
             "split_seed": getattr(data, "seed", 0),
         }
+        if held and pairs:
+            record["closed_loop"] = pairs
+            log.info(
+                "recurrent states %s: the held-out samples are verified in closed loop, in "
+                "order, each model carrying its own state",
+                ", ".join(f"{i} <- {o}" for i, o in pairs.items()),
+            )
         if held:
             record["source"] = f"{len(held)} held-out samples of the data"
             record["shapes"] = sorted({_shapes(s) for s in held})
@@ -176,6 +185,7 @@ def build_context(
         second_dims=alt_dims,
         samples=held,
         synthetic=bool(record["synthetic"]),
+        state_pairs=pairs if held else None,
     )
     evaluator = None
     if config.evaluate is not None:
@@ -194,6 +204,15 @@ def build_context(
         evaluator=evaluator,
     )
     return ctx, record
+
+
+def _state_pairs(source: Path | None) -> dict[str, str]:
+    """The recurrent states of an ONNX source (none for a PyTorch one)."""
+    if source is None:
+        return {}
+    from onnxopt.verify.stream import state_pairs
+
+    return state_pairs(modelio.load_model(source, load_weights=False))
 
 
 def _evaluate_record(config: PipelineConfig, base_dir: Path) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class InputSet:
     samples: list[Inputs] | None = None
     #: generated inputs (no data, no inputs file): a proof of the graph, not of the task
     synthetic: bool = True
+    #: state input -> the output that feeds it next (onnxopt.verify.stream): the held-out
+    #: samples are then run in order, in closed loop
+    state_pairs: dict[str, str] | None = None
 
     def sets(self) -> list[Inputs]:
         """The input sets to run: the held-out samples, or main (and second)."""
