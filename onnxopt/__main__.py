@@ -1,6 +1,6 @@
 """``python -m onnxopt``."""
 
-from onnxopt._signals import main
+from onnxopt._entry import main
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,8 @@
 """SIGINT/SIGTERM handling, installed before the command line is even imported.
 
-Kept free of heavy imports: the entry point installs the handler first, so that a signal
-that arrives while Python is still importing Typer and the commands is handled like any
-other (a clean exit 130/143) instead of killing the process outright.
+Kept free of heavy imports: the entry point (:mod:`onnxopt._entry`) installs the handler
+first, so that a signal that arrives while Python is still importing Typer and the commands
+is handled like any other (a clean exit 130/143) instead of killing the process outright.
 """
 
 from __future__ import annotations
@@ -71,13 +71,3 @@ def stopped_early(err: KeyboardInterrupt) -> None:
     sys.stderr.write("error: stopped before any work started; nothing was written\n")
     sys.stderr.flush()
     os._exit(int(ExitCode.TERMINATED if isinstance(err, Terminated) else ExitCode.INTERRUPTED))
-
-
-def main() -> None:
-    """Console-script entry point: handlers first, then the command line."""
-    install()
-    try:
-        from onnxopt.cli.app import main as cli_main
-    except KeyboardInterrupt as err:
-        stopped_early(err)
-    cli_main()
