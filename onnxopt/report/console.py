@@ -147,19 +147,14 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
         )
     elif inputs.get("synthetic"):
         dims = ", ".join(f"{k}={v}" for k, v in (inputs.get("dims") or {}).items())
+        where = f"synthetic inputs ({inputs.get('source')}{'; ' + dims if dims else ''})"
         evaluate = inputs.get("evaluate")
-        if evaluate:
-            console.print(
-                f"outputs compared on synthetic inputs ({inputs.get('source')}"
-                f"{'; ' + dims if dims else ''}); the task judged by {evaluate['callable']}",
-                highlight=False,
-            )
-        else:
-            console.print(
-                f"[yellow]verified on synthetic inputs ({inputs.get('source')}"
-                f"{'; ' + dims if dims else ''}): give --data to prove the task[/]",
-                highlight=False,
-            )
+        console.print(
+            f"outputs compared on {where}; the task judged by {evaluate['callable']}"
+            if evaluate
+            else f"[yellow]verified on {where}: give --data to prove the task[/]",
+            highlight=False,
+        )
         _print_fitted(console, inputs.get("defaulted_dims_why"), inputs.get("ranges_why"))
     for entry in manifest.get("steps", []):
         if entry.get("kept_parent"):

@@ -22,7 +22,7 @@ from onnxopt.verify.compare import (
     min_cosine,
     resolve_tolerance,
 )
-from onnxopt.verify.fit import Fit, fit_inputs, fit_ranges, fit_second_dims
+from onnxopt.verify.fit import Fit, fit_inputs, fit_ranges, fit_second_dims, trials
 from onnxopt.verify.inputs import (
     DEFAULT_DIM,
     Inputs,
@@ -70,6 +70,7 @@ __all__ = [
     "specs_from_model",
     "symbolic_axes",
     "symbolic_dims",
+    "trials",
     "verify_against_parent",
     "verify_model",
 ]

@@ -14,8 +14,10 @@ Every choice is recorded with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import onnx
 from onnxopt.config import InputSpec, Target
 from onnxopt.errors import InputError, OnnxoptError, first_line
 from onnxopt.graph import iter_graphs
-from onnxopt.verify.inputs import make_inputs, symbolic_dims
+from onnxopt.verify.inputs import make_inputs, resolve_dims
 
 log = logging.getLogger("onnxopt")
 
@@ -166,23 +168,16 @@ def fit_inputs(
             message names the inputs and the flags (--dim, --value, --range) that fix it.
     """
     fitted, ranges = fit_ranges(model_path, specs)
-    dims: dict[str, int] = {}
+    dims, unset = resolve_dims(fitted, given)
     defaulted: dict[str, str] = {}
-    for name in symbolic_dims(fitted):
-        if name in given:
-            if given[name] < 1:
-                raise InputError(f"dim {name!r} must be >= 1, found {given[name]}")
-            dims[name] = given[name]
-        else:
-            dims[name], defaulted[name] = first_guess(name)
+    for name in unset:
+        dims[name], defaulted[name] = first_guess(name)
     # a trial on the model itself, when a guess could be wrong: a dim that is not a batch,
     # or an input whose values no lookup bounds (a scalar, a shape-like vector)
     unsure = [n for n in defaulted if dims[n] != 1] or _value_like(fitted, ranges)
     if model_path is not None and unsure:
-        try:
+        with trials():
             _try_sizes(model_path, fitted, dims, defaulted, ranges, seed, target)
-        finally:
-            release()
     return Fit(specs=fitted, dims=dims, defaulted=defaulted, ranges=ranges)
 
 
@@ -204,14 +199,12 @@ def fit_second_dims(
     if model_path is None or set(dims) <= set(overrides):
         return {n: overrides.get(n, v + 1) for n, v in dims.items()}, "as given"
     problem = ""
-    try:
+    with trials():
         for how, step in (("each dim + 1", lambda v: v + 1), ("each dim doubled", lambda v: 2 * v)):
             trial = {n: overrides.get(n, step(v)) for n, v in dims.items()}
             problem = _run(model_path, specs, trial, seed + 1, target) or ""
             if not problem:
                 return trial, how
-    finally:
-        release()
     return None, f"the source model runs neither at each dim + 1 nor doubled ({problem})"
 
 
@@ -263,6 +256,7 @@ def _run(
 
 
 _SESSIONS: dict[tuple[str, Any], Any] = {}
+_OPEN = [0]  # how many trials() blocks are open
 
 
 def _session(path: Path, target: Target | None, make: Any) -> Any:
@@ -274,9 +268,18 @@ def _session(path: Path, target: Target | None, make: Any) -> Any:
     return _SESSIONS[key]
 
 
-def release() -> None:
-    """Drop the trial session (a large model's weights)."""
-    _SESSIONS.clear()
+@contextlib.contextmanager
+def trials() -> Iterator[None]:
+    """Trial runs share one session until the outermost block ends, which drops it (a large
+    model's weights): a caller that fits the dims and then the second-shape dims wraps both
+    and the model's session is made once."""
+    _OPEN[0] += 1
+    try:
+        yield
+    finally:
+        _OPEN[0] -= 1
+        if not _OPEN[0]:
+            _SESSIONS.clear()
 
 
 def _unfit_error(

@@ -178,13 +178,12 @@ def _rescue(
     cfg = QuantizeStep.model_validate(base)
     deadline = time.monotonic() + cfg.auto.rescue_seconds
     by_name = {r.name: r for r in recipes}
-    missed = [
-        r
-        for r in rows
-        if r.get("status") == "outside budget"
-        and backend(by_name[r["recipe"]].overrides.get("mode", "")).diagnosable
-        and backend(by_name[r["recipe"]].overrides.get("mode", "")).int8
-    ]
+
+    def repairable(row: dict[str, Any]) -> bool:
+        spec = backend(by_name[row["recipe"]].overrides.get("mode", ""))
+        return row.get("status") == "outside budget" and spec.diagnosable and spec.int8
+
+    missed = [r for r in rows if repairable(r)]
     missed.sort(key=lambda r: -(r.get("cosine") or -1.0))
     reference = ctx.reference(src)
     repaired = []
