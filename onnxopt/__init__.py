@@ -16,6 +16,7 @@ __all__ = [
     "OnnxoptError",
     "__version__",
     "bench",
+    "distill",
     "export",
     "inspect_model",
     "prune",
@@ -38,6 +39,7 @@ _LAZY = {
     "simplify": "onnxopt.api",
     "quantize": "onnxopt.api",
     "prune": "onnxopt.api",
+    "distill": "onnxopt.api",
 }
 
 

@@ -140,6 +140,49 @@ def prune(
     return _on_onnx("prune", model, output, step, dims, target, verify, external_data)
 
 
+def distill(
+    model: str | Path,
+    output: str | Path,
+    *,
+    teacher: str | Path,
+    data: dict[str, Any] | str | Path | None = None,
+    dims: dict[str, int] | None = None,
+    target: dict[str, Any] | None = None,
+    verify: dict[str, Any] | None = None,
+    evaluate: dict[str, Any] | None = None,
+    external_data: str = "auto",
+    **step: Any,
+) -> dict[str, Any]:
+    """Distill ``teacher`` (an .onnx file) into ``model`` (the student, e.g. a pruned copy).
+
+    Args:
+        data: the samples to train on and verify with: a data config (``{"source": "npz",
+            "path": ...}``), or a path to an .npz file or folder.
+        evaluate: a task metric (``{"callable": ..., "budget": {"max_drop": 0.01}}``).
+        **step: the distill keys (steps, batch_size, lr, loss, intermediates, ...).
+
+    Returns:
+        The manifest of the one-step pipeline.
+    """
+    source = Path(model)
+    if isinstance(data, str | Path):
+        data = {"source": "npz", "path": str(Path(data).resolve())}
+    config: dict[str, Any] = {
+        "name": "distill",
+        "model": {"path": str(source.resolve())},
+        "dims": dims or {},
+        "target": target or {},
+        "verify": verify or {},
+        "external_data": external_data,
+        "steps": [{"type": "distill", "teacher": str(Path(teacher).resolve()), **step}],
+    }
+    if data is not None:
+        config["data"] = data
+    if evaluate is not None:
+        config["evaluate"] = evaluate
+    return run_to_file(parse_config(config, "distill()"), output, source=source)
+
+
 def bench(
     models: list[str | Path] | list[Path],
     *,

@@ -48,6 +48,10 @@ class StepSpec:
             (``NN-<name><suffix>``; a model step writes ``NN-<name>-<hash8>.onnx``).
         lossy: it changes the function on purpose (reduced precision, removed weights): a
             proof on generated inputs does not cover the task, and the run says so.
+        uses_torch: it runs torch (torch's version joins its cache key).
+        key_extra: ``module:function(step, chain, base_dir)`` returning what else its cache
+            key must cover (a distill step's teacher bytes); ``chain`` is the (label, path,
+            digest) of every model so far.
     """
 
     name: str
@@ -59,6 +63,8 @@ class StepSpec:
     once: str | None = None
     suffix: str = ".onnx"
     lossy: bool = False
+    uses_torch: bool = False
+    key_extra: str | None = None
 
 
 STEPS: dict[str, StepSpec] = {}
@@ -109,6 +115,16 @@ for _spec in (
         tolerance=(math.inf, math.inf, -1.0),
         lossy=True,
     ),
+    # judged against its teacher by the step itself; no bound unless the config sets one
+    StepSpec(
+        "distill",
+        "onnxopt.config.distill:DistillStep",
+        "onnxopt.steps.distill:run",
+        tolerance=(math.inf, math.inf, -1.0),
+        lossy=True,
+        uses_torch=True,
+        key_extra="onnxopt.steps.distill.teacher:key_extra",
+    ),
     # compared with its parent run at the conversion's own settings: the same kernels
     StepSpec(
         "package",
@@ -132,6 +148,12 @@ def spec(step_type: str) -> StepSpec:
 def _load(target: str) -> Any:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def key_extra(step: Any, chain: list[Any], base_dir: Any) -> Any:
+    """What else a step's cache key covers (None for most steps)."""
+    target = STEPS[step.type].key_extra
+    return None if target is None else _load(target)(step, chain, base_dir)
 
 
 def runner(step_type: str) -> Callable[..., Any]:

@@ -65,9 +65,9 @@ def test_unknown_step_type_suggests() -> None:
 def test_planned_step_is_not_available_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     from onnxopt import registry
 
-    monkeypatch.setitem(registry.PLANNED, "distill", 9)
-    msg = _err({**BASE, "steps": [{"type": "simplify"}, {"type": "distill"}]})
-    assert "steps[1]: step type 'distill' is not available yet" in msg
+    monkeypatch.setitem(registry.PLANNED, "serve", 9)
+    msg = _err({**BASE, "steps": [{"type": "simplify"}, {"type": "serve"}]})
+    assert "steps[1]: step type 'serve' is not available yet" in msg
     assert "(planned, issue 9)" in msg
 
 

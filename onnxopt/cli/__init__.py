@@ -2,15 +2,17 @@
 
 ``app`` holds the Typer app, the error funnel (the only place that prints errors and exits)
 and the entry point; ``options`` the options every step subcommand shares, declared once;
-``steps`` ``run`` and the step subcommands; ``measure`` bench, report merge, inspect, schema.
+``steps`` ``run`` and the step subcommands (``distill`` in its own module); ``measure``
+bench, report merge, inspect, schema.
 """
 
 # isort: off
 # the order of these imports is the order of the commands in --help
 from onnxopt.cli import steps
+from onnxopt.cli import distill
 from onnxopt.cli import measure
 from onnxopt.cli.app import app, main
 
 # isort: on
 
-__all__ = ["app", "main", "measure", "steps"]
+__all__ = ["app", "distill", "main", "measure", "steps"]

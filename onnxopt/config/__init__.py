@@ -21,6 +21,7 @@ from onnxopt.config.base import (
     parse_millis,
 )
 from onnxopt.config.data import DataConfig, EvaluateConfig, ImagePreprocessing, TaskBudget
+from onnxopt.config.distill import DistillStep, StudentSource
 from onnxopt.config.pipeline import (
     PipelineConfig,
     Step,
@@ -58,6 +59,7 @@ __all__ = [
     "CalibrationConfig",
     "DType",
     "DataConfig",
+    "DistillStep",
     "EvaluateConfig",
     "DynamicOptions",
     "ExportStep",
@@ -80,6 +82,7 @@ __all__ = [
     "StaticOptions",
     "Step",
     "StepBase",
+    "StudentSource",
     "StrictModel",
     "TaskBudget",
     "Target",

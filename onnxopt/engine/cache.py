@@ -87,10 +87,11 @@ def step_key(
     reads: Any,
     config: PipelineConfig,
     inputs: dict[str, Any],
+    more: Any = None,
 ) -> str:
     """The cache key of step ``index``; ``reads``: its parent's digest, or for a measuring
     step the (label, digest) of every model it measures; ``inputs``: the manifest's record
-    of the input set."""
+    of the input set; ``more``: what the step type adds (:func:`onnxopt.registry.key_extra`)."""
     extra: list[Any]
     if spec.kind == "model":  # verified against its parent at two shapes, on the target
         extra = [
@@ -110,7 +111,8 @@ def step_key(
         reads,
         inputs["digest"],
         *extra,
-        tool_versions(include_torch=spec.reads_pytorch),
+        *([more] if more is not None else []),
+        tool_versions(include_torch=spec.reads_pytorch or spec.uses_torch),
     )
 
 

@@ -277,6 +277,10 @@ def input_files(config: PipelineConfig, base_dir: Path) -> list[Path]:
         static = getattr(step, "static", None)
         named.append(static.calibration.path if static is not None else None)
         named.append(getattr(step, "baseline", None))
+        teacher = getattr(step, "teacher", None)
+        named.append(teacher if teacher and teacher.endswith(".onnx") else None)
+        student = getattr(step, "student", None)
+        named.append(student.weights if student is not None else None)
     files = [resolve(base_dir, n).resolve() for n in named if n]
     if config.model.path and files and files[0].is_file():
         with contextlib.suppress(OnnxoptError, OSError):

@@ -63,6 +63,7 @@ def owned(manifest: dict[str, Any] | None) -> set[str]:
     names = set(manifest.get("artifacts_on_disk", []))
     for e in manifest.get("steps", []):
         names.add((e.get("output") or {}).get("path"))
+        names.update(f.get("path") for f in (e.get("output") or {}).get("files") or [])
         names.add((e.get("report_file") or {}).get("path"))
         names.update(f.get("path") for f in e.get("files") or [])
     return {n for n in names if isinstance(n, str) and n and Path(n).name == n}
@@ -183,6 +184,8 @@ class Manifest:
             if path.suffix == ".json":  # a bench report and its Markdown twin
                 path.unlink()
                 path.with_suffix(".md").unlink(missing_ok=True)
+            elif path.suffix != ".onnx":  # a model's companion (a plot)
+                path.unlink()
             else:
                 remove_model(path)
             removed.append(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ from onnxopt.engine.run import Pipeline
 from onnxopt.engine.step import Event
 from onnxopt.errors import ConfigError, InputError
 from onnxopt.modelio import copy_model, move_model
+
+log = logging.getLogger("onnxopt")
 
 
 def run_to_file(
@@ -73,6 +76,7 @@ def run_to_file(
         else:
             produced = scratch / manifest["final_artifact"]
             if produced.resolve().is_relative_to(scratch.resolve()):
+                _move_companions(manifest, scratch, output.resolve())
                 move_model(produced, output.resolve())
             else:  # every step kept its parent, the user's file: copy it, never move it
                 copy_model(produced, output.resolve())
@@ -89,3 +93,22 @@ def run_to_file(
         if entry.get("output"):
             entry["output"]["path"] = output.name
     return manifest
+
+
+def _move_companions(manifest: dict[str, Any], scratch: Path, output: Path) -> None:
+    """A final model's companion files (a loss plot) go beside ``output``, named after it:
+    ``NN-step-hash.loss.png`` -> ``OUTPUT-STEM.loss.png``."""
+    final = manifest["final_artifact"]
+    for entry in manifest["steps"]:
+        out = entry.get("output") or {}
+        if out.get("path") != final:
+            continue
+        for f in out.get("files") or []:
+            rest = f["path"].removeprefix(final.removesuffix(".onnx"))
+            dst = output.with_name(output.name.removesuffix(".onnx") + rest)
+            if dst.exists():  # never replace a file the user did not ask for
+                log.warning("%s exists and was left alone (the figures are in the report)", dst)
+                f["path"] = None
+                continue
+            os.replace(scratch / f["path"], dst)
+            f["path"] = dst.name

@@ -83,7 +83,10 @@ class StepRun:
         """Run step ``index`` on ``parent``; return what the chain continues with."""
         spec = registry.spec(step.type)
         reads = [(n, d) for n, _, d in chain] if spec.kind == "measure" else digest
-        key = cache.step_key(spec, index, step, reads, self.config, self.manifest.data["inputs"])
+        more = registry.key_extra(step, chain, self.ctx.base_dir)
+        key = cache.step_key(
+            spec, index, step, reads, self.config, self.manifest.data["inputs"], more
+        )
         name = cache.output_name(spec, index, key)
         final = self.out_dir / name
         self.emit("step_start", index=index, total=len(self.config.steps), step=_label(step))
@@ -109,7 +112,12 @@ class StepRun:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir()
                 ctx = dataclasses.replace(
-                    self.ctx, scratch=partial / "work", chain=[(n, p) for n, p, _ in chain]
+                    self.ctx,
+                    scratch=partial / "work",
+                    chain=[(n, p) for n, p, _ in chain],
+                    progress=lambda text: self.emit(
+                        "step_progress", index=index, step=_label(step), text=text
+                    ),
                 )
                 with ours_to_blame(partial), _fs.scratch_env(partial / "work"):
                     result: StepResult = registry.runner(step.type)(
@@ -171,7 +179,9 @@ class StepRun:
         else:
             fields = {"parent": self._parent_label(parent), "input": {"sha256": digest}}
             if spec.kind == "model":
-                fields["versions"] = cache.tool_versions(include_torch=spec.reads_pytorch)
+                fields["versions"] = cache.tool_versions(
+                    include_torch=spec.reads_pytorch or spec.uses_torch
+                )
             else:
                 fields["output"] = None
         return {
@@ -288,16 +298,23 @@ class StepRun:
         it, so a file on disk always has an "ok" entry.
         """
         if spec.kind == "model":
+            companions = []
+            for src in result.files:  # a plot beside the model: published first
+                os.chmod(src, _fs.file_mode())
+                published.append(self.out_dir / src.name)
+                os.replace(src, self.out_dir / src.name)
+                companions.append({"path": src.name, "sha256": _fs.sha256_file(published[-1])})
             published.append(final)
             modelio.publish(tmp, final)
-            return {
-                "output": {
-                    "path": final.name,
-                    "sha256": modelio.model_digest(final),
-                    "size_bytes": modelio.model_size(final),
-                    "external_data": [p.name for p in modelio.external_data_files(final)],
-                }
+            output: dict[str, Any] = {
+                "path": final.name,
+                "sha256": modelio.model_digest(final),
+                "size_bytes": modelio.model_size(final),
+                "external_data": [p.name for p in modelio.external_data_files(final)],
             }
+            if companions:
+                output["files"] = companions
+            return {"output": output}
         if not tmp.is_file():
             raise StepError(f"{spec.name} wrote no {final.name}")
         mode = _fs.file_mode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,13 @@ class StepContext:
     data_source: Any = None
     #: the user's task metric (onnxopt.verify.task.Evaluator), when the run has one
     evaluator: Any = None
+    #: shows a line of progress of long work (a training loop) while the step runs
+    progress: Callable[[str], None] | None = None
+
+    def report_progress(self, text: str) -> None:
+        """Show ``text`` as the step's progress (nothing when no one listens)."""
+        if self.progress is not None:
+            self.progress(text)
 
     @property
     def target(self) -> Target:
