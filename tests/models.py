@@ -342,3 +342,142 @@ def conv_net(
     ir = 6 if opset < 13 else 8
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
     return _save(model, path)
+
+
+def transformer_encoder(
+    path: Path,
+    *,
+    layers: int = 2,
+    hidden: int = 16,
+    heads: int = 2,
+    ffn: int = 64,
+    gelu: str = "erf",
+) -> Path:
+    """Post-LayerNorm encoder layers on x [batch, sequence, hidden] as exporters write them.
+
+    Each layer: Q/K/V projections (MatMul + bias Add) split into heads by Reshape/Transpose,
+    softmax attention, the out projection, a residual Add and LayerNormalization, then the
+    feed-forward block ``l{i}.fc1`` MatMul(W1 [hidden, ffn]) -> Add(b1) -> GELU ->
+    ``l{i}.fc2`` MatMul(W2 [ffn, hidden]) -> Add(b2) -> residual Add -> LayerNormalization.
+    ``gelu``: ``erf`` (Div/Erf/Add/Mul/Mul, as torch exports it), ``tanh`` (the Pow/Tanh
+    approximation), ``gelu`` (the opset-20 Gelu node) or ``bias_gelu`` (onnxruntime's fused
+    com.microsoft BiasGelu, which takes b1). The scalar constants are shared by the layers.
+    The stream enters through Expand(x, Max(Shape(x), 1)), an identity whose dims shape
+    inference cannot tell (as an attention mask's Expand/Where leaves a Hugging Face export's
+    batch dim unknown), so the analysis must not need full shapes.
+    """
+    rng = np.random.default_rng(11)
+    head_dim = hidden // heads
+    inits = {
+        "ones3": np.ones(3, np.int64),
+        "split_heads": np.array([0, 0, heads, head_dim], np.int64),
+        "merge_heads": np.array([0, 0, hidden], np.int64),
+        "scale": np.array(1.0 / np.sqrt(head_dim), np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+        "sqrt2": np.array(np.sqrt(2.0), np.float32),
+        "three": np.array(3.0, np.float32),
+        "cubic": np.array(0.044715, np.float32),
+        "sqrt_2_pi": np.array(np.sqrt(2.0 / np.pi), np.float32),
+    }
+    nodes = [
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Max", ["x_shape", "ones3"], ["stream_shape"]),
+        helper.make_node("Expand", ["x", "stream_shape"], ["stream"]),
+    ]
+
+    def linear(name: str, src: str, rows: int, cols: int, out: str, bias_first: bool) -> None:
+        inits[f"{name}.w"] = (rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32)
+        inits[f"{name}.b"] = (rng.standard_normal(cols) * 0.1).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", [src, f"{name}.w"], [f"{name}.mm"], name=name))
+        terms = [f"{name}.b", f"{name}.mm"] if bias_first else [f"{name}.mm", f"{name}.b"]
+        nodes.append(helper.make_node("Add", terms, [out], name=f"{name}.bias"))
+
+    def layer_norm(name: str, src: str, out: str) -> None:
+        inits[f"{name}.g"] = (1 + rng.standard_normal(hidden) * 0.1).astype(np.float32)
+        inits[f"{name}.beta"] = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
+        nodes.append(
+            helper.make_node(
+                "LayerNormalization", [src, f"{name}.g", f"{name}.beta"], [out], axis=-1, name=name
+            )
+        )
+
+    def op(kind: str, inputs: list[str], out: str, **attrs: object) -> None:
+        nodes.append(helper.make_node(kind, inputs, [out], name=out, **attrs))
+
+    prev = "stream"
+    for i in range(layers):
+        p = f"l{i}"
+        for part in ("q", "k", "v"):
+            linear(f"{p}.{part}", prev, hidden, hidden, f"{p}.{part}_out", bias_first=True)
+            op("Reshape", [f"{p}.{part}_out", "split_heads"], f"{p}.{part}_heads")
+        op("Transpose", [f"{p}.q_heads"], f"{p}.qt", perm=[0, 2, 1, 3])
+        op("Transpose", [f"{p}.k_heads"], f"{p}.kt", perm=[0, 2, 3, 1])
+        op("Transpose", [f"{p}.v_heads"], f"{p}.vt", perm=[0, 2, 1, 3])
+        op("MatMul", [f"{p}.qt", f"{p}.kt"], f"{p}.scores")
+        op("Mul", [f"{p}.scores", "scale"], f"{p}.scaled")
+        op("Softmax", [f"{p}.scaled"], f"{p}.probs", axis=-1)
+        op("MatMul", [f"{p}.probs", f"{p}.vt"], f"{p}.ctx")
+        op("Transpose", [f"{p}.ctx"], f"{p}.ctx_t", perm=[0, 2, 1, 3])
+        op("Reshape", [f"{p}.ctx_t", "merge_heads"], f"{p}.ctx_m")
+        linear(f"{p}.o", f"{p}.ctx_m", hidden, hidden, f"{p}.attn", bias_first=False)
+        op("Add", [prev, f"{p}.attn"], f"{p}.res1")
+        layer_norm(f"{p}.ln1", f"{p}.res1", f"{p}.h")
+        # the feed-forward block
+        h, fc1 = f"{p}.h", f"{p}.fc1"
+        inits[f"{fc1}.w"] = (rng.standard_normal((hidden, ffn)) / np.sqrt(hidden)).astype(
+            np.float32
+        )
+        inits[f"{fc1}.b"] = (rng.standard_normal(ffn) * 0.1).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", [h, f"{fc1}.w"], [f"{fc1}.mm"], name=fc1))
+        act = f"{p}.act"
+        if gelu == "bias_gelu":
+            nodes.append(
+                helper.make_node(
+                    "BiasGelu",
+                    [f"{fc1}.mm", f"{fc1}.b"],
+                    [act],
+                    domain="com.microsoft",
+                    name=act,
+                )
+            )
+        else:
+            u = f"{fc1}.out"
+            op("Add", [f"{fc1}.b", f"{fc1}.mm"], u)  # bias first, as torch writes it
+            if gelu == "gelu":
+                op("Gelu", [u], act)
+            elif gelu == "erf":
+                op("Div", [u, "sqrt2"], f"{p}.g_div")
+                op("Erf", [f"{p}.g_div"], f"{p}.g_erf")
+                op("Add", [f"{p}.g_erf", "one"], f"{p}.g_add")
+                op("Mul", [u, f"{p}.g_add"], f"{p}.g_mul")
+                op("Mul", [f"{p}.g_mul", "half"], act)
+            elif gelu == "tanh":
+                op("Pow", [u, "three"], f"{p}.g_pow")
+                op("Mul", [f"{p}.g_pow", "cubic"], f"{p}.g_cubic")
+                op("Add", [u, f"{p}.g_cubic"], f"{p}.g_inner")
+                op("Mul", [f"{p}.g_inner", "sqrt_2_pi"], f"{p}.g_scaled")
+                op("Tanh", [f"{p}.g_scaled"], f"{p}.g_tanh")
+                op("Add", [f"{p}.g_tanh", "one"], f"{p}.g_add")
+                op("Mul", [u, f"{p}.g_add"], f"{p}.g_mul")
+                op("Mul", [f"{p}.g_mul", "half"], act)
+            else:
+                raise ValueError(f"unknown gelu {gelu!r}")
+        linear(f"{p}.fc2", act, ffn, hidden, f"{p}.ffn", bias_first=False)
+        op("Add", [h, f"{p}.ffn"], f"{p}.res2")
+        out = "y" if i == layers - 1 else f"{p}.y"
+        layer_norm(f"{p}.ln2", f"{p}.res2", out)
+        prev = out
+    shape = ["batch", "sequence", hidden]
+    used = {name for node in nodes for name in node.input}
+    graph = helper.make_graph(
+        nodes,
+        "transformer_encoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items() if k in used],
+    )
+    opsets = [helper.make_opsetid("", 20 if gelu == "gelu" else 18)]
+    if gelu == "bias_gelu":
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    return _save(helper.make_model(graph, opset_imports=opsets), path)

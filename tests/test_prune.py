@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.config import parse_config
 from onnxopt.engine import run_pipeline
 from onnxopt.errors import ExitCode, StepError
-from tests.conftest import Untouched, error_line, run_cli, write_yaml
+from tests import models
+from tests.conftest import SAMPLES, Untouched, error_line, run_cli, write_yaml
 
 RNG = np.random.default_rng(0)
 OPSET = [helper.make_opsetid("", 18)]
@@ -217,6 +218,132 @@ def test_transformer_mlp_block(tmp_path: Path) -> None:
     same_outputs(out, src, {"w1": w1[:, keep], "b1": b1[keep], "w2": w2[keep]}, (2, 5, 16))
     fc1 = next(g for g in entry["report"]["groups"] if g["producers"] == ["fc1"])
     assert fc1["channels_after"] == 24  # 32 * 0.75, a multiple of round_to
+
+
+ENCODER_LINEARS = ("q", "k", "v", "o", "fc2")  # their channels are the hidden size: kept
+
+
+@pytest.mark.parametrize("gelu", ["erf", "tanh", "gelu", "bias_gelu"])
+def test_transformer_encoder_prunes_only_the_feed_forward_channels(
+    tmp_path: Path, gelu: str
+) -> None:
+    src = models.transformer_encoder(tmp_path / "m.onnx", layers=2, hidden=16, ffn=64, gelu=gelu)
+    before = weights(src)
+    entry, out = prune(src, tmp_path / "o", ratio=0.5)
+    groups = {g["producers"][0]: g for g in entry["report"]["groups"]}
+    replaced = {}
+    for i in range(2):
+        fc1 = groups[f"l{i}.fc1"]
+        assert fc1["prunable"] and (fc1["channels_before"], fc1["channels_after"]) == (64, 32)
+        for name in ENCODER_LINEARS:
+            assert groups[f"l{i}.{name}"]["prunable"] is False, name
+        assert any("Reshape" in r for r in groups[f"l{i}.q"]["reasons"])  # split into heads
+        assert any("LayerNormalization" in r for r in groups[f"l{i}.fc2"]["reasons"])
+        w1, b1, w2 = (before[f"l{i}.{n}"] for n in ("fc1.w", "fc1.b", "fc2.w"))
+        keep = keep_by_l1(w1.T, count=32)
+        replaced |= {f"l{i}.fc1.w": w1[:, keep], f"l{i}.fc1.b": b1[keep], f"l{i}.fc2.w": w2[keep]}
+    got = weights(out)
+    for name, value in before.items():  # W1 columns, b1 entries, W2 rows; nothing else
+        np.testing.assert_array_equal(got[name], replaced.get(name, value), err_msg=name)
+    for shape in [(2, 5, 16), (1, 9, 16)]:  # two sequence lengths, equal to the hand-sliced
+        same_outputs(out, src, replaced, shape)
+    report = entry["report"]
+    assert report["parameters_after"] == report["parameters_before"] - 2 * 32 * (16 + 1 + 16)
+    assert entry["verification"]["second_shape"]["passed"]
+
+
+def test_sample_transformer_feed_forward_groups_are_pruned(tmp_path: Path) -> None:
+    import onnxopt
+
+    src = tmp_path / "tr.onnx"
+    seq = ["batch", "sequence"]
+    specs = [
+        {"name": "input_ids", "shape": seq, "dtype": "int64", "range": [0, 1000]},
+        {"name": "attention_mask", "shape": seq, "dtype": "int64", "range": [1, 2]},
+    ]
+    dims = {"batch": 2, "sequence": 16}
+    onnxopt.export(f"{SAMPLES / 'transformer.py'}:build", src, specs, dims=dims)
+    cfg = {
+        "model": {"path": str(src)},
+        "inputs": specs,
+        "dims": dims,
+        "output_dir": str(tmp_path / "o"),
+        "steps": [{"type": "prune", "guard": None, "ratio": 0.5}],
+    }
+    entry = run_pipeline(parse_config(cfg), tmp_path)["steps"][0]
+    out = tmp_path / "o" / entry["output"]["path"]
+    report = entry["report"]
+    pruned = [g for g in report["groups"] if g["prunable"]]
+    # the two layers' fc1 (hidden 128 -> ffn 512); Q/K/V/out and fc2 keep the hidden size
+    assert [(g["channels_before"], g["channels_after"]) for g in pruned] == [(512, 256)] * 2
+    assert len(report["groups"]) == 12
+    assert report["parameters_after"] == report["parameters_before"] - 2 * 256 * (128 + 1 + 128)
+    assert report["macs_after"] < report["macs_before"]
+    assert entry["verification"]["second_shape"]["passed"]
+    ids = RNG.integers(0, 1000, (3, 11))  # another batch and sequence length than the dims
+    mask = np.ones((3, 11), np.int64)
+    mask[0, 7:] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    want = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(out)).run(None, feeds)[0]
+    assert got.shape == want.shape == (3, 11, 128)
+    cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cosine > 0.5, cosine
+
+
+def test_compensation_folds_into_the_bias_add_after_a_matmul(tmp_path: Path) -> None:
+    # A Linear exports as MatMul + Add(bias): the removed channels' mean goes into that bias.
+    w1, w2, b2 = w(8, 16), w(16, 8), w(8)
+    b1 = (np.abs(w(16)) * 5 + 3).astype(np.float32)  # large means after Relu
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Add", ["b1", "h"], ["hb"]),
+            helper.make_node("Relu", ["hb"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["o"], name="fc2"),
+            helper.make_node("Add", ["o", "b2"], ["y"]),
+        ],
+        {"w1": w1, "b1": b1, "w2": w2, "b2": b2},
+        ["batch", "sequence", 8],
+        ["batch", "sequence", 8],
+    )
+    entry, out = prune(src, tmp_path / "o", ratio=0.5, compensate=True)
+    report = entry["report"]
+    fc1 = next(g for g in report["groups"] if g["producers"] == ["fc1"])
+    assert fc1["compensated"] == ["fc2"]
+    assert entry["verification"]["main"]["outputs"][0]["cosine"] > (
+        report["cosine_without_compensation"] + 0.01
+    )
+    with np.load(tmp_path / "o" / "inputs.npz") as data:  # the inputs the means came from
+        x = data["x"]
+    r = np.maximum(x @ w1 + b1, 0).reshape(-1, 16).mean(axis=0)
+    removed = np.setdiff1d(np.arange(16), keep_by_l1(w1.T, count=8))
+    got = weights(out)
+    assert got["w2"].shape == (8, 8)
+    np.testing.assert_allclose(got["b2"], b2 + r[removed] @ w2[removed], rtol=1e-4, atol=1e-3)
+
+
+def test_activation_criterion_reads_the_last_axis_of_channels_last_matmuls(
+    tmp_path: Path,
+) -> None:
+    # [N, H, W, C] into a MatMul (ConvNeXt's pointwise layers): the channels are the last axis
+    w1, w2 = w(8, 8), w(8, 4)
+    b1 = np.array([-50, 0, -50, 0, -50, 0, -50, 0], np.float32)  # odd channels stay active
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Add", ["h", "b1"], ["hb"]),
+            helper.make_node("Relu", ["hb"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+        ],
+        {"w1": w1, "b1": b1, "w2": w2},
+        ["N", 4, 4, 8],
+        ["N", 4, 4, 4],
+    )
+    _, out = prune(src, tmp_path / "o", ratio=0.5, criterion="activation")
+    np.testing.assert_array_equal(weights(out)["b1"], np.zeros(4, np.float32))
 
 
 def test_unsupported_pattern_is_left_intact_and_reported(tmp_path: Path) -> None:

@@ -3,12 +3,17 @@
 Channel pruning finds *groups*: sets of channels that must be removed together. A group
 starts at every Conv, Gemm or MatMul whose weight is an initializer (its output channels),
 follows the tensor through ops that keep channels aligned (activations, BatchNormalization,
-pooling, element-wise ops with per-channel constants, depthwise convolutions), and ends at
-the layers that read those channels (the next Conv's input channels, the next MatMul/Gemm
-rows, a Flatten into a Gemm). Element-wise ops that join two tensors (residual Add) merge
-their groups. Anything else that touches a group (Reshape, Concat, Split, a graph output,
-weights shared between nodes, grouped convolutions) makes that group unprunable, reported
-with the reason, so the graph is never broken.
+pooling, element-wise ops with per-channel or scalar constants, depthwise convolutions), and
+ends at the layers that read those channels (the next Conv's input channels, the next
+MatMul/Gemm rows, a Flatten into a Gemm). A transformer's feed-forward block is one such
+group: MatMul(W1) -> Add(b1) -> GELU (a Gelu node, the exported Div/Erf/Add/Mul/Mul or tanh
+pattern, or onnxruntime's fused BiasGelu/FastGelu) -> MatMul(W2), its intermediate channels
+being the columns of W1, the entries of b1 and the rows of W2. Channels that reach a
+LayerNormalization, a residual Add with the embeddings or a head-splitting Reshape (the
+hidden size of attention projections and of the residual stream) stay. Element-wise ops
+that join two tensors (residual Add) merge their groups. Anything else that touches a group
+(Reshape, Concat, Split, a graph output, weights shared between nodes, grouped convolutions)
+makes that group unprunable, reported with the reason, so the graph is never broken.
 """
 
 from __future__ import annotations
@@ -47,9 +52,12 @@ PASS_OPS = {
     "Exp",
     "Log",
     "Cast",
+    "QuickGelu",
 }
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
-BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
+BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"}
+#: onnxruntime's fused activations whose second input is a per-channel bias (com.microsoft)
+BIAS_ACTIVATION_OPS = {"BiasGelu", "FastGelu"}
 REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin"}
 
 
@@ -204,7 +212,7 @@ class ChannelAnalysis:
             self._reshape(node, tensor, space, axis)
         elif op in REDUCE_OPS and node.input[0] == tensor:
             self._reduce(node, tensor, space, axis)
-        elif op in BINARY_OPS:
+        elif op in BINARY_OPS or (op in BIAS_ACTIVATION_OPS and node.input[0] == tensor):
             self._binary(node, tensor, space, axis)
         elif op == "Conv" and node.input[0] == tensor and axis == 1:
             w = self.weight(node, 1)
@@ -313,16 +321,19 @@ class ChannelAnalysis:
                 continue
             if other in self.inits:
                 value = numpy_helper.to_array(self.inits[other])
-                out_rank = len(self.shapes.get(node.output[0], [])) or None
                 if value.size == 1:
                     continue
                 if self._shared(node, i):
                     self._fail(space, f"{node.name}: constant {other!r} shared with other nodes")
                     continue
-                if out_rank is None:
-                    self._fail(space, f"{node.name}: unknown rank for a per-channel constant")
-                    continue
-                pos = axis if axis < 0 else axis - (out_rank - value.ndim)
+                if axis < 0:  # counted from the end, like broadcasting: no rank needed
+                    pos = axis
+                else:
+                    out_rank = len(self.shapes.get(node.output[0], [])) or None
+                    if out_rank is None:
+                        self._fail(space, f"{node.name}: unknown rank for a per-channel constant")
+                        continue
+                    pos = axis - (out_rank - value.ndim)
                 size = self._group(space).size
                 if value.ndim < (-pos if pos < 0 else pos + 1) or value.shape[pos] not in (1, size):
                     self._fail(space, f"{node.name}: constant {other!r} does not broadcast")

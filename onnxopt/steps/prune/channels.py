@@ -137,12 +137,16 @@ STATS_SAMPLES = 16
 
 
 def activation_stats(
-    model: onnx.ModelProto, names: list[str], ctx: StepContext
+    model: onnx.ModelProto,
+    names: list[str],
+    ctx: StepContext,
+    axes: dict[str, int] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel (mean, mean |x|) of tensors, averaged over the calibration part of the
     run's data (or, without data, the verification inputs).
 
-    Channels are axis 1 for rank-4 tensors (NCHW) and the last axis otherwise.
+    Channels are on ``axes[name]``; for other tensors axis 1 for rank-4 tensors (NCHW) and
+    the last axis otherwise.
     """
     from onnxopt.runtime import run_exposing
 
@@ -156,7 +160,7 @@ def activation_stats(
         means, magnitudes = [], []
         for values in runs:
             value = values[name]
-            axis = 1 if value.ndim == 4 else value.ndim - 1
+            axis = (axes or {}).get(name, 1 if value.ndim == 4 else -1) % value.ndim
             others = tuple(i for i in range(value.ndim) if i != axis)
             means.append(value.mean(axis=others))
             magnitudes.append(np.abs(value).mean(axis=others))
@@ -205,6 +209,22 @@ def _bias(a: ChannelAnalysis, node: onnx.NodeProto, size: int) -> str | None:
     return name
 
 
+def _matmul_bias(a: ChannelAnalysis, node: onnx.NodeProto, size: int) -> str | None:
+    """Name of the private bias a MatMul consumer's output is added to (its only reader an
+    Add with a constant of ``size`` values on the last axis), or None."""
+    users = a.consumers.get(node.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in a.outputs:
+        return None
+    add = users[0]
+    others = [name for name in add.input if name != node.output[0]]
+    if len(others) != 1 or others[0] not in a.inits or a.uses.get(others[0], 0) > 1:
+        return None
+    dims = list(a.inits[others[0]].dims)
+    if not dims or dims[-1] != size or int(np.prod(dims)) != size:
+        return None
+    return others[0]
+
+
 def _compensate(
     group: Group,
     keep: np.ndarray,
@@ -217,7 +237,7 @@ def _compensate(
     for kind, node, extra in group.members:
         if kind not in ("conv_in", "mm_in", "in_at", "flatten_in"):
             continue
-        if node.op_type == "MatMul" or node.input[0] not in stats:
+        if node.input[0] not in stats:
             continue
         mean = stats[node.input[0]][0]
         w = a.weight(node, 1)
@@ -235,11 +255,14 @@ def _compensate(
             delta = w[:, idx] @ mean[idx]
         else:
             delta = mean[idx] @ w[idx]
-        name = _bias(a, node, delta.shape[0])
+        if node.op_type == "MatMul":  # the bias is the Add after it (a Linear's export)
+            name = _matmul_bias(a, node, delta.shape[0])
+        else:
+            name = _bias(a, node, delta.shape[0])
         if name is None:
             continue
-        bias = numpy_helper.to_array(a.inits[name]).astype(np.float32)
-        _set(a, name, (bias + delta).astype(np.float32))
+        bias = numpy_helper.to_array(a.inits[name])
+        _set(a, name, (bias + delta).astype(bias.dtype))
         done.append(node.name or node.op_type)
     return done
 
@@ -257,7 +280,14 @@ def channel_prune(
     if cfg.criterion == "activation" or cfg.compensate:
         wanted = {p.output[0] for g in groups.values() for p in g.producers}
         wanted |= {n.input[0] for g in groups.values() for _, n, _ in g.members}
-        stats = activation_stats(model, sorted(wanted), ctx)
+        # the channel axis the analysis followed: 1 after a Conv, the last after a MatMul/Gemm
+        # (also on rank-4 channels-last tensors, as in ConvNeXt's pointwise layers)
+        axes = {name: analysis.axis[name] for name in wanted if name in analysis.axis}
+        for group in groups.values():
+            for kind, node, _ in group.members:
+                if kind == "in_at" and node.op_type != "Conv":
+                    axes[node.input[0]] = -1  # a Concat read by a MatMul/Gemm
+        stats = activation_stats(model, sorted(wanted), ctx, axes)
     report_groups = []
     pruned_any = False
     pending: dict[str, np.ndarray] = {}
