@@ -37,6 +37,7 @@ bench: install
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/quantize.py
 	$(PY) benchmarks/prune.py
+	$(PY) benchmarks/distill.py
 
 bench-large: install  # a 2.25 GiB model through every step (~10 min, ~8 GiB memory)
 	$(PY) benchmarks/large_model.py

@@ -206,13 +206,13 @@ def test_no_data_is_a_usage_error(pruned: Path, mlp_onnx: Path, tmp_path: Path) 
 
 
 def test_synthetic_opt_in_trains_and_says_so(pruned: Path, mlp_onnx: Path, tmp_path: Path) -> None:
-    manifest = onnxopt.distill(
-        pruned, tmp_path / "d.onnx", teacher=mlp_onnx, allow_synthetic=True,
-        synthetic_samples=64, steps=40, eval_every=20,
+    proc = run_cli(
+        "distill", pruned, "-o", tmp_path / "d.onnx", "--teacher", mlp_onnx,
+        "--allow-synthetic", "--steps", "40",
     )  # fmt: skip
-    entry = _entry(manifest)
-    assert entry["report"]["data"]["source"] == "synthetic"
-    assert any("generated inputs" in w for w in entry["warnings"])
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out cosine to the teacher" in proc.stdout
+    assert "trained on generated inputs" in proc.stderr
 
 
 def test_unconvertible_op_is_named_before_training(
@@ -354,3 +354,67 @@ def test_distill_recipe_prune_distill_int8_on_the_resnet_sample(tmp_path: Path) 
     assert steps["distill"]["verification"]["passed"]
     assert steps["quantize"]["verification"]["passed"]
     assert manifest["final_artifact"] == steps["quantize"]["output"]["path"]
+
+
+def test_same_seed_same_bytes_and_augment_hook(
+    pruned: Path, mlp_onnx: Path, samples: Path, tmp_path: Path
+) -> None:
+    hook = tmp_path / "aug.py"
+    hook.write_text(
+        "def jitter(feeds, rng):\n"
+        "    return {k: v + rng.normal(0, 0.01, v.shape) for k, v in feeds.items()}\n"
+    )
+    runs = []
+    for name in ("a.onnx", "b.onnx"):
+        manifest = onnxopt.distill(
+            pruned, tmp_path / name, teacher=mlp_onnx, data=_data(samples),
+            augment=f"{hook}:jitter", steps=40, eval_every=20,
+        )  # fmt: skip
+        runs.append(_entry(manifest))
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert runs[0]["report"]["training"] == runs[1]["report"]["training"] | {
+        "seconds": runs[0]["report"]["training"]["seconds"]
+    }
+
+
+def test_a_broken_augment_hook_is_a_usage_error(
+    pruned: Path, mlp_onnx: Path, samples: Path, tmp_path: Path
+) -> None:
+    hook = tmp_path / "aug.py"
+    hook.write_text("def bad(feeds, rng):\n    return {'other': 1}\n")
+    with pytest.raises(onnxopt.OnnxoptError) as err:
+        onnxopt.distill(
+            pruned, tmp_path / "d.onnx", teacher=mlp_onnx, data=_data(samples),
+            augment=f"{hook}:bad", steps=5,
+        )  # fmt: skip
+    assert err.value.exit_code == ExitCode.USAGE
+    assert "must return a dict of the inputs ['features']" in err.value.message
+    assert not (tmp_path / "d.onnx").exists()
+
+
+def test_task_scores_before_and_after(
+    pruned: Path, mlp_onnx: Path, samples: Path, tmp_path: Path
+) -> None:
+    metric = tmp_path / "metric.py"
+    metric.write_text(
+        "import numpy as np\n"
+        "def agreement(runner, data):\n"
+        "    x = np.load(data)['features'][:64]\n"
+        "    import onnxruntime as ort\n"
+        f"    teacher = ort.InferenceSession({str(mlp_onnx)!r},\n"
+        "                                   providers=['CPUExecutionProvider'])\n"
+        "    want = teacher.run(None, {'features': x})[0].argmax(1)\n"
+        "    got = runner.predict({'features': x})\n"
+        "    return float(np.mean(next(iter(got.values())).argmax(1) == want))\n"
+    )
+    manifest = onnxopt.distill(
+        pruned, tmp_path / "d.onnx", teacher=mlp_onnx, data=_data(samples),
+        evaluate={"callable": f"{metric}:agreement", "data": str(samples),
+                  "budget": {"max_drop": 1.0}},
+        **FAST,
+    )  # fmt: skip
+    entry = _entry(manifest)
+    task = entry["report"]["task"]
+    assert task["teacher"]["score"] == 1.0
+    assert task["after"]["score"] > task["before"]["score"]
+    assert entry["verification"]["task"]["parent_score"] == 1.0  # judged against the teacher

@@ -157,6 +157,19 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
         )
         _print_fitted(console, inputs.get("defaulted_dims_why"), inputs.get("ranges_why"))
     for entry in manifest.get("steps", []):
+        report = entry.get("report") or {}
+        if entry.get("type") == "distill" and "fidelity_after" in report:
+            before, after = report["fidelity_before"], report["fidelity_after"]
+            training = report["training"]
+            console.print(
+                f"step {entry['index']} {entry.get('name')}: held-out cosine to the teacher "
+                f"{before['min_cosine']:.4f} -> {after['min_cosine']:.4f} (mean "
+                f"{before['mean_cosine']:.4f} -> {after['mean_cosine']:.4f}); "
+                f"{training['steps']} steps in {training['seconds']:.0f} s, best at step "
+                f"{training['best_step']}",
+                highlight=False,
+            )
+    for entry in manifest.get("steps", []):
         if entry.get("kept_parent"):
             console.print(
                 f"[yellow]step {entry['index']} {entry.get('name')} kept its parent: "

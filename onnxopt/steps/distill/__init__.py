@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from onnxopt.config.distill import DistillStep
-from onnxopt.errors import ConfigError, InputError, require
+from onnxopt.errors import ConfigError, InputError, StepError, require
 from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.steps.distill.fidelity import fidelity, teacher_reference
 from onnxopt.steps.distill.setup import (
@@ -56,6 +56,22 @@ def _torch_state(threads: int | None, seed: int) -> Iterator[None]:
             torch.set_num_threads(saved)
 
 
+@contextlib.contextmanager
+def _ours(src: Path) -> Iterator[None]:
+    """A node failing in the torch form of a graph that ONNX Runtime runs is onnxopt's
+    failure (exit 1), named, not the user's."""
+    from onnxopt.steps.distill.torch_graph import GraphRunError
+
+    try:
+        yield
+    except GraphRunError as err:
+        raise StepError(
+            f"the torch form of {src.name} failed: {err}",
+            hint="this is onnxopt's failure, not your input's; please report it, or give a "
+            "PyTorch student (student: {factory: ...})",
+        ) from None
+
+
 def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> StepResult:
     """Distill the teacher into the student, writing ``dst``."""
     require("torch")
@@ -83,12 +99,13 @@ def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> Step
     teacher = Teacher(teacher_path, mapping, names, cfg.intermediates, ctx)
     reference = teacher_reference(teacher_path, mapping, student_outputs, ctx)
     before = fidelity(src, reference, names, ctx)
-    with _torch_state(cfg.threads, cfg.seed):
+    with _torch_state(cfg.threads, cfg.seed), _ours(src):
         from onnxopt.steps.distill.student import make_student
+        from onnxopt.steps.distill.train import Batches, Targets, train
 
         student = make_student(src, cfg, ctx, names, train_set)
-        loss = student.loss_spec(cfg, names, teacher, train_set, validation)
-        from onnxopt.steps.distill.train import Batches, Targets, train
+        targets = Targets(teacher.run)
+        loss = student.loss_spec(cfg, names, targets, train_set, validation)
 
         batches = Batches(
             train_set, cfg.batch_size, student.concat, np.random.default_rng(cfg.seed)
@@ -98,7 +115,7 @@ def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> Step
             student.forward,
             loss,
             batches,
-            Targets(teacher.run),
+            targets,
             validation,
             cfg,
             augmentation(cfg, ctx),

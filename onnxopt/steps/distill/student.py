@@ -12,8 +12,7 @@ import torch
 from onnxopt.config.distill import DistillStep
 from onnxopt.errors import InputError, StepError
 from onnxopt.steps.base import StepContext
-from onnxopt.steps.distill.setup import Teacher
-from onnxopt.steps.distill.train import LossSpec, as_torch, make_adapter, stack
+from onnxopt.steps.distill.train import LossSpec, Targets, as_torch, make_adapter, stack
 from onnxopt.verify import Inputs
 
 #: how far the converted graph may be from ONNX Runtime on the parent's own outputs
@@ -39,7 +38,7 @@ class Student:
         self,
         cfg: DistillStep,
         names: list[str],
-        teacher: Teacher,
+        targets: Targets,
         train: list[Inputs],
         validation: list[Inputs],
     ) -> LossSpec:
@@ -55,13 +54,13 @@ class Student:
             kind=cfg.loss,
             temperature=cfg.temperature,
         )
-        wanted = [teacher.run(s) for s in validation]
+        wanted = [targets.of(1, i, s) for i, s in enumerate(validation)]
         for name in [*names, *cfg.intermediates]:
             spec.scale[name] = max(float(np.mean([np.mean(w[name] ** 2) for w in wanted])), 1e-12)
         if cfg.intermediates:
             with torch.no_grad():
                 got = self.forward(as_torch(train[0]))
-            want = teacher.run(train[0])
+            want = targets.of(0, 0, train[0])
             for name in cfg.intermediates:
                 try:
                     adapter = make_adapter(got[name], torch.from_numpy(want[name]), name)

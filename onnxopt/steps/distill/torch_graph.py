@@ -51,6 +51,10 @@ _HINTS = {
 }
 
 
+class GraphRunError(RuntimeError):
+    """A node failed while the graph ran in torch (onnxopt's failure: ONNX Runtime runs it)."""
+
+
 class ConversionError(Exception):
     """The graph uses operators this module cannot run; ``ops`` counts them."""
 
@@ -215,7 +219,8 @@ class GraphModule(torch.nn.Module):
             except Unsupported:
                 raise
             except (RuntimeError, ValueError, IndexError, TypeError) as err:
-                raise RuntimeError(f"node {node.name} ({node.op_type}): {err}") from err
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise GraphRunError(f"node {node.name} ({node.op_type}): {first[:200]}") from err
             if isinstance(result, tuple):
                 for name, value in zip(node.outputs, result, strict=False):
                     if name:

@@ -237,18 +237,29 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, total))
     history = History()
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, float]:
+        """The validation loss and the lowest cosine of an output to the teacher's."""
         student.eval()
         with torch.no_grad():
-            values = []
+            values, cosines = [], []
             for i, sample in enumerate(validation):
                 want = {k: torch.from_numpy(v) for k, v in targets.of(1, i, sample).items()}
-                values.append(float(loss(forward(as_torch(sample)), want)))
-        return float(np.mean(values))
+                got = forward(as_torch(sample))
+                values.append(float(loss(got, want)))
+                cosines += [
+                    float(
+                        F.cosine_similarity(
+                            got[n].double().flatten(), want[n].double().flatten(), 0
+                        )
+                    )
+                    for n in loss.outputs
+                ]
+        return float(np.mean(values)), float(min(cosines, default=1.0))
 
     best = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    history.initial_val = history.best_val = evaluate()
-    history.evals.append({"step": 0, "loss": history.initial_val})
+    history.initial_val, first_cos = evaluate()
+    history.best_val = history.initial_val
+    history.evals.append({"step": 0, "loss": history.initial_val, "min_cosine": first_cos})
     started = time.perf_counter()
     bad = 0
     for step in range(1, total + 1):
@@ -279,16 +290,16 @@ def train(
         elapsed = time.perf_counter() - started
         out_of_time = elapsed > cfg.max_seconds
         if step % cfg.eval_every == 0 or step == total or out_of_time:
-            val = evaluate()
-            history.evals.append({"step": step, "loss": val})
+            val, val_cos = evaluate()
+            history.evals.append({"step": step, "loss": val, "min_cosine": val_cos})
             if math.isfinite(val) and val < history.best_val:
                 history.best_val, history.best_step, bad = val, step, 0
                 best = {k: v.detach().clone() for k, v in student.state_dict().items()}
             else:
                 bad += 1
             progress(
-                f"step {step}/{total}, loss {step_loss:.4g}, validation {val:.4g} "
-                f"(best {history.best_val:.4g} at step {history.best_step})"
+                f"step {step}/{total}, loss {step_loss:.4g}, validation loss {val:.4g}, "
+                f"lowest cosine {val_cos:.4f} (best at step {history.best_step})"
             )
             if cfg.patience is not None and bad >= cfg.patience:
                 history.stopped = f"no improvement in {bad} evaluations"
