@@ -227,7 +227,7 @@ def concurrency(
     session = make_session(path, target, options=opts)
     for _ in range(max(cfg.warmup, 1)):
         session.run(None, feeds)
-    total = max(cfg.runs, level)
+    total = max(cfg.concurrency_requests or cfg.runs, level)
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[str] = []

@@ -222,6 +222,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _startup(row: dict[str, Any]) -> str:
+    """A processes row's start-up cost (spawn + session + warm-up), apart from its latency."""
+    if "startup_s" not in row:
+        return ""
+    return (
+        f" ({row['threads_per_process']} thread{'' if row['threads_per_process'] == 1 else 's'}"
+        f" each; start-up "
+        f"{row['startup_s']['all_ready']:.2f} s, not timed)"
+    )
+
+
 def print_bench(console: Console, report: dict[str, Any]) -> None:
     """A bench report on the terminal: the table, concurrency, skipped providers, machine."""
     console.print(table(report))
@@ -230,7 +241,7 @@ def print_bench(console: Console, report: dict[str, Any]) -> None:
             f"{c['model']} {c['provider']} threads={c.get('threads') or 'default'} "
             f"{c['mode']} x{c['concurrency']}: "
             f"{c['throughput_rps']:.1f} req/s, p50 {c['latency_ms']['p50']:.3f} ms, "
-            f"p99 {c['latency_ms']['p99']:.3f} ms",
+            f"p99 {c['latency_ms']['p99']:.3f} ms{_startup(c)}",
             highlight=False,
         )
     for s in report["skipped"]:

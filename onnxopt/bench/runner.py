@@ -63,6 +63,10 @@ class InputSource:
         return make_inputs(self.specs, {**self.dims, batch_dim: batch}, self.seed)
 
 
+#: concurrency_mode -> the modes it measures
+MODES = {"both": ["threads", "async"], "all": ["threads", "async", "processes"]}
+
+
 def _batch_of(feeds: Inputs, source: InputSource, batch_dim: str) -> int:
     for spec in source.specs:
         for axis, dim in enumerate(spec.shape):
@@ -138,16 +142,24 @@ def run_bench(
                     )
                     report["results"].append(row)
             if cfg.concurrency:
-                modes = (
-                    ["threads", "async"]
-                    if cfg.concurrency_mode == "both"
-                    else [cfg.concurrency_mode]
-                )
+                modes = MODES.get(cfg.concurrency_mode, [cfg.concurrency_mode])
                 feeds = source.feeds(None, cfg.batch_dim)
                 for cand in candidates:
                     for mode in modes:
                         for level in cfg.concurrency:
-                            row = concurrency(cand.path, feeds, cfg, run_target, level, mode)
+                            if mode == "processes":
+                                from onnxopt.bench.processes import process_concurrency
+
+                                row = process_concurrency(
+                                    cand.path,
+                                    [feeds],
+                                    cfg,
+                                    run_target,
+                                    level,
+                                    threads=cfg.process_threads,
+                                )
+                            else:
+                                row = concurrency(cand.path, feeds, cfg, run_target, level, mode)
                             row.update(
                                 model=cand.label,
                                 provider=provider,

@@ -22,6 +22,7 @@ from onnxopt.cli.options import (
     ThreadsOpt,
     ValueOpt,
     csv_ints,
+    float_arg,
     given,
     parse_dims,
     parse_provider_options,
@@ -130,7 +131,24 @@ def bench(
         typer.Option("--concurrency", help="Requests in flight on one session, e.g. 1,2,4."),
     ] = None,
     concurrency_mode: Annotated[
-        str | None, typer.Option("--concurrency-mode", help="threads, async or both (default).")
+        str | None,
+        typer.Option(
+            "--concurrency-mode",
+            help="threads, async, both (default), processes (one session per worker "
+            "process; --concurrency is the process count) or all.",
+        ),
+    ] = None,
+    process_threads: Annotated[
+        int | None,
+        typer.Option("--process-threads", help="processes: intra-op threads per worker."),
+    ] = None,
+    concurrency_requests: Annotated[
+        int | None,
+        typer.Option("--concurrency-requests", help="Requests per concurrency level (runs)."),
+    ] = None,
+    concurrency_seconds: Annotated[
+        str | None,
+        typer.Option("--concurrency-seconds", help="processes: serve this long instead."),
     ] = None,
     placement: Annotated[
         bool, typer.Option("--placement", help="Report which provider runs each node.")
@@ -184,6 +202,11 @@ def bench(
             batch_dim=batch_dim,
             concurrency=csv_ints(concurrency_levels, "--concurrency"),
             concurrency_mode=concurrency_mode,
+            process_threads=process_threads,
+            concurrency_requests=concurrency_requests,
+            concurrency_seconds=None
+            if concurrency_seconds is None
+            else float_arg(concurrency_seconds, "--concurrency-seconds"),
             session=given(
                 execution_mode=execution_mode,
                 graph_optimization_level=opt_level,

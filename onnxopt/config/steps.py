@@ -140,10 +140,29 @@ class BenchStep(StepBase):
     )
     batch_dim: str = Field("batch", description="Name of the symbolic batch dim.")
     concurrency: list[int] | None = Field(
-        None, description="Requests in flight on one shared session, e.g. [1, 2, 4]."
+        None,
+        description="Requests in flight, e.g. [1, 2, 4]: on one shared session (threads, "
+        "async), or the number of worker processes (processes).",
     )
-    concurrency_mode: Literal["threads", "async", "both"] = Field(
-        "both", description="Thread pool over one session, run_async callbacks, or both."
+    concurrency_mode: Literal["threads", "async", "processes", "both", "all"] = Field(
+        "both",
+        description="threads: a thread pool over one session; async: run_async callbacks; "
+        "processes: worker processes with a session each, fed from one request queue "
+        "(start-up reported apart); both: threads and async; all: the three.",
+    )
+    concurrency_requests: int | None = Field(
+        None, ge=1, description="Requests per concurrency measurement (default: runs)."
+    )
+    concurrency_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="processes: serve for this long instead of a number of requests.",
+    )
+    process_threads: int | None = Field(
+        None,
+        ge=1,
+        description="processes: intra-op threads per worker (default: the target's, else "
+        "cores / processes); spinning is off.",
     )
     session: SessionSettings = Field(
         default_factory=SessionSettings, description="Session settings."
