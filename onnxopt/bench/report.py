@@ -145,6 +145,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{c['throughput_rps']:.1f} | {c['latency_ms']['p50']:.3f} | "
                 f"{c['latency_ms']['p99']:.3f} |"
             )
+    for plan in report.get("plans", []):
+        lines += ["", *plan_lines(plan)]
     if report.get("gates"):
         lines += ["", "Gates:"]
         for g in report["gates"]:
@@ -222,6 +224,52 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _config_text(c: dict[str, Any]) -> str:
+    threads = f"{c['threads']} thread{'' if c['threads'] == 1 else 's'}"
+    where = (
+        f"{c['processes']} processes x {threads}"
+        if c["mode"] == "processes"
+        else f"one session, {threads}, {c['in_flight']} in flight"
+    )
+    return f"{where}, batch {c['batch']}"
+
+
+def plan_lines(plan: dict[str, Any]) -> list[str]:
+    """A serving plan as Markdown: the choice, the runner-up and the table."""
+    stopped = f"; {plan['stopped']}" if plan.get("stopped") else ""
+    head = (
+        f"Serving plan for {plan['model']} ({plan['percentile']} per request <= "
+        f"{plan['budget_ms']:g} ms; {plan['searched']} of {plan['of']} configurations "
+        f"measured in {plan['seconds']:.0f} s{stopped}):"
+    )
+    lines = [head, ""]
+    chosen, second = plan["chosen"], plan["runner_up"]
+    if chosen is None:
+        lines.append("- no configuration meets the budget")
+    else:
+        lines.append(
+            f"- chosen: {_config_text(chosen)}: {chosen['throughput_rps']:.1f} req/s, "
+            f"{chosen['request_latency_ms']:.3f} ms"
+        )
+        if second is not None:
+            lines.append(
+                f"- runner-up: {_config_text(second)}: {second['throughput_rps']:.1f} req/s, "
+                f"{second['request_latency_ms']:.3f} ms"
+            )
+    lines += [
+        "",
+        "| mode | processes | threads | in flight | batch | req/s | request ms | within |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in plan["table"]:
+        lines.append(
+            f"| {r['mode']} | {r['processes']} | {r['threads']} | {r['in_flight']} | "
+            f"{r['batch']} | {r['throughput_rps']:.1f} | {r['request_latency_ms']:.3f} | "
+            f"{'yes' if r['meets_budget'] else 'no'} |"
+        )
+    return lines
+
+
 def _startup(row: dict[str, Any]) -> str:
     """A processes row's start-up cost (spawn + session + warm-up), apart from its latency."""
     if "startup_s" not in row:
@@ -244,6 +292,8 @@ def print_bench(console: Console, report: dict[str, Any]) -> None:
             f"p99 {c['latency_ms']['p99']:.3f} ms{_startup(c)}",
             highlight=False,
         )
+    for plan in report.get("plans", []):
+        console.print("\n".join(plan_lines(plan)), highlight=False, markup=False)
     for s in report["skipped"]:
         console.print(f"skipped {s['provider']}: {s['reason']}", highlight=False)
     m = report["machine"]

@@ -187,9 +187,38 @@ def run_bench(
     if source.fixed is None:
         input_facts["generated"] = {"dims": source.dims, **source.fitted}
     report["inputs"] = input_facts
+    if cfg.plan:
+        report["plans"] = _plans(candidates, source, cfg, target, providers)
     report["gates"] = evaluate_gates(report, cfg, baseline)
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
+
+
+def _plans(
+    candidates: list[Candidate],
+    source: InputSource,
+    cfg: BenchStep,
+    target: Target,
+    providers: list[str],
+) -> list[dict[str, Any]]:
+    """A serving plan per model, on the first provider."""
+    from onnxopt.bench.plan import serving_plan
+
+    symbolic = (
+        any(s.shape and s.shape[0] == cfg.batch_dim for s in source.specs) and source.fixed is None
+    )
+    batches = list(cfg.batch_sizes or ([1, 2, 4, 8] if symbolic else [1]))
+    run_target = target.model_copy(update={"provider": providers[0]}) if providers else target
+
+    def feeds_of(batch: int) -> Inputs:
+        return source.feeds(batch if symbolic else None, cfg.batch_dim)
+
+    plans = []
+    for cand in candidates:
+        plan = serving_plan(cand, feeds_of, batches, cfg, run_target)
+        plan["provider"] = run_target.provider
+        plans.append(plan)
+    return plans
 
 
 BASELINE_HINT = (
@@ -240,7 +269,18 @@ def evaluate_gates(
     an input error (exit 2), never a pass.
     """
     gates: list[dict[str, Any]] = []
-    if cfg.latency_budget_ms is not None:
+    for plan in report.get("plans", []):  # with a plan, the budget is the plan's
+        gates.append(
+            {
+                "gate": "serving_plan",
+                "model": plan["model"],
+                "statistic": f"{plan['percentile']} per request",
+                "value_ms": min((r["request_latency_ms"] for r in plan["table"]), default=None),
+                "budget_ms": plan["budget_ms"],
+                "passed": plan["chosen"] is not None,
+            }
+        )
+    if cfg.latency_budget_ms is not None and not cfg.plan:
         for row in report["results"]:
             value = row["latency_ms"][cfg.percentile]
             gates.append(
@@ -304,7 +344,14 @@ def raise_for_gates(report: dict[str, Any]) -> None:
     if not failed:
         return
     g = failed[0]
-    if g["gate"] == "latency_budget":
+    if g["gate"] == "serving_plan":
+        best = g["value_ms"]
+        text = (
+            f"serving plan for {g['model']}: no configuration meets the budget of "
+            f"{g['budget_ms']:.3f} ms ({g['statistic']}"
+            + (f"; the best measured {best:.3f} ms)" if best is not None else "; none measured)")
+        )
+    elif g["gate"] == "latency_budget":
         text = (
             f"{g['model']} on {g['provider']}: {g['statistic']} latency {g['value_ms']:.3f} ms "
             f"exceeds the budget of {g['budget_ms']:.3f} ms"

@@ -142,6 +142,17 @@ def bench(
         int | None,
         typer.Option("--process-threads", help="processes: intra-op threads per worker."),
     ] = None,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Search the serving configuration with the most throughput within "
+            "--latency-budget (exit 4 when none).",
+        ),
+    ] = False,
+    plan_seconds: Annotated[
+        str | None, typer.Option("--plan-seconds", help="Time budget of the search (120).")
+    ] = None,
     concurrency_requests: Annotated[
         int | None,
         typer.Option("--concurrency-requests", help="Requests per concurrency level (runs)."),
@@ -203,6 +214,10 @@ def bench(
             concurrency=csv_ints(concurrency_levels, "--concurrency"),
             concurrency_mode=concurrency_mode,
             process_threads=process_threads,
+            plan=plan or None,
+            plan_seconds=None
+            if plan_seconds is None
+            else float_arg(plan_seconds, "--plan-seconds"),
             concurrency_requests=concurrency_requests,
             concurrency_seconds=None
             if concurrency_seconds is None

@@ -184,9 +184,25 @@ class BenchStep(StepBase):
         "p99", description="Statistic that the latency budget applies to."
     )
     seed: int = Field(0, description="Seed of the bootstrap confidence intervals.")
+    plan: bool = Field(
+        False,
+        description="Search a serving configuration (one session at each thread count, two "
+        "requests in flight, N processes; every batch size) for the most throughput whose "
+        "per-request percentile (batching delay included) meets latency_budget_ms; the plan, "
+        "runner-up and table go into the report; no configuration within it: exit 4.",
+    )
+    plan_seconds: float = Field(
+        120.0, gt=0, description="Time budget of the plan's search; it stops there."
+    )
 
     _fraction = field_validator("max_regression", mode="before")(parse_fraction)
     _millis = field_validator("latency_budget_ms", mode="before")(parse_millis)
+
+    @model_validator(mode="after")
+    def _plan_needs_budget(self) -> BenchStep:
+        if self.plan and self.latency_budget_ms is None:
+            raise ValueError("plan needs latency_budget_ms (--latency-budget), e.g. '20ms'")
+        return self
 
 
 class PruneStep(TimedStep):
