@@ -39,10 +39,13 @@ def test_an_impossible_budget_exits_4_with_the_table(mlp_onnx: Path, tmp_path: P
     out = tmp_path / "plan.json"
     proc = run_cli(
         "bench", mlp_onnx, "--plan", "--latency-budget", "0.0001ms", "--concurrency-requests",
-        "50", "--runs", "5", "--trials", "1", "--output", out,
+        "50", "--runs", "5", "--trials", "1", "--output", out, "--markdown", tmp_path / "p.md",
     )  # fmt: skip
     assert proc.returncode == ExitCode.GATE, proc.stderr
     assert "no configuration meets the budget" in error_line(proc)
+    markdown = (tmp_path / "p.md").read_text()
+    assert "Serving plan for" in markdown and "no configuration meets the budget" in markdown
+    assert "**FAIL**: serving plan" in markdown
     plan = json.loads(out.read_text())["plans"][0]
     assert plan["chosen"] is None and plan["table"]
     assert not any(r["meets_budget"] for r in plan["table"])

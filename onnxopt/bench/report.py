@@ -151,7 +151,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Gates:"]
         for g in report["gates"]:
             state = "pass" if g["passed"] else "**FAIL**"
-            if g["gate"] == "latency_budget":
+            if g["gate"] == "serving_plan":
+                lines.append(
+                    f"- {state}: serving plan for {g['model']}: a configuration within "
+                    f"{g['budget_ms']:.3f} ms ({g['statistic']})"
+                )
+            elif g["gate"] == "latency_budget":
                 lines.append(
                     f"- {state}: {g['model']} ({g['provider']}) {g['statistic']} "
                     f"{g['value_ms']:.3f} ms, budget {g['budget_ms']:.3f} ms"

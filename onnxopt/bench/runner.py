@@ -274,6 +274,7 @@ def evaluate_gates(
             {
                 "gate": "serving_plan",
                 "model": plan["model"],
+                "provider": plan["provider"],
                 "statistic": f"{plan['percentile']} per request",
                 "value_ms": min((r["request_latency_ms"] for r in plan["table"]), default=None),
                 "budget_ms": plan["budget_ms"],
