@@ -29,6 +29,9 @@ def test_plan_picks_the_fastest_configuration_within_the_budget(mlp_onnx: Path) 
     assert chosen["batch"] > 1
     assert plan["runner_up"]["throughput_rps"] <= chosen["throughput_rps"]
     assert chosen["session_options"]["intra_op_num_threads"] == chosen["threads"]
+    # the top two were measured again, alternately, and keep the median of their rounds
+    assert plan["confirmed"] == {"rounds": 4, "interleaved": True}
+    assert sorted(r.get("rounds", 1) for r in plan["table"])[-2:] == [4, 4]
     for row in plan["table"]:
         assert row["request_latency_ms"] >= row["batching_delay_ms"] >= 0
     assert all(g["passed"] for g in report["gates"] if g["gate"] == "serving_plan")

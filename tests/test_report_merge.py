@@ -145,3 +145,26 @@ def test_merge_matches_a_renamed_model(measured: tuple[Path, Path, Path], tmp_pa
     proc = run_cli("report", "merge", other_model, tmp_path / "changed.json")
     assert proc.returncode == ExitCode.USAGE  # paired as the only models, but other files
     assert "'relabelled' is a different file than 'b'" in error_line(proc)
+
+
+def test_merge_shows_the_machines_serving_plans_side_by_side(
+    mlp_onnx: Path, tmp_path: Path
+) -> None:
+    reports = []
+    for name in ("box-a", "box-b"):
+        out = tmp_path / f"{name}.json"
+        proc = run_cli(
+            "bench", mlp_onnx, "--plan", "--latency-budget", "50ms", "--concurrency-requests",
+            "30", "--plan-seconds", "3", "--runs", "5", "--trials", "1", "-q", "-o", out,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        reports.append(out)
+    md = tmp_path / "m.md"
+    proc = run_cli("report", "merge", *reports, "--json", "--markdown", md)
+    assert proc.returncode == 0, proc.stderr
+    plans = json.loads(proc.stdout)["plans"]
+    assert [p["source"] for p in plans] == ["box-a", "box-b"]
+    assert all(p["chosen"] is not None and p["budget_ms"] == 50 for p in plans)
+    text = md.read_text()
+    assert "Serving plans:" in text
+    assert text.count("| mlp | box-") == 2

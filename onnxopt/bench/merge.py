@@ -156,4 +156,24 @@ def merge_reports(
         ],
         "notes": notes,
         "rows": rows,
+        "plans": merged_plans(loaded),
     }
+
+
+def merged_plans(loaded: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The serving plans of the reports, one row per machine and model, side by side."""
+    rows = []
+    for name, report in loaded:
+        for plan in report.get("plans") or []:
+            chosen = plan.get("chosen")
+            rows.append(
+                {
+                    "source": name,
+                    "model": plan["model"],
+                    "budget_ms": plan["budget_ms"],
+                    "percentile": plan["percentile"],
+                    "chosen": chosen,
+                    "runner_up": plan.get("runner_up"),
+                }
+            )
+    return rows

@@ -1,5 +1,6 @@
 """A serving plan: the configuration with the most throughput whose per-request latency
-percentile meets a budget, found by a bounded search.
+percentile meets a budget, found by a bounded search; the two best are measured again,
+alternately, before the choice.
 
 The grid: one session at each intra-op thread count (one request in flight, or two on a
 thread pool), and N worker processes sharing the cores (``onnxopt.bench.processes``), each
@@ -110,27 +111,21 @@ def serving_plan(
             stopped = f"time budget of {cfg.plan_seconds:g} s reached"
             pruned.append({**config, "why": stopped})
             continue
-        measured = _measure(cand, feeds_of(config["batch"]), cfg, target, config)
-        b = config["batch"]
-        call = measured["latency_ms"]
-        delay = (b - 1) / b * call["p50"] if b > 1 else 0.0
-        value = (call[stat] if stat in call else call["p99"]) + delay
-        row = {
-            **config,
-            "throughput_rps": measured["throughput_rps"] * b,
-            "call_latency_ms": call,
-            "batching_delay_ms": delay,
-            "request_latency_ms": value,
-            "meets_budget": value <= budget,
-        }
-        if "startup_s" in measured:
-            row["startup_s"] = measured["startup_s"]
+        row = _row(cand, feeds_of, cfg, target, config)
         rows.append(row)
-        if call["p50"] > budget:
+        if row["call_latency_ms"]["p50"] > budget:
             too_slow.add(shape)
     meeting = sorted(
         (r for r in rows if r["meets_budget"]), key=lambda r: r["throughput_rps"], reverse=True
     )
+    confirmed = None
+    if len(meeting) > 1:  # the decision that matters: the top two again, interleaved
+        again, confirmed = _confirm(cand, feeds_of, cfg, target, meeting[:2])
+        for before, after in zip(meeting[:2], again, strict=True):  # the table shows them too
+            rows[next(i for i, r in enumerate(rows) if r is before)] = after
+        meeting[:2] = again
+        meeting = [r for r in meeting if r["meets_budget"]]
+        meeting.sort(key=lambda r: r["throughput_rps"], reverse=True)
     plan: dict[str, Any] = {
         "model": cand.label,
         "budget_ms": budget,
@@ -145,7 +140,67 @@ def serving_plan(
     }
     if stopped:
         plan["stopped"] = stopped
+    if confirmed is not None:
+        plan["confirmed"] = confirmed
     return plan
+
+
+def _row(
+    cand: Candidate, feeds_of: Any, cfg: BenchStep, target: Target, config: dict[str, Any]
+) -> dict[str, Any]:
+    """One configuration measured: per-request throughput and latency (batching delay in)."""
+    measured = _measure(cand, feeds_of(config["batch"]), cfg, target, config)
+    b = config["batch"]
+    call = measured["latency_ms"]
+    delay = (b - 1) / b * call["p50"] if b > 1 else 0.0
+    value = call.get(cfg.percentile, call["p99"]) + delay
+    assert cfg.latency_budget_ms is not None
+    row = {
+        **config,
+        "throughput_rps": measured["throughput_rps"] * b,
+        "call_latency_ms": call,
+        "batching_delay_ms": delay,
+        "request_latency_ms": value,
+        "meets_budget": value <= cfg.latency_budget_ms,
+    }
+    if "startup_s" in measured:
+        row["startup_s"] = measured["startup_s"]
+    return row
+
+
+def _confirm(
+    cand: Candidate,
+    feeds_of: Any,
+    cfg: BenchStep,
+    target: Target,
+    top: list[dict[str, Any]],
+    rounds: int = 3,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The two best configurations measured ``rounds`` more times, alternately, so that
+    drift on the machine hits both; each keeps the median of its rounds (the search's
+    figure included)."""
+    import statistics
+
+    runs: list[list[dict[str, Any]]] = [[top[0]], [top[1]]]
+    for _ in range(rounds):
+        for i, row in enumerate(top):
+            keys = ("mode", "processes", "threads", "in_flight", "batch")
+            runs[i].append(_row(cand, feeds_of, cfg, target, {k: row[k] for k in keys}))
+    out = []
+    for row, measured in zip(top, runs, strict=True):
+        rate = statistics.median(r["throughput_rps"] for r in measured)
+        value = statistics.median(r["request_latency_ms"] for r in measured)
+        assert cfg.latency_budget_ms is not None
+        out.append(
+            {
+                **row,
+                "throughput_rps": rate,
+                "request_latency_ms": value,
+                "meets_budget": value <= cfg.latency_budget_ms,
+                "rounds": len(measured),
+            }
+        )
+    return out, {"rounds": rounds + 1, "interleaved": True}
 
 
 def _serving(row: dict[str, Any]) -> dict[str, Any]:

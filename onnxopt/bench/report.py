@@ -316,6 +316,8 @@ def print_merged(console: Console, merged: dict[str, Any]) -> None:
     console.print(merged_table(merged))
     for source in merged["sources"]:
         console.print(machine_line(source), highlight=False)
+    if merged.get("plans"):
+        console.print("\n".join(["serving plans:", *merged_plan_lines(merged)]), markup=False)
     for note in merged["notes"]:
         console.print(f"note: {note}", highlight=False)
 
@@ -389,9 +391,29 @@ def merged_markdown(merged: dict[str, Any]) -> str:
     lines += [
         "| " + " | ".join(_merged_cell(r, c) for c in MERGED_COLUMNS) + " |" for r in merged["rows"]
     ]
+    if merged.get("plans"):
+        lines += ["", "Serving plans:", ""] + merged_plan_lines(merged)
     if merged["notes"]:
         lines += ["", "Notes:"] + [f"- {n}" for n in merged["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def merged_plan_lines(merged: dict[str, Any]) -> list[str]:
+    """The machines' serving plans side by side (Markdown table rows)."""
+    lines = [
+        "| model | source | budget | chosen | req/s | request ms |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for p in merged.get("plans", []):
+        c = p["chosen"]
+        what = _config_text(c) if c else "none within the budget"
+        rate = f"{c['throughput_rps']:.1f}" if c else "-"
+        ms = f"{c['request_latency_ms']:.3f}" if c else "-"
+        lines.append(
+            f"| {p['model']} | {p['source']} | {p['percentile']} <= {p['budget_ms']:g} ms | "
+            f"{what} | {rate} | {ms} |"
+        )
+    return lines
 
 
 def merged_csv(merged: dict[str, Any]) -> str:
