@@ -3,12 +3,12 @@ percentile meets a budget, found by a bounded search; the two best are measured 
 alternately, before the choice.
 
 The grid: one session at each intra-op thread count (one request in flight, or two on a
-thread pool), and N worker processes sharing the cores (``onnxopt.bench.processes``), each
-at every batch size the model takes (a symbolic batch dim). A request's latency includes
-its batching delay: waiting for the other ``b - 1`` requests of its batch, taken as
-``(b - 1) / b`` of the median call at that configuration's own rate. Batch sizes are tried
-in rising order and a larger one is skipped once a call alone misses the budget; the search
-stops at its time budget with what it measured.
+thread pool or through ``run_async``), and N worker processes sharing the cores
+(``onnxopt.bench.processes``), each at every batch size the model takes (a symbolic batch
+dim). A request's latency includes its batching delay: waiting for the other ``b - 1``
+requests of its batch, taken as ``(b - 1) / b`` of the median call at that configuration's
+own rate. Batch sizes are tried in rising order and a larger one is skipped once a call
+alone misses the budget; the search stops at its time budget with what it measured.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def grid(cores: int, batches: list[int]) -> list[dict[str, Any]]:
     for t in _powers(cores):
         shapes.append({"mode": "session", "processes": 1, "threads": t, "in_flight": 1})
         if cores > 1:
-            shapes.append({"mode": "threads", "processes": 1, "threads": t, "in_flight": 2})
+            # run_async needs an intra-op pool: ONNX Runtime has none at 1 thread
+            for mode in ("threads", "async") if t > 1 else ("threads",):
+                shapes.append({"mode": mode, "processes": 1, "threads": t, "in_flight": 2})
     for p in _powers(cores):
         if p > 1:
             threads = max(1, cores // p)
@@ -83,7 +85,8 @@ def _measure(
         return process_concurrency(
             cand.path, [feeds], run_cfg, target, row["processes"], threads=row["threads"]
         )
-    return concurrency(cand.path, feeds, run_cfg, run_target, row["in_flight"], "threads")
+    mode = "async" if row["mode"] == "async" else "threads"
+    return concurrency(cand.path, feeds, run_cfg, run_target, row["in_flight"], mode)
 
 
 def serving_plan(

@@ -28,6 +28,8 @@ from onnxopt.errors import StepError
 START_TIMEOUT_S = 300.0
 #: how long one request may take before the run is declared stuck
 REQUEST_TIMEOUT_S = 300.0
+#: how often the workers' liveness is checked while results keep coming
+CHECK_EVERY_S = 0.2
 
 
 def _worker(
@@ -38,6 +40,7 @@ def _worker(
     target: Target,
     requests: Any,
     results: Any,
+    shared: bool,
 ) -> None:
     """A worker process: make the session, warm up, then serve requests until told to stop."""
     import signal
@@ -47,7 +50,8 @@ def _worker(
         from onnxopt.bench.core import session_options
         from onnxopt.runtime import make_session
 
-        opts = session_options(cfg, target, shared_process=True)
+        # spinning threads of one worker steal the cores of the others; one worker keeps it
+        opts = session_options(cfg, target, shared_process=shared)
         session = make_session(Path(path), target, options=opts)
         for _ in range(max(cfg.warmup, 1)):
             session.run(None, feeds[0])
@@ -100,7 +104,7 @@ def process_concurrency(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(i, str(path), feeds, cfg, worker_target, request_q, result_q),
+            args=(i, str(path), feeds, cfg, worker_target, request_q, result_q, workers > 1),
             daemon=True,
             name=f"onnxopt-bench-worker-{i}",
         )
@@ -138,9 +142,16 @@ def _check_alive(procs: list[Any]) -> None:
             )
 
 
-def _next(procs: list[Any], results: Any, deadline: float, what: str) -> tuple[Any, ...]:
-    """The next message from the workers; a failed or dead worker fails the run."""
+def _next(
+    procs: list[Any], results: Any, deadline: float, what: str, checked: list[float]
+) -> tuple[Any, ...]:
+    """The next message from the workers; a failed or dead worker fails the run (checked
+    every CHECK_EVERY_S, also while the others keep answering; ``checked`` holds when)."""
     while True:
+        now = time.perf_counter()
+        if now - checked[0] > CHECK_EVERY_S:
+            _check_alive(procs)
+            checked[0] = now
         try:
             message = results.get(timeout=0.2)
         except queue.Empty:
@@ -163,7 +174,7 @@ def _wait_ready(procs: list[Any], results: Any, spawned: float) -> list[float]:
     ready: list[float] = []
     deadline = time.perf_counter() + START_TIMEOUT_S
     while len(ready) < len(procs):
-        _, _, when = _next(procs, results, deadline, "start-up")
+        _, _, when = _next(procs, results, deadline, "start-up", [0.0])
         ready.append(when - spawned)
     return ready
 
@@ -177,6 +188,7 @@ def _serve(
     latencies: list[float] = []
     started = time.perf_counter()
     sent = 0
+    checked = [0.0]
     if seconds is not None:
         total = 2**62
     for _ in range(min(len(procs), total)):
@@ -185,7 +197,7 @@ def _serve(
         sent += 1
     while submitted:
         deadline = time.perf_counter() + REQUEST_TIMEOUT_S
-        _, _, request = _next(procs, results, deadline, "result")
+        _, _, request = _next(procs, results, deadline, "result", checked)
         latencies.append((time.perf_counter() - submitted.pop(request)) * 1000.0)
         out_of_time = seconds is not None and time.perf_counter() - started >= seconds
         if sent < total and not out_of_time:

@@ -235,6 +235,7 @@ def _config_text(c: dict[str, Any]) -> str:
         f"{c['processes']} processes x {threads}"
         if c["mode"] == "processes"
         else f"one session, {threads}, {c['in_flight']} in flight"
+        + (" (run_async)" if c["mode"] == "async" else "")
     )
     return f"{where}, batch {c['batch']}"
 
