@@ -68,8 +68,10 @@ def _on_onnx(
     target: dict[str, Any] | None,
     verify: dict[str, Any] | None,
     external_data: str,
+    **pipeline: Any,
 ) -> dict[str, Any]:
-    """Run one step on an ONNX file and put the verified result at ``output``."""
+    """Run one step on an ONNX file and put the verified result at ``output``;
+    ``pipeline``: more top-level keys (data, evaluate), those given."""
     source = Path(model)
     data = {
         "name": kind,
@@ -79,6 +81,7 @@ def _on_onnx(
         "verify": verify or {},
         "external_data": external_data,
         "steps": [{"type": kind, **step}],
+        **{k: v for k, v in pipeline.items() if v is not None},
     }
     return run_to_file(parse_config(data, f"{kind}()"), output, source=source)
 
@@ -164,23 +167,13 @@ def distill(
     Returns:
         The manifest of the one-step pipeline.
     """
-    source = Path(model)
     if isinstance(data, str | Path):
         data = {"source": "npz", "path": str(Path(data).resolve())}
-    config: dict[str, Any] = {
-        "name": "distill",
-        "model": {"path": str(source.resolve())},
-        "dims": dims or {},
-        "target": target or {},
-        "verify": verify or {},
-        "external_data": external_data,
-        "steps": [{"type": "distill", "teacher": str(Path(teacher).resolve()), **step}],
-    }
-    if data is not None:
-        config["data"] = data
-    if evaluate is not None:
-        config["evaluate"] = evaluate
-    return run_to_file(parse_config(config, "distill()"), output, source=source)
+    step = {"teacher": str(Path(teacher).resolve()), **step}
+    return _on_onnx(
+        "distill", model, output, step, dims, target, verify, external_data,
+        data=data, evaluate=evaluate,
+    )  # fmt: skip
 
 
 def bench(

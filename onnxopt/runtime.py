@@ -131,6 +131,17 @@ def make_session(
         ) from None
 
 
+def expose_outputs(model: Any, names: list[str]) -> None:
+    """Append ``names`` (tensors the graph computes) to ``model``'s outputs, once each."""
+    import onnx
+
+    present = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+
+
 def run_exposing(
     model: Any,
     names: list[str],
@@ -150,15 +161,9 @@ def run_exposing(
     """
     import tempfile
 
-    import onnx
-
     from onnxopt.modelio import save_model
 
-    present = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-            present.add(name)
+    expose_outputs(model, names)
     wanted = set(names)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         probe = save_model(model, Path(tmp) / "probe.onnx")

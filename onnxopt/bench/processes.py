@@ -149,13 +149,12 @@ def _next(
     every CHECK_EVERY_S, also while the others keep answering; ``checked`` holds when)."""
     while True:
         now = time.perf_counter()
-        if now - checked[0] > CHECK_EVERY_S:
+        if now - checked[0] >= CHECK_EVERY_S:
             _check_alive(procs)
             checked[0] = now
         try:
-            message = results.get(timeout=0.2)
-        except queue.Empty:
-            _check_alive(procs)
+            message = results.get(timeout=CHECK_EVERY_S)
+        except queue.Empty:  # liveness is checked at the top of the loop
             if time.perf_counter() > deadline:
                 raise StepError(
                     f"bench worker processes: no {what} within the time limit"

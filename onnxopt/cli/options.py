@@ -224,13 +224,11 @@ class Progress:
         self.console = stderr()
         self.enabled = enabled
         self.status: Any = None
-        self.total = 0
 
     def __call__(self, event: str, **data: Any) -> None:
         if not self.enabled:
             return
         if event == "step_start":
-            self.total = data["total"]
             text = f"[{data['index']}/{data['total']}] {data['step']} ..."
             if self.status is None:
                 self.status = self.console.status(text)
@@ -238,7 +236,7 @@ class Progress:
             else:
                 self.status.update(text)
         elif event == "step_progress" and self.status is not None:
-            self.status.update(f"[{data['index']}/{self.total}] {data['step']}: {data['text']}")
+            self.status.update(f"[{data['index']}/{data['total']}] {data['step']}: {data['text']}")
         elif event == "step_end":
             entry = data["entry"]
             mark = "cached" if entry["status"] == "cached" else f"{entry.get('duration_s', 0):.1f}s"

@@ -184,9 +184,7 @@ class Manifest:
             if path.suffix == ".json":  # a bench report and its Markdown twin
                 path.unlink()
                 path.with_suffix(".md").unlink(missing_ok=True)
-            elif path.suffix != ".onnx":  # a model's companion (a plot)
-                path.unlink()
-            else:
+            else:  # a model (and its .data), a model's plot, a package's files
                 remove_model(path)
             removed.append(name)
         self.data["artifacts_on_disk"] = sorted(keep)

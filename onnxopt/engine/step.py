@@ -116,7 +116,11 @@ class StepRun:
                     scratch=partial / "work",
                     chain=[(n, p) for n, p, _ in chain],
                     progress=lambda text: self.emit(
-                        "step_progress", index=index, step=_label(step), text=text
+                        "step_progress",
+                        index=index,
+                        total=len(self.config.steps),
+                        step=_label(step),
+                        text=text,
                     ),
                 )
                 with ours_to_blame(partial), _fs.scratch_env(partial / "work"):
@@ -298,12 +302,10 @@ class StepRun:
         it, so a file on disk always has an "ok" entry.
         """
         if spec.kind == "model":
-            companions = []
-            for src in result.files:  # a plot beside the model: published first
-                os.chmod(src, _fs.file_mode())
-                published.append(self.out_dir / src.name)
-                os.replace(src, self.out_dir / src.name)
-                companions.append({"path": src.name, "sha256": _fs.sha256_file(published[-1])})
+            companions = [  # a plot beside the model: published first
+                {"path": p.name, "sha256": _fs.sha256_file(p)}
+                for p in self._place(result.files, published)
+            ]
             published.append(final)
             modelio.publish(tmp, final)
             output: dict[str, Any] = {
@@ -317,12 +319,8 @@ class StepRun:
             return {"output": output}
         if not tmp.is_file():
             raise StepError(f"{spec.name} wrote no {final.name}")
-        mode = _fs.file_mode()
         finals = [self.out_dir / f.name for f in [tmp, *result.files]]
-        for src in [*result.files, tmp]:  # the main file last: its presence means complete
-            os.chmod(src, mode)
-            published.append(self.out_dir / src.name)
-            os.replace(src, self.out_dir / src.name)
+        self._place([*result.files, tmp], published)  # the main file last: it means complete
         if spec.kind == "measure":
             return {"report_file": {"path": final.name, "sha256": _fs.sha256_file(final)}}
         return {
@@ -331,6 +329,18 @@ class StepRun:
                 for f in finals
             ]
         }
+
+    def _place(self, files: list[Path], published: list[Path]) -> list[Path]:
+        """Move plain files into the output folder in order (readable as the user's umask
+        says), each recorded in ``published`` before it lands; their new paths."""
+        mode = _fs.file_mode()
+        placed = []
+        for src in files:
+            os.chmod(src, mode)
+            published.append(self.out_dir / src.name)
+            os.replace(src, published[-1])
+            placed.append(published[-1])
+        return placed
 
 
 def _label(step: StepBase) -> str:

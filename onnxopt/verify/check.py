@@ -27,6 +27,12 @@ class Reference:
     #: the model these are the outputs of (a task metric scores it too)
     model: Path | None = None
 
+    def sets(self) -> list[list[np.ndarray]]:
+        """The outputs per input set, in :meth:`InputSet.sets` order."""
+        if self.samples:
+            return list(self.samples)
+        return [self.main] if self.second is None else [self.main, self.second]
+
 
 def outputs_on(session: Any, inputs: InputSet, where: str) -> Reference:
     """A session's outputs on the input set (every held-out sample when it has them)."""

@@ -40,12 +40,9 @@ def fidelity(
     session = make_session(model, ctx.target)
     order = [o.name for o in session.get_outputs()]
     got = outputs_on(session, ctx.input_set, model.name)
-    sets_got = got.samples or [got.main] + ([got.second] if got.second is not None else [])
-    sets_ref = reference.samples or [reference.main] + (
-        [reference.second] if reference.second is not None else []
-    )
+    sets_got = got.sets()
     cosines, errors, scales = [], [], []
-    for values, wanted in zip(sets_got, sets_ref, strict=True):
+    for values, wanted in zip(sets_got, reference.sets(), strict=True):
         for name in names:
             a = values[order.index(name)].astype(np.float64)
             b = wanted[order.index(name)].astype(np.float64)

@@ -90,7 +90,7 @@ class Teacher:
         ctx: StepContext,
     ) -> None:
         from onnxopt.modelio import load_model, save_model
-        from onnxopt.runtime import make_session
+        from onnxopt.runtime import expose_outputs, make_session
 
         self.mapping = {n: mapping[n] for n in outputs}
         self.intermediates = list(intermediates)
@@ -104,10 +104,7 @@ class Teacher:
                     f"intermediates {unknown} are not tensors of the teacher {path.name}",
                     hint="name tensors both graphs compute (see onnxopt inspect --tensors)",
                 )
-            present = {o.name for o in model.graph.output}
-            for name in intermediates:
-                if name not in present:
-                    model.graph.output.append(onnx.ValueInfoProto(name=name))
+            expose_outputs(model, intermediates)
             assert ctx.scratch is not None
             model_path = save_model(model, ctx.scratch / "teacher-probe.onnx")
         self.session = make_session(model_path, ctx.target)

@@ -150,10 +150,10 @@ def _batches_agree(session: Any, samples: list[Inputs], order: list[str], where:
     """Whether two samples concatenated on their first axis give their outputs concatenated
     (a graph with a fixed batch, or one that mixes samples, cannot be batched)."""
     from onnxopt.runtime import run_session
-    from onnxopt.steps.distill.train import _signature
+    from onnxopt.steps.distill.train import signature
 
     first = samples[0]
-    other = next((s for s in samples[1:] if _signature(s) == _signature(first)), None)
+    other = next((s for s in samples[1:] if signature(s) == signature(first)), None)
     if other is None:
         return True
     try:

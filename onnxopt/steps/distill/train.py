@@ -55,7 +55,7 @@ class Batches:
             return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, s in enumerate(self.samples):
-            groups.setdefault(_signature(s), []).append(i)
+            groups.setdefault(signature(s), []).append(i)
         chunks: list[list[int]] = []
         for members in groups.values():
             order = [members[k] for k in self.rng.permutation(len(members))]
@@ -72,7 +72,9 @@ class Batches:
         return [chunk] if self.concat else [[i] for i in chunk]
 
 
-def _signature(sample: Inputs) -> tuple[Any, ...]:
+def signature(sample: Inputs) -> tuple[Any, ...]:
+    """The inputs' shapes past the first axis and their dtypes: samples that share it can
+    be concatenated on that axis."""
     return tuple((k, v.shape[1:], str(v.dtype)) for k, v in sorted(sample.items()))
 
 
@@ -157,9 +159,7 @@ class LossSpec:
             adapter = self.adapters.get(name)
             if adapter is not None:
                 s = adapter(s)
-            total = total + self.weights.get(name, 0.5) * F.mse_loss(s, t) / self.scale.get(
-                name, 1.0
-            )
+            total = total + self.weights[name] * F.mse_loss(s, t) / self.scale.get(name, 1.0)
         return total
 
 
