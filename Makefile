@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint format typecheck pytest bench bench-large clean
+.PHONY: install demo test test-avx2 lint format typecheck pytest bench bench-large clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ typecheck: install
 
 pytest: install
 	$(PY) -m pytest -q
+
+# The int8 tests on the AVX2 kernel paths (no VNNI/AMX: ONNX Runtime's U8S8 kernel saturates
+# there), on any x86-64 host: Debian's qemu-user emulates a Haswell CPU (AVX2, no AVX-512),
+# and CLI runs in child processes go through the same emulator. Slow (~15 min); run it before
+# every change to quantization or its tests. `apt-get install qemu-user` provides qemu-x86_64.
+QEMU ?= qemu-x86_64
+QEMU_CPU ?= Haswell-v4,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl
+AVX2_TESTS ?= tests/test_quantize.py tests/test_quantize_auto.py tests/test_budget.py \
+	tests/test_data.py tests/test_quantize_stream.py tests/test_recipes.py
+test-avx2: install
+	@command -v $(QEMU) >/dev/null || { echo "test-avx2 needs $(QEMU): apt-get install qemu-user" >&2; exit 2; }
+	ONNXOPT_TEST_EMULATOR="$(QEMU) -cpu $(QEMU_CPU)" $(QEMU) -cpu $(QEMU_CPU) $(PY) -c \
+		"from onnxopt.cpu import int8_facts; f = int8_facts(); print(f.summary()); assert f.u8s8_saturates, 'the emulated CPU does not saturate'"
+	ONNXOPT_TEST_EMULATOR="$(QEMU) -cpu $(QEMU_CPU)" $(QEMU) -cpu $(QEMU_CPU) $(PY) -m pytest -q -p no:cacheprovider -m "not timing" $(AVX2_TESTS)
 
 bench: install
 	$(PY) benchmarks/pipeline_overhead.py

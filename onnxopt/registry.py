@@ -104,6 +104,7 @@ for _spec in (
         "onnxopt.steps.quantize:run",
         tolerance="onnxopt.steps.quantize:default_tolerance",
         lossy=True,
+        key_extra="onnxopt.steps.quantize.backend:key_extra",
         once="quantizing an already quantized model stacks precision losses. Use one step "
         "(mode: auto tries several recipes)",
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
+
+
+def python() -> list[str]:
+    """The command that starts this test run's Python: under ``make test-avx2`` the same
+    emulator (``ONNXOPT_TEST_EMULATOR``, e.g. qemu-x86_64 -cpu Haswell-v4), so that a CLI
+    run in a child process takes the same CPU's kernels as the test itself."""
+    return [*shlex.split(os.environ.get("ONNXOPT_TEST_EMULATOR", "")), sys.executable]
 
 
 def run_cli(
@@ -27,7 +35,7 @@ def run_cli(
     full_env.update(env or {})
     full_env.setdefault("COLUMNS", "160")
     return subprocess.run(
-        [sys.executable, "-m", "onnxopt", *map(str, args)],
+        [*python(), "-m", "onnxopt", *map(str, args)],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -118,7 +126,7 @@ def run_cli_read_only(
     made read-only with a read-only bind mount inside a private user + mount namespace
     (``unshare -rm``); as a normal user ``chmod`` is used. Skips the test when neither works.
     """
-    cli = [sys.executable, "-m", "onnxopt", *map(str, args)]
+    cli = [*python(), "-m", "onnxopt", *map(str, args)]
     full_env = {**os.environ, "COLUMNS": "160", **(env or {})}
     if os.geteuid() != 0:
         folder.chmod(0o555)

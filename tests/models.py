@@ -481,3 +481,20 @@ def transformer_encoder(
     if gelu == "bias_gelu":
         opsets.append(helper.make_opsetid("com.microsoft", 1))
     return _save(helper.make_model(graph, opset_imports=opsets), path)
+
+
+def batched_weights(path: Path, heads: int = 4, width: int = 64) -> Path:
+    """x [heads, batch, width] @ W [heads, width, width]: one weight per head, as some
+    exporters write per-head projections. Dynamic per-channel int8 writes a
+    DynamicQuantizeMatMul that ONNX Runtime 1.32 builds and loads but refuses to run ("b zero
+    point is not valid"): a candidate that fails at run time."""
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((heads, width, width)) / np.sqrt(width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="per_head")],
+        "batched_weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [heads, "batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [heads, "batch", width])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return _save(helper.make_model(graph, opset_imports=OPSET), path)

@@ -114,12 +114,22 @@ def not_a_number(runner, data=None):
 
 
 def _task(tmp_path: Path, src: Path) -> Path:
-    """evaluate.py and task.npz beside it: labels are the float model's own answers."""
+    """evaluate.py and task.npz beside it: labels are the float model's own answers.
+
+    The samples are the 256 of 4096 random draws whose float answer wins by the widest
+    margin (at least 0.8 of the logits' spread), so a sound int8 result keeps every answer
+    on any CPU's kernels (measured: the largest logit error of dynamic int8 with 7-bit or
+    VNNI kernels is 0.17 of the spread), and only a broken one loses them.
+    """
     import onnxruntime as ort
 
-    x = np.random.default_rng(3).standard_normal((256, 64)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((4096, 64)).astype(np.float32)
     logits = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
-    np.savez(tmp_path / "task.npz", x=x, labels=np.argmax(logits, axis=1))
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    margin = (top2[:, 1] - top2[:, 0]) / logits.std(axis=1)
+    keep = np.argsort(-margin)[:256]
+    assert margin[keep].min() >= 0.8, margin[keep].min()
+    np.savez(tmp_path / "task.npz", x=x[keep], labels=np.argmax(logits[keep], axis=1))
     (tmp_path / "evaluate.py").write_text(EVALUATE)
     return tmp_path / "evaluate.py"
 

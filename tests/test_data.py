@@ -148,7 +148,11 @@ def test_calibration_data_alone_is_the_runs_data(tmp_path: Path) -> None:
 
 def test_without_data_the_run_says_it_proved_the_graph_not_the_task(tmp_path: Path) -> None:
     src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
-    proc = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "-m", "dynamic", "--no-guard")
+    # what the run says, not how precise int8 is here: a loose bound that any CPU meets
+    loose = ("--min-cosine", "0.9")
+    proc = run_cli(
+        "quantize", src, "-o", tmp_path / "q.onnx", "-m", "dynamic", "--no-guard", *loose
+    )
     assert proc.returncode == 0, proc.stderr
     assert "verified on synthetic inputs" in proc.stdout and "--data" in proc.stdout
     assert "proves the graph, not the task" in proc.stderr
@@ -156,7 +160,7 @@ def test_without_data_the_run_says_it_proved_the_graph_not_the_task(tmp_path: Pa
     np.savez(data, x=np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32))
     proc = run_cli(
         "quantize", src, "-o", tmp_path / "q2.onnx", "-m", "dynamic", "--no-guard",
-        "--data", data,
+        "--data", data, *loose,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "verified on 2 held-out samples" in proc.stdout

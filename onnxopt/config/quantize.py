@@ -15,12 +15,23 @@ RecipeName = Literal[
     "static_u8s8",
     "static_s8s8_compute",
     "static_s8s8",
+    "static_u8s8_compute_7bit",
+    "static_u8u8_compute",
     "dynamic",
     "dynamic_no_rnn",
     "dynamic_fused",
+    "dynamic_7bit",
+    "dynamic_u8u8",
+    "dynamic_fused_7bit",
     "int4",
     "fp16",
 ]
+
+REDUCE_RANGE = (
+    "7-bit weights. Default (null): on when the target is this CPU and ONNX Runtime's U8S8 "
+    "kernel saturates here (measured at run time: x86-64 without VNNI/AMX adds two u8*s8 "
+    "products in 16 bits), off otherwise and with uint8 weights (U8U8 does not saturate)."
+)
 
 
 class CalibrationConfig(StrictModel):
@@ -57,7 +68,7 @@ class StaticOptions(StrictModel):
     )
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight type.")
     per_channel: bool = Field(True, description="Per-channel weight scales.")
-    reduce_range: bool = Field(False, description="7-bit weights (for CPUs without VNNI).")
+    reduce_range: bool | None = Field(None, description=REDUCE_RANGE)
     symmetric_activations: bool = Field(False, description="Symmetric activation ranges.")
     symmetric_weights: bool = Field(True, description="Symmetric weight ranges.")
     method: Literal["minmax", "entropy", "percentile", "distribution"] = Field(
@@ -112,7 +123,7 @@ class DynamicOptions(StrictModel):
     per_channel: bool = Field(
         True, description="Per-channel weights (measured: same speed, cosine 0.894 -> 0.986)."
     )
-    reduce_range: bool = Field(False, description="7-bit weights.")
+    reduce_range: bool | None = Field(None, description=REDUCE_RANGE)
     fuse: bool = Field(
         False,
         description="First fuse the transformer subgraphs (LayerNorm, GELU, attention) with "

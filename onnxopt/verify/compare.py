@@ -202,6 +202,9 @@ def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
             values = [r[key] for r in rows if key in r]
             if values:
                 row[key] = pick(values)
+        cosines = [r["cosine"] for r in rows if "cosine" in r]
+        if cosines:
+            row["mean_cosine"] = float(np.mean(cosines))
         failing = [i for i, r in enumerate(rows) if not r["passed"]]
         row["passed"] = not failing
         if failing:

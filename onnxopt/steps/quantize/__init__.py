@@ -24,15 +24,9 @@ __all__ = ["default_tolerance", "run"]
 def run(src: Path | None, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
     """Quantize ``src`` into ``dst`` with ``cfg.mode`` (``auto``: see :mod:`.auto`)."""
     assert src is not None
-    from onnxopt.bench.machine import machine_info
+    from onnxopt.cpu import int8_facts
 
-    info = machine_info()
-    cpu = {
-        "cpu": info["cpu"],
-        "int8_dot_product": info["int8_dot_product"],
-        "flags": info["cpu_flags"],
-        "provider": ctx.target.provider,
-    }
+    cpu = {**int8_facts().as_dict(), "provider": ctx.target.provider}
     if cfg.mode == "auto":
         from onnxopt.steps.quantize.auto import run_auto
 

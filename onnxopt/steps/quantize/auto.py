@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.config import QuantizeStep
-from onnxopt.errors import GateError, OnnxoptError
+from onnxopt.cpu import Int8Facts
+from onnxopt.errors import GateError, OnnxoptError, first_line
 from onnxopt.graph import iter_graphs
 from onnxopt.modelio import check_model, load_model, move_model
 from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.steps.quantize.backend import Recipe, backend, backends
-from onnxopt.steps.quantize.core import quantize_once
-from onnxopt.verify import Verification, resolve_tolerance
+from onnxopt.steps.quantize.core import on_cpu, quantize_once, saturates
+from onnxopt.verify import Reference, Verification, resolve_tolerance
 
 log = logging.getLogger("onnxopt")
 
@@ -41,9 +42,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def choose_candidates(
-    cfg: QuantizeStep, ops: Counter[str], provider: str, data: bool = False
+    cfg: QuantizeStep,
+    ops: Counter[str],
+    provider: str,
+    data: bool = False,
+    saturating: bool = False,
 ) -> tuple[list[Recipe], dict[str, str]]:
-    """Recipes worth trying for this model, target and data, and why others were left out."""
+    """Recipes worth trying for this model, target and data, and why others were left out.
+
+    ``saturating``: the target's U8S8 kernel clamps 16-bit intermediates (measured; x86-64
+    without VNNI/AMX), which adds the recipes that avoid it (7-bit and uint8 weights).
+    """
     recipes = [r for b in backends() for r in b.recipes]
     if cfg.auto.candidates:
         return [r for r in recipes if r.name in cfg.auto.candidates], {}
@@ -51,6 +60,13 @@ def choose_candidates(
     skipped: dict[str, str] = {}
     for recipe in recipes:
         reason = recipe.unfit(ops, cfg, provider, data)
+        if reason is None and recipe.saturating_only and not saturating:
+            reason = (
+                "the target's U8S8 int8 kernel does not saturate (measured): 8-bit int8 "
+                "weights lose nothing there"
+                if on_cpu(provider)
+                else f"for CPUs whose U8S8 kernel saturates; the target is {provider}"
+            )
         if reason is None:
             chosen.append(recipe)
         else:
@@ -58,15 +74,134 @@ def choose_candidates(
     return chosen, skipped
 
 
+def _build(
+    src: Path,
+    path: Path,
+    sub: QuantizeStep,
+    ctx: StepContext,
+    reference: Reference,
+    row: dict[str, Any],
+) -> Verification | None:
+    """Write, check and verify one candidate, filling its row; None when it failed.
+
+    A candidate that cannot be written, loaded or run on the target is recorded with its
+    error and dropped: one recipe's failure (an ONNX Runtime kernel that rejects what its
+    own quantizer wrote) never ends the search.
+    """
+    stage = "build"
+    try:
+        produced = quantize_once(src, path, sub, ctx)
+        row["quantized_ops"] = produced["new_quantized_ops"]
+        for key in ("reduce_range", "weight_type"):
+            if key in produced:
+                row[key] = produced[key]
+        stage = "load"
+        check_model(path)
+        stage = "run"
+        tol = resolve_tolerance(sub)
+        verification = ctx.verify(path, reference, tol)
+    except Exception as err:  # noqa: BLE001 - recorded; the search goes on
+        log.debug("quantize auto: candidate %s failed", row["recipe"], exc_info=True)
+        message = err.message if isinstance(err, OnnxoptError) else first_line(err)
+        row.update(status="failed", stage=stage, reason=_scrub(message, path))
+        return None
+    row["cosine"] = verification.min_cosine if (verification.main or {}).get("outputs") else None
+    row["min_cosine"] = tol.min_cosine
+    if verification.task is not None:
+        row["task_score"] = verification.task["score"]
+        row["task_drop"] = verification.task["drop"]
+    if not verification.passed:
+        row.update(status="outside budget", reason=verification.first_failure())
+        return None
+    row["status"] = "verified"
+    return verification
+
+
+def _scrub(message: str, path: Path) -> str:
+    """A candidate's error without the scratch folder it was written in."""
+    return message.replace(str(path.parent) + "/", "").replace(str(path.parent), "")
+
+
+def _time(
+    src: Path, candidates: list[tuple[str, Path]], cfg: QuantizeStep, ctx: StepContext
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Time candidates with the parent, interleaved; (timings, label -> error of those that
+    failed to run in a timing session). When the joint run fails, each candidate is timed
+    with the parent on its own so that one failure drops only itself."""
+    from onnxopt.bench.compare import compare_with_parent
+
+    def run(group: list[tuple[str, Path]]) -> dict[str, dict[str, Any]]:
+        return compare_with_parent(
+            src,
+            group,
+            ctx.inputs,
+            ctx.target,
+            warmup=cfg.auto.warmup,
+            runs=cfg.auto.runs,
+            trials=cfg.auto.trials,
+        )
+
+    if not candidates:
+        return {}, {}
+    try:
+        return run(candidates), {}
+    except OnnxoptError as err:
+        if len(candidates) == 1:
+            return {}, {candidates[0][0]: _scrub(err.message, candidates[0][1])}
+    timed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for label, path in candidates:
+        try:
+            timed.update(run([(label, path)]))
+        except OnnxoptError as err:
+            failed[label] = _scrub(err.message, path)
+    return timed, failed
+
+
+def _apply_timing(row: dict[str, Any], cmp_: dict[str, Any]) -> None:
+    row.update(
+        median_ms=cmp_["median_ms"],
+        parent_median_ms=cmp_["parent_median_ms"],
+        speedup=cmp_["speedup"],
+        ratio_ci=cmp_["ratio_ci"],
+        verdict=cmp_["verdict"],
+    )
+
+
+def within_reach(rows: list[dict[str, Any]], data: bool, task: bool) -> str:
+    """What the candidates outside the budget would have bought, and the flag that judges
+    the task instead ('' when none ran)."""
+    near = [r for r in rows if r.get("status") == "outside budget"]
+    near.sort(key=lambda r: -(r.get("speedup") or 0.0))
+    parts = []
+    for row in near[:3]:
+        speed, verdict = row.get("speedup"), row.get("verdict")
+        if speed is None:
+            gain = "not timed"
+        elif verdict == "faster":
+            gain = f"{speed:.2f}x faster"
+        else:
+            gain = f"not faster ({speed:.2f}x)"
+        parts.append(f"{row['recipe']}: {gain}, but {row.get('reason', 'outside the budget')}")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    if not task and any(r.get("verdict") == "faster" for r in near):
+        flags = "--evaluate (and --max-drop)" if data else "--data and --evaluate"
+        text += f"; give {flags} to judge the task instead of the outputs' cosine"
+    return text
+
+
 def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepResult:
     """Try candidates, verify each, time the survivors with the parent, keep the fastest."""
-    from onnxopt.bench.compare import compare_with_parent
+    from onnxopt.cpu import int8_facts
 
     model = load_model(src, load_weights=False)
     ops: Counter[str] = Counter(n.op_type for g in iter_graphs(model.graph) for n in g.node)
     del model
+    saturating = saturates(ctx.target.provider)
     recipes, skipped = choose_candidates(
-        cfg, ops, ctx.target.provider, data=ctx.calibration is not None
+        cfg, ops, ctx.target.provider, data=ctx.calibration is not None, saturating=saturating
     )
     names = [r.name for r in recipes]
     reference = ctx.reference(src)
@@ -77,90 +212,104 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     base = cfg.model_dump(mode="json")
     try:
         for recipe in recipes:
-            name = recipe.name
             sub = QuantizeStep.model_validate(_merge(base, recipe.overrides))
-            path = work / f"{name}.onnx"
-            row: dict[str, Any] = {"recipe": name, "mode": sub.mode}
+            path = work / f"{recipe.name}.onnx"
+            row: dict[str, Any] = {"recipe": recipe.name, "mode": sub.mode}
             rows.append(row)
-            try:
-                produced = quantize_once(src, path, sub, ctx)
-                check_model(path)
-            except OnnxoptError as err:
-                row.update(status="failed", reason=err.message)
-                continue
-            row["quantized_ops"] = produced["new_quantized_ops"]
-            tol = resolve_tolerance(sub)
-            verification = ctx.verify(path, reference, tol)
-            row["cosine"] = (
-                verification.min_cosine if (verification.main or {}).get("outputs") else None
-            )
-            row["min_cosine"] = tol.min_cosine
-            if verification.task is not None:
-                row["task_score"] = verification.task["score"]
-                row["task_drop"] = verification.task["drop"]
-            if not verification.passed:
-                row.update(status="outside budget")
-                continue
-            row["status"] = "verified"
-            survivors.append((name, path))
-            verifications[name] = verification
+            verification = _build(src, path, sub, ctx, reference, row)
+            if verification is not None:
+                survivors.append((recipe.name, path))
+                verifications[recipe.name] = verification
         if cfg.auto.rescue and ctx.calibration is not None:
             for name, path, verification in _rescue(src, work, base, rows, recipes, ctx):
                 survivors.append((name, path))
                 verifications[name] = verification
+        by_name = {r["recipe"]: r for r in rows}
+        timed, failed = _time(src, survivors, cfg, ctx)
+        for name, message in failed.items():
+            by_name[name].update(status="failed", stage="timing", reason=message)
         chosen: str | None = None
-        timed: dict[str, dict[str, Any]] = {}
-        if survivors:
-            timed = compare_with_parent(
-                src,
-                survivors,
-                ctx.inputs,
-                ctx.target,
-                warmup=cfg.auto.warmup,
-                runs=cfg.auto.runs,
-                trials=cfg.auto.trials,
-            )
-            best_ratio = 1.0
-            for name, cmp_ in timed.items():
-                row = next(r for r in rows if r["recipe"] == name)
-                row.update(
-                    median_ms=cmp_["median_ms"],
-                    parent_median_ms=cmp_["parent_median_ms"],
-                    speedup=cmp_["speedup"],
-                    ratio_ci=cmp_["ratio_ci"],
-                    verdict=cmp_["verdict"],
-                )
-                if cmp_["verdict"] == "faster" and cmp_["ratio"] < best_ratio:
-                    best_ratio, chosen = cmp_["ratio"], name
+        best_ratio = 1.0
+        for name, cmp_ in timed.items():
+            _apply_timing(by_name[name], cmp_)
+            if cmp_["verdict"] == "faster" and cmp_["ratio"] < best_ratio:
+                best_ratio, chosen = cmp_["ratio"], name
         report: dict[str, Any] = {
             "mode": "auto",
             "candidates": rows,
             "not_tried": skipped,
             "chosen": chosen,
         }
+        if on_cpu(ctx.target.provider) and not cfg.auto.candidates:
+            report["cpu_decision"] = _decided_by(int8_facts(), names)
         if chosen is None:
-            why = (
-                "no candidate met the accuracy budget"
-                if not survivors
-                else "no candidate was faster than the parent beyond the noise"
-            )
-            report["reason"] = why
-            if cfg.auto.require_speedup:
-                raise GateError(
-                    f"quantize auto: {why}; tried {', '.join(names) or 'nothing'}",
-                    hint="give representative calibration data, widen the budget, or drop "
-                    "require_speedup",
-                )
-            return StepResult(
-                report=report,
-                warnings=[f"quantize auto: {why}; keeping the parent"],
-                keep_parent=True,
-            )
+            return _keep_parent(src, work, rows, survivors, report, names, cfg, ctx)
         move_model(dict(survivors)[chosen], dst)
         speed = {k: v for k, v in timed[chosen].items() if k != "verdict"}
         return StepResult(report=report, verification=verifications[chosen], speed=speed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _decided_by(facts: Int8Facts, names: list[str]) -> dict[str, Any]:
+    """The CPU facts that shaped the candidate list, for the report."""
+    return {
+        "int8_dot_product": facts.dot_product,
+        "u8s8_saturates": facts.u8s8_saturates,
+        "added_recipes": [
+            r.name for b in backends() for r in b.recipes if r.saturating_only and r.name in names
+        ],
+        "summary": facts.summary(),
+    }
+
+
+def by_status(rows: list[dict[str, Any]], name: str) -> str | None:
+    """The status of candidate ``name``."""
+    return next((r.get("status") for r in rows if r["recipe"] == name), None)
+
+
+def _keep_parent(
+    src: Path,
+    work: Path,
+    rows: list[dict[str, Any]],
+    survivors: list[tuple[str, Path]],
+    report: dict[str, Any],
+    names: list[str],
+    cfg: QuantizeStep,
+    ctx: StepContext,
+) -> StepResult:
+    """No candidate won: say why, with what the ones outside the budget would have bought
+    (timed against the parent for it when none was verified: their rows get a speed-up but
+    keep their status)."""
+    outside = [(r["recipe"], work / f"{r['recipe']}.onnx") for r in rows]
+    outside = [(n, p) for n, p in outside if by_status(rows, n) == "outside budget" and p.exists()]
+    if not survivors and outside:
+        timed, _ = _time(src, outside, cfg, ctx)
+        for name, cmp_ in timed.items():
+            _apply_timing(next(r for r in rows if r["recipe"] == name), cmp_)
+    if survivors:
+        why = "no candidate was faster than the parent beyond the noise"
+    elif any(r.get("status") == "outside budget" for r in rows):
+        why = "no candidate met the accuracy budget"
+    elif rows:
+        why = "every candidate failed to build or run"
+    else:
+        why = "no recipe fits this model and target"
+    reach = within_reach(rows, ctx.calibration is not None, ctx.evaluator is not None)
+    report["reason"] = why
+    if reach:
+        report["within_reach"] = reach
+    why = f"{why} ({reach})" if reach else why
+    if cfg.auto.require_speedup:
+        raise GateError(
+            f"quantize auto: {why}; tried {', '.join(names) or 'nothing'}",
+            hint="give representative calibration data, widen the budget, or drop require_speedup",
+        )
+    return StepResult(
+        report=report,
+        warnings=[f"quantize auto: {why}; keeping the parent"],
+        keep_parent=True,
+    )
 
 
 def _rescue(
@@ -205,8 +354,9 @@ def _rescue(
         path = work / f"{name}.onnx"
         try:
             report, verification = diagnose(src, path, sub, ctx, reference, deadline)
-        except OnnxoptError as err:
-            row["rescue"] = f"failed: {err.message}"
+        except Exception as err:  # noqa: BLE001 - recorded; the search goes on
+            message = err.message if isinstance(err, OnnxoptError) else first_line(err)
+            row["rescue"] = f"failed: {_scrub(message, path)}"
             continue
         excluded = report["nodes_to_exclude"]
         if verification is None:

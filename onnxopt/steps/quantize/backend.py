@@ -40,6 +40,8 @@ class Recipe:
     name: str
     overrides: dict[str, Any]
     unfit: Callable[[Counter[str], QuantizeStep, str, bool], str | None]
+    #: tried only where the target's U8S8 kernel saturates (x86-64 without VNNI/AMX)
+    saturating_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,10 @@ class Backend:
     #: a warning for this target, or None
     target_note: Callable[[str], str | None] = lambda provider: None
     #: writes from the weight-less graph (models over 2 GB), or returns None when it cannot
-    stream: Callable[[Any, Path, Path, QuantizeStep, list[str]], dict[str, Any] | None] | None = (
-        None
-    )
+    stream: (
+        Callable[[Any, Path, Path, QuantizeStep, StepContext, list[str]], dict[str, Any] | None]
+        | None
+    ) = None
     stream_producer: str = ""
     recipes: tuple[Recipe, ...] = field(default_factory=tuple)
 
@@ -91,3 +94,14 @@ def backends() -> list[Backend]:
 def default_tolerance(cfg: QuantizeStep, mode: str | None = None) -> Bounds:
     """The default bounds of a quantize step (``mode``: an auto candidate's)."""
     return backend(mode or cfg.mode).tolerance
+
+
+def key_extra(step: QuantizeStep, chain: Any, base_dir: Any) -> Any:
+    """What an int8 step's artifact depends on beyond its config: whether ONNX Runtime's U8S8
+    kernel saturates on this CPU (it decides the default weight range and the auto
+    candidates), so a cache filled on one CPU is not reused on another."""
+    if step.mode not in ("static", "dynamic", "auto"):
+        return None
+    from onnxopt.cpu import int8_facts
+
+    return {"u8s8_saturates": int8_facts().u8s8_saturates}

@@ -86,25 +86,58 @@ def op_counts(model: onnx.ModelProto) -> dict[str, Any]:
     }
 
 
+def on_cpu(provider: str) -> bool:
+    """Whether the target is ONNX Runtime's CPU provider (this machine's CPU)."""
+    return provider.lower() in ("cpu", "cpuexecutionprovider")
+
+
+def saturates(provider: str) -> bool:
+    """Whether int8 U8S8 kernels on the target clamp their 16-bit intermediates (measured)."""
+    from onnxopt.cpu import int8_facts
+
+    return on_cpu(provider) and int8_facts().u8s8_saturates
+
+
+def resolve_reduce_range(value: bool | None, weight_type: str, provider: str) -> tuple[bool, str]:
+    """7-bit weights or not, and why: a given value stands; the default (None) is on only
+    where the target's U8S8 kernel saturates (uint8 weights use a kernel that does not)."""
+    if value is not None:
+        return value, "set in the config"
+    if weight_type == "uint8":
+        return False, "default: uint8 weights (U8U8) do not saturate"
+    if saturates(provider):
+        return True, (
+            "default on this CPU: ONNX Runtime's U8S8 kernel saturates here (measured), "
+            "7-bit weights keep u8*s8 pair sums within 16 bits"
+        )
+    return False, "default: the target's U8S8 kernel does not saturate"
+
+
 def cpu_int8_note(provider: str) -> str | None:
     """A warning when int8 is known not to pay on this target, else None."""
-    from onnxopt.bench.machine import machine_info
+    from onnxopt.cpu import int8_facts
 
-    if provider.lower() not in ("cpu", "cpuexecutionprovider"):
+    if not on_cpu(provider):
         if provider.lower() in ("cuda", "cudaexecutionprovider"):
             return (
                 "the CUDA provider has few quantized kernels: int8 nodes may fall back to the "
                 "CPU with memory copies; check with 'onnxopt bench --placement'"
             )
         return None
-    info = machine_info()
-    if not info["int8_dot_product"]:
-        return (
-            f"this CPU ({info['cpu']}) has no int8 dot-product instructions (AVX-512 VNNI, "
-            "AVX-VNNI, AMX or ARM dot product): int8 kernels may not be faster than float32 "
-            "here; the measured speed-up is in the report"
+    facts = int8_facts()
+    if facts.dot_product:
+        return None
+    note = (
+        f"this CPU ({facts.cpu}) has no int8 dot-product instructions (AVX-512 VNNI, "
+        "AVX-VNNI, AMX or ARM dot product): int8 kernels may not be faster than float32 "
+        "here; the measured speed-up is in the report"
+    )
+    if facts.u8s8_saturates:
+        note += (
+            "; ONNX Runtime's U8S8 kernel saturates here (measured), so int8 weights default "
+            "to 7 bits (reduce_range) and auto adds 7-bit and U8U8 candidates"
         )
-    return None
+    return note
 
 
 def preflight(cfg: QuantizeStep, spec: Backend, provider: str, model: onnx.ModelProto) -> list[str]:
@@ -246,7 +279,9 @@ def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> 
         root.setLevel(logging.ERROR)  # ONNX Runtime's quantizers log advice on the root logger
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                facts = spec.stream(model, src.parent, raw, cfg, notes) if spec.stream else None
+                facts = (
+                    spec.stream(model, src.parent, raw, cfg, ctx, notes) if spec.stream else None
+                )
                 streamed = facts is not None
                 if facts is None:
                     _save_prepared(model, src, prepared)

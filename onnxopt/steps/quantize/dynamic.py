@@ -17,7 +17,7 @@ from onnxopt.config import QuantizeStep
 from onnxopt.graph import external_locations
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.quantize.backend import Backend, Recipe
-from onnxopt.steps.quantize.core import big
+from onnxopt.steps.quantize.core import big, resolve_reduce_range
 
 DYNAMIC_DEFAULT_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
 
@@ -36,6 +36,9 @@ def _write(
 
     opts = cfg.dynamic
     ops = cfg.op_types_to_quantize or DYNAMIC_DEFAULT_OPS
+    reduce_range, why = resolve_reduce_range(
+        opts.reduce_range, opts.weight_type, ctx.target.provider
+    )
     facts: dict[str, Any] = {}
     if opts.fuse:
         from onnxopt.steps.simplify import fuse_transformer
@@ -49,7 +52,7 @@ def _write(
         str(out),
         op_types_to_quantize=ops,
         per_channel=opts.per_channel,
-        reduce_range=opts.reduce_range,
+        reduce_range=reduce_range,
         weight_type=quant_type(opts.weight_type),
         nodes_to_exclude=cfg.nodes_to_exclude or None,
         use_external_data_format=big(src),
@@ -61,12 +64,20 @@ def _write(
         "engine": "onnxruntime",
         "op_types_to_quantize": ops,
         "per_channel": opts.per_channel,
+        "weight_type": opts.weight_type,
+        "reduce_range": reduce_range,
+        "reduce_range_why": why,
         **({"fused": facts["fused"]} if opts.fuse else {}),
     }
 
 
 def _stream(
-    model: onnx.ModelProto, folder: Path, out: Path, cfg: QuantizeStep, notes: list[str]
+    model: onnx.ModelProto,
+    folder: Path,
+    out: Path,
+    cfg: QuantizeStep,
+    ctx: StepContext,
+    notes: list[str],
 ) -> dict[str, Any] | None:
     """Weights in external data: quantize them one at a time (None: not this graph)."""
     from onnxopt.steps.quantize.streaming import quantize_dynamic_streaming, unsupported
@@ -82,6 +93,9 @@ def _stream(
         )
         return None
     opts = cfg.dynamic
+    reduce_range, why = resolve_reduce_range(
+        opts.reduce_range, opts.weight_type, ctx.target.provider
+    )
     facts = quantize_dynamic_streaming(
         model,
         folder,
@@ -89,10 +103,21 @@ def _stream(
         ops=ops,
         exclude=cfg.nodes_to_exclude,
         per_channel=opts.per_channel,
-        reduce_range=opts.reduce_range,
+        reduce_range=reduce_range,
         weight_type=opts.weight_type,
     )
-    return {**facts, "op_types_to_quantize": ops, "per_channel": opts.per_channel}
+    return {
+        **facts,
+        "op_types_to_quantize": ops,
+        "per_channel": opts.per_channel,
+        "weight_type": opts.weight_type,
+        "reduce_range": reduce_range,
+        "reduce_range_why": why,
+    }
+
+
+#: the plain recipes use all 8 bits of int8 weights (auto adds 7-bit ones where that matters)
+EIGHT_BIT = {"weight_type": "int8", "reduce_range": False}
 
 
 def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
@@ -126,14 +151,42 @@ BACKEND = Backend(
     stream=_stream,
     stream_producer="onnxopt's streaming dynamic quantizer",
     recipes=(
-        Recipe("dynamic", {"mode": "dynamic"}, _unfit),
-        # a quantized LSTM/GRU measured slower than the float one on recurrent audio models
+        Recipe("dynamic", {"mode": "dynamic", "dynamic": EIGHT_BIT}, _unfit),
         # transformer fusions first: measured 2.9-3.1x against 2.65-2.8x unfused on MiniLM
-        Recipe("dynamic_fused", {"mode": "dynamic", "dynamic": {"fuse": True}}, _unfit_fused),
+        Recipe(
+            "dynamic_fused",
+            {"mode": "dynamic", "dynamic": {**EIGHT_BIT, "fuse": True}},
+            _unfit_fused,
+        ),
+        # a quantized LSTM/GRU measured slower than the float one on recurrent audio models
         Recipe(
             "dynamic_no_rnn",
-            {"mode": "dynamic", "op_types_to_quantize": ["MatMul", "Gemm", "Attention"]},
+            {
+                "mode": "dynamic",
+                "dynamic": EIGHT_BIT,
+                "op_types_to_quantize": ["MatMul", "Gemm", "Attention"],
+            },
             _unfit_no_rnn,
+        ),
+        # where the U8S8 kernel saturates (x86-64 without VNNI): 7-bit weights keep its
+        # speed, uint8 weights take the U8U8 kernel, which does not saturate
+        Recipe(
+            "dynamic_7bit",
+            {"mode": "dynamic", "dynamic": {"reduce_range": True}},
+            _unfit,
+            saturating_only=True,
+        ),
+        Recipe(
+            "dynamic_fused_7bit",
+            {"mode": "dynamic", "dynamic": {"reduce_range": True, "fuse": True}},
+            _unfit_fused,
+            saturating_only=True,
+        ),
+        Recipe(
+            "dynamic_u8u8",
+            {"mode": "dynamic", "dynamic": {"weight_type": "uint8", "reduce_range": False}},
+            _unfit,
+            saturating_only=True,
         ),
     ),
 )

@@ -14,7 +14,7 @@ from onnxopt.errors import first_line
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.quantize.backend import Backend, Recipe
 from onnxopt.steps.quantize.calibration import Reader, calibration_samples
-from onnxopt.steps.quantize.core import big
+from onnxopt.steps.quantize.core import big, resolve_reduce_range
 from onnxopt.steps.quantize.dynamic import quant_type
 
 
@@ -45,6 +45,9 @@ def _write(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     opts = cfg.static
+    reduce_range, why = resolve_reduce_range(
+        opts.reduce_range, opts.weight_type, ctx.target.provider
+    )
     if opts.preprocess:
         src = preprocess(src, src.with_name("preprocessed.onnx"), notes)
     samples = calibration_samples(cfg, ctx)
@@ -71,7 +74,7 @@ def _write(
             quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=cfg.op_types_to_quantize,
             per_channel=opts.per_channel,
-            reduce_range=opts.reduce_range,
+            reduce_range=reduce_range,
             activation_type=quant_type(opts.activation_type),
             weight_type=quant_type(opts.weight_type),
             nodes_to_exclude=cfg.nodes_to_exclude or None,
@@ -98,6 +101,8 @@ def _write(
         "activation_type": opts.activation_type,
         "weight_type": opts.weight_type,
         "per_channel": opts.per_channel,
+        "reduce_range": reduce_range,
+        "reduce_range_why": why,
         "calibration": {
             "method": opts.method,
             "source": opts.calibration.source,
@@ -110,6 +115,14 @@ def _write(
 
 #: the op types of the compute-only recipes
 COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: the recipes' type pairs (all 8 bits of int8 weights; auto adds 7-bit ones where it matters)
+U8S8 = {
+    "activation_type": "uint8",
+    "weight_type": "int8",
+    "per_channel": True,
+    "reduce_range": False,
+}
+S8S8 = {**U8S8, "activation_type": "int8"}
 
 
 def _in_bias_adjustment(err: BaseException) -> bool:
@@ -147,33 +160,43 @@ BACKEND = Backend(
         # LayerNorm, ...) left in float: the winner where quantizing every op broke the task
         Recipe(
             "static_u8s8_compute",
-            {
-                "mode": "static",
-                "op_types_to_quantize": list(COMPUTE),
-                "static": {"activation_type": "uint8", "per_channel": True},
-            },
+            {"mode": "static", "op_types_to_quantize": list(COMPUTE), "static": U8S8},
             _unfit,
         ),
-        Recipe(
-            "static_u8s8",
-            {"mode": "static", "static": {"activation_type": "uint8", "per_channel": True}},
-            _unfit,
-        ),
+        Recipe("static_u8s8", {"mode": "static", "static": U8S8}, _unfit),
         Recipe(
             "static_s8s8_compute",
-            {
-                "mode": "static",
-                "op_types_to_quantize": list(COMPUTE),
-                "static": {"activation_type": "int8", "per_channel": True},
-            },
+            {"mode": "static", "op_types_to_quantize": list(COMPUTE), "static": S8S8},
             _unfit,
         ),
         Recipe(
             "static_s8s8",
-            {"mode": "static", "static": {"activation_type": "int8", "per_channel": True}},
+            {"mode": "static", "static": S8S8},
             lambda *args: (
                 "tried only when named in auto.candidates (U8S8 and the compute-only S8S8 cover it)"
             ),
+        ),
+        # where the U8S8 kernel saturates (x86-64 without VNNI): 7-bit weights, or uint8
+        # weights (the U8U8 kernel, which does not saturate)
+        Recipe(
+            "static_u8s8_compute_7bit",
+            {
+                "mode": "static",
+                "op_types_to_quantize": list(COMPUTE),
+                "static": {**U8S8, "reduce_range": True},
+            },
+            _unfit,
+            saturating_only=True,
+        ),
+        Recipe(
+            "static_u8u8_compute",
+            {
+                "mode": "static",
+                "op_types_to_quantize": list(COMPUTE),
+                "static": {**U8S8, "weight_type": "uint8"},
+            },
+            _unfit,
+            saturating_only=True,
         ),
     ),
 )
