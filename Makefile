@@ -50,6 +50,7 @@ bench: install
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/quantize.py
+	$(PY) benchmarks/int8_recipes.py
 	$(PY) benchmarks/prune.py
 	$(PY) benchmarks/distill.py
 

@@ -85,7 +85,7 @@ def _data(
     if name == "resnet":
         from sample_models.images import image
 
-        np.savez(path, image=np.stack([image(rng, side)[0] for _ in range(samples)]))
+        np.savez(path, image=np.stack([image(rng, side) for _ in range(samples)]))
         return path, {"batch": 1}
     if name == "transformer":
         ids = rng.integers(0, 1000, (samples, 1, sequence))

@@ -296,10 +296,10 @@ def _keep_parent(
     else:
         why = "no recipe fits this model and target"
     reach = within_reach(rows, ctx.calibration is not None, ctx.evaluator is not None)
-    report["reason"] = why
     if reach:
         report["within_reach"] = reach
-    why = f"{why} ({reach})" if reach else why
+        why = f"{why} ({reach})"
+    report["reason"] = why
     if cfg.auto.require_speedup:
         raise GateError(
             f"quantize auto: {why}; tried {', '.join(names) or 'nothing'}",
