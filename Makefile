@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-avx2 lint format typecheck pytest bench bench-large clean
+.PHONY: install demo test test-avx2 lint format typecheck pytest docs bench bench-large clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test-avx2: install
 	ONNXOPT_TEST_EMULATOR="$(QEMU) -cpu $(QEMU_CPU)" $(QEMU) -cpu $(QEMU_CPU) $(PY) -c \
 		"from onnxopt.cpu import int8_facts; f = int8_facts(); print(f.summary()); assert f.u8s8_saturates, 'the emulated CPU does not saturate'"
 	ONNXOPT_TEST_EMULATOR="$(QEMU) -cpu $(QEMU_CPU)" $(QEMU) -cpu $(QEMU_CPU) $(PY) -m pytest -q -p no:cacheprovider -m "not timing" $(AVX2_TESTS)
+
+# docs/pipeline.md's key reference, written from the config classes (tests check it is current)
+docs: install
+	$(PY) -m onnxopt.config.reference docs/pipeline.md
 
 bench: install
 	$(PY) benchmarks/pipeline_overhead.py

@@ -23,10 +23,17 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from onnxopt.errors import InputError
+
+
+def now() -> str:
+    """The time as manifests and reports write it (UTC, seconds, ISO 8601)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
+
 
 _CHUNK = 1 << 20
 
@@ -43,19 +50,28 @@ def _chdir(folder: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _temp_in(folder: Path) -> Iterator[None]:
-    """Python's ``tempfile`` and ``TMPDIR`` (C++ code, subprocesses) point into ``folder``."""
+    """Python's ``tempfile`` and ``TMPDIR`` (C++ code, subprocesses) point into ``folder``.
+
+    On the way out the environment forgets every path into ``folder`` that the body put
+    there: a library that keeps its cache folder in a variable (torch's inductor sets
+    ``TORCHINDUCTOR_CACHE_DIR`` from the temp folder on first use) would otherwise write
+    into this removed folder again in a later call of the same process.
+    """
     saved_dir = tempfile.tempdir
-    saved_env = os.environ.get("TMPDIR")
+    before = dict(os.environ)
     tempfile.tempdir = str(folder)
     os.environ["TMPDIR"] = str(folder)
     try:
         yield
     finally:
         tempfile.tempdir = saved_dir
-        if saved_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved_env
+        inside = str(folder)
+        for key, value in list(os.environ.items()):
+            if key == "TMPDIR" or (inside in value and before.get(key) != value):
+                if key in before:
+                    os.environ[key] = before[key]
+                else:
+                    os.environ.pop(key, None)
 
 
 @contextlib.contextmanager

@@ -49,8 +49,7 @@ def load_samples(
         return checked(samples, f"{what} callable {source.callable!r}", specs)
     if not source.path:
         raise ConfigError(f"{what}: source {source.source} needs a path")
-    path = Path(source.path)
-    path = path if path.is_absolute() else base_dir / path
+    path = Path(source.path)  # absolute: the config resolved it
     if source.source == "images":
         samples = _from_images(path, source, specs, dims)
     elif path.is_dir():

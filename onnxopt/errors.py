@@ -31,6 +31,12 @@ def first_line(err: BaseException, limit: int | None = 300) -> str:
     return line if limit is None else line[:limit]
 
 
+def described(err: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (just the type when the message is empty)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {first_line(err, limit)}" if text else type(err).__name__
+
+
 class OnnxoptError(Exception):
     """Base class: a message for the user and the exit code it maps to."""
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from onnxopt.config.base import is_file_target, resolve_user_path
 from onnxopt.errors import InputError, did_you_mean
 
 
@@ -28,19 +29,14 @@ def _split_factory(spec: str) -> tuple[str, str]:
     return target, func
 
 
-def _is_file_target(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or "\\" in target
-
-
 def factory_source_file(spec: str, base_dir: Path) -> Path | None:
     """The .py file that defines a factory (for cache keys), without importing it if possible."""
     try:
         target, _ = _split_factory(spec)
     except InputError:
         return None
-    if _is_file_target(target):
-        path = Path(target)
-        return path if path.is_absolute() else base_dir / path
+    if is_file_target(target):
+        return Path(resolve_user_path(target, base_dir))  # as the config resolves it
     with _sys_path(base_dir):
         try:
             found = importlib.util.find_spec(target)
@@ -101,9 +97,8 @@ def load_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
 def _load_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
     target, func = _split_factory(spec)
     try:
-        if _is_file_target(target):
-            path = Path(target)
-            path = path if path.is_absolute() else base_dir / path
+        if is_file_target(target):
+            path = Path(resolve_user_path(target, base_dir))  # as the config resolves it
             if not path.is_file():
                 raise InputError(f"factory file not found: {path}", hint="check model.factory")
             module = _import_file(path.resolve())

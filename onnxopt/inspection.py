@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from onnxopt.config import InputSpec
-from onnxopt.errors import InputError, OnnxoptError
+from onnxopt.errors import InputError, OnnxoptError, first_line
 from onnxopt.graph import graph_inputs, io_table, iter_graphs, opset_of, summary, value_info_shape
 from onnxopt.modelio import load_model, model_size
 from onnxopt.verify import Fit, Inputs, fit_inputs, make_inputs, specs_from_model
@@ -284,5 +284,5 @@ def inspect_model(
         except Exception as err:  # report, do not crash the whole inspection
             with contextlib.suppress(Exception):
                 log.debug("placement failed", exc_info=True)
-            info["placement"] = {"error": str(err).splitlines()[0][:200]}
+            info["placement"] = {"error": first_line(err, 200)}
     return info

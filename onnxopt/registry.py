@@ -28,6 +28,8 @@ Bounds = tuple[float, float, float]
 #: fp32 graph rewrites are held tight; reduced precision is judged by cosine (and top-1
 #: agreement when asked), not elementwise
 FP32_REWRITE: Bounds = (1e-4, 1e-3, 0.9999)
+#: no bound at all: the figures are recorded, nothing is judged (unless the config sets one)
+NO_BOUND: Bounds = (math.inf, math.inf, -1.0)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ for _spec in (
         "prune",
         "onnxopt.config.steps:PruneStep",
         "onnxopt.steps.prune:run",
-        tolerance=(math.inf, math.inf, -1.0),
+        tolerance=NO_BOUND,
         lossy=True,
     ),
     # judged against its teacher by the step itself; no bound unless the config sets one
@@ -121,7 +123,7 @@ for _spec in (
         "distill",
         "onnxopt.config.distill:DistillStep",
         "onnxopt.steps.distill:run",
-        tolerance=(math.inf, math.inf, -1.0),
+        tolerance=NO_BOUND,
         lossy=True,
         uses_torch=True,
         key_extra="onnxopt.steps.distill.teacher:key_extra",

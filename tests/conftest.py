@@ -29,19 +29,57 @@ def run_cli(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 600,
+    process: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m onnxopt ARGS`` in a real process; return the completed process."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env.setdefault("COLUMNS", "160")
-    return subprocess.run(
-        [*python(), "-m", "onnxopt", *map(str, args)],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run the command line ``onnxopt ARGS``; return it as a completed process.
+
+    In this process by default, through ``onnxopt.cli.main(argv)`` (stdout and stderr
+    captured, ``cwd`` and ``env`` applied for the call): what a test of a command's
+    behaviour needs, without starting Python again. ``process=True`` starts ``python -m
+    onnxopt`` for what only a process shows: its exit status as the shell sees it, its
+    imports, its signals, and a ``timeout``.
+    """
+    if process:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env.setdefault("COLUMNS", "160")
+        return subprocess.run(
+            [*python(), "-m", "onnxopt", *map(str, args)],
+            cwd=cwd,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    return _in_process([str(a) for a in args], cwd, {"COLUMNS": "160", **(env or {})})
+
+
+def _in_process(
+    argv: list[str], cwd: Path | None, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``onnxopt.cli.main(argv)`` with the call's working folder, environment and streams."""
+    import contextlib
+    import io
+
+    from onnxopt.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with (
+            contextlib.chdir(cwd or Path.cwd()),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            code = main(argv)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["onnxopt", *argv], code, out.getvalue(), err.getvalue())
 
 
 def file_states(*paths: Path) -> dict[Path, tuple[str, int, int]]:

@@ -18,7 +18,7 @@ from onnxopt.api import bench
 from onnxopt.bench.processes import process_concurrency
 from onnxopt.config import BenchStep, Target
 from onnxopt.errors import StepError
-from tests.conftest import run_cli
+from tests.conftest import default_sigint, run_cli
 
 FEEDS = [{"features": np.ones((1, 64), np.float32)}]
 
@@ -121,6 +121,7 @@ def test_ctrl_c_stops_every_worker(mlp_onnx: Path) -> None:
          "--concurrency-mode", "processes", "--concurrency-seconds", "600", "--runs", "5",
          "--trials", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint,  # noqa: PLW1509 - the child only resets SIGINT
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while len(_marked(mark)) < 3 and time.monotonic() < deadline:

@@ -172,3 +172,20 @@ def test_every_problem_is_named_on_a_line_of_its_own(tmp_path: Path) -> None:
     assert proc.returncode == ExitCode.USAGE
     assert "did you mean 'steps'?" in error_line(proc)
     assert "steps: required field is missing" in proc.stderr
+
+
+def test_another_quantize_modes_options_are_refused_in_yaml_and_the_api(tmp_path: Path) -> None:
+    """The rule lives in the config: YAML, the API and the CLI get the same error."""
+    import onnxopt
+
+    step = {"type": "quantize", "mode": "dynamic", "int4": {"block_size": 64}}
+    msg = _err({**BASE, "steps": [step]})
+    assert "steps[0]: mode dynamic does not read int4.block_size" in msg
+    # a section given with its defaults only, and auto reading every section, are fine
+    parse_config({**BASE, "steps": [{**step, "int4": {"block_size": 32}}]})
+    parse_config({**BASE, "steps": [{**step, "mode": "auto"}]})
+    with pytest.raises(ConfigError, match=r"mode fp16 does not read static\.per_channel"):
+        onnxopt.quantize(
+            tmp_path / "m.onnx", tmp_path / "q.onnx", mode="fp16", static={"per_channel": False}
+        )
+    assert not list(tmp_path.iterdir())

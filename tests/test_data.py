@@ -166,4 +166,4 @@ def test_without_data_the_run_says_it_proved_the_graph_not_the_task(tmp_path: Pa
     assert "verified on 2 held-out samples" in proc.stdout
     assert "synthetic" not in proc.stderr
     bad = run_cli("quantize", src, "-o", tmp_path / "q3.onnx", "-m", "dynamic", "--data", "nope")
-    assert bad.returncode == 2 and "--data expects" in error_line(bad)
+    assert bad.returncode == 2 and "--data/data expects" in error_line(bad)

@@ -20,6 +20,7 @@ from onnxopt.errors import ExitCode
 from tests.conftest import (
     REPO,
     Untouched,
+    default_sigint,
     error_line,
     finished_artifacts,
     run_cli,
@@ -295,6 +296,7 @@ def test_interrupt_during_training_leaves_no_artifact(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # noqa: PLW1509 - the child only resets SIGINT
     )
     deadline = time.monotonic() + 120
     while not list(out.glob(".*.partial")) and time.monotonic() < deadline:
@@ -321,7 +323,7 @@ def test_teacher_file_is_an_input_never_written(
         },
         "test",
     )
-    assert mlp_onnx.resolve() in input_files(cfg, tmp_path)
+    assert mlp_onnx.resolve() in input_files(cfg)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from onnxopt.errors import ExitCode
@@ -93,3 +94,55 @@ def test_interrupt_exits_130_and_leaves_no_partial_artifact(tmp_path: Path) -> N
     state = json.loads(manifest.read_text())
     assert state["status"] == "interrupted"
     assert state["steps"][0]["status"] == "interrupted"
+
+
+def _readme_exit_codes() -> dict[int, str]:
+    """The README's exit-code table: code -> meaning."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = text.split("## Exit codes", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| ")]
+    return {int(cells[1]): cells[2].strip() for cells in rows if cells[1].strip().isdigit()}
+
+
+def test_every_exit_code_is_documented_and_reached(tmp_path: Path) -> None:
+    """The whole table, pinned: the README documents exactly ExitCode's values, and a
+    command reaches each (0-4 in this process through main(argv), 130 and 143 in a process
+    that receives the signal)."""
+    assert set(_readme_exit_codes()) == {int(code) for code in ExitCode}
+    src = models.matmul_chain(tmp_path / "m.onnx", 2, 32, external=False)
+    broken = models.reshape_fails_at_runtime(tmp_path / "r.onnx")
+    decomposed = models.layernorm_decomposed(tmp_path / "ln.onnx")
+    reached = {
+        ExitCode.OK: run_cli("inspect", src),
+        ExitCode.FAILURE: run_cli("simplify", broken, "-o", tmp_path / "a.onnx", "-b", "ort"),
+        ExitCode.USAGE: run_cli("simplify", tmp_path / "missing.onnx", "-o", tmp_path / "b.onnx"),
+        ExitCode.VERIFICATION: run_cli(
+            "simplify", decomposed, "-o", tmp_path / "c.onnx", "-b", "transformers",
+            "--atol", "0", "--rtol", "0", "--no-guard",
+        ),
+        ExitCode.GATE: run_cli(
+            "bench", src, "--runs", "5", "--trials", "1", "--latency-budget", "1us",
+            "--percentile", "p50",
+        ),
+    }  # fmt: skip
+    for code, proc in reached.items():
+        assert proc.returncode == code, (code, proc.stderr)
+        if code != ExitCode.OK:
+            assert error_line(proc)
+    for signum, code in (
+        (signal.SIGINT, ExitCode.INTERRUPTED),
+        (signal.SIGTERM, ExitCode.TERMINATED),
+    ):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "onnxopt", "bench", str(src), "--runs", "100000"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=default_sigint,  # noqa: PLW1509 - the child only resets SIGINT
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while "measuring" not in (proc.stderr.readline() if proc.stderr else ""):
+            assert time.monotonic() < deadline and proc.poll() is None, "bench never started"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ln.onnx", "m.onnx", "r.onnx"]

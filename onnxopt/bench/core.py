@@ -22,12 +22,14 @@ import numpy as np
 from onnxopt.bench.stats import bootstrap_median_ci, bootstrap_ratio_ci, summarize, verdict
 from onnxopt.config import BenchStep, Target
 from onnxopt.errors import InputError
+from onnxopt.records import BenchRow, ConcurrencyRow
+from onnxopt.registry import NO_BOUND
 from onnxopt.runtime import (
-    LEVELS,
     as_array,
     make_session,
     provider_id,
     require_feeds,
+    session_options,
     short_name,
 )
 
@@ -56,23 +58,18 @@ class Measured:
     outputs: list[np.ndarray] | None = None
 
 
-def session_options(cfg: BenchStep, target: Target, *, shared_process: bool) -> Any:
-    """SessionOptions for a benchmark configuration."""
+def bench_session_options(cfg: BenchStep, target: Target, *, shared_process: bool) -> Any:
+    """SessionOptions for a benchmark configuration: the target's (runtime.session_options)
+    with the bench step's session settings."""
     import onnxruntime as ort
 
     s = cfg.session
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel(LEVELS[s.graph_optimization_level])
+    opts = session_options(target, level=s.graph_optimization_level)
     opts.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL
         if s.execution_mode == "parallel"
         else ort.ExecutionMode.ORT_SEQUENTIAL
     )
-    if target.intra_op_threads:
-        opts.intra_op_num_threads = target.intra_op_threads
-    if target.inter_op_threads:
-        opts.inter_op_num_threads = target.inter_op_threads
     opts.enable_cpu_mem_arena = s.enable_mem_arena
     opts.enable_mem_pattern = s.enable_mem_pattern
     if shared_process:
@@ -136,7 +133,7 @@ def measure(
     for trial in range(cfg.trials):
         sessions = []
         for res in results:
-            opts = session_options(cfg, target, shared_process=shared)
+            opts = bench_session_options(cfg, target, shared_process=shared)
             start = time.perf_counter()
             session = make_session(res.candidate.path, target, options=opts)
             res.create_ms.append((time.perf_counter() - start) * 1000.0)
@@ -193,12 +190,11 @@ def measure(
 def fidelity(baseline: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, Any]:
     """Cosine, max abs error and (for classifier-like outputs) top-1 agreement per output,
     from the same comparison verification uses (no bound applied: bench only reports)."""
-    import math
 
     from onnxopt.verify import Tol, compare_outputs
 
     names = [str(i) for i in range(len(candidate))]
-    result = compare_outputs(baseline, candidate, names, Tol(math.inf, math.inf, -1.0))
+    result = compare_outputs(baseline, candidate, names, Tol(*NO_BOUND))
     rows = []
     for i, out in enumerate(result["outputs"]):
         row: dict[str, Any] = {"output": i}
@@ -221,9 +217,9 @@ def concurrency(
     target: Target,
     level: int,
     mode: str,
-) -> dict[str, Any]:
+) -> ConcurrencyRow:
     """Throughput and latency with ``level`` requests in flight on one shared session."""
-    opts = session_options(cfg, target, shared_process=True)
+    opts = bench_session_options(cfg, target, shared_process=True)
     session = make_session(path, target, options=opts)
     for _ in range(max(cfg.warmup, 1)):
         session.run(None, feeds)
@@ -300,14 +296,14 @@ def resolve_providers(names: list[str], strict: bool) -> tuple[list[str], list[d
     return chosen, skipped
 
 
-def summarize_measured(measured: list[Measured], batch: int, seed: int = 0) -> list[dict[str, Any]]:
+def summarize_measured(measured: list[Measured], batch: int, seed: int = 0) -> list[BenchRow]:
     """Statistics per candidate, with ratios and fidelity against the first one."""
     base = measured[0]
     rows = []
     for res in measured:
         stats = summarize(res.samples_ms, batch=batch)
         low, high = bootstrap_median_ci(res.samples_ms, seed=seed)
-        row: dict[str, Any] = {
+        row: BenchRow = {
             "model": res.candidate.label,
             "path": str(res.candidate.path),
             "latency_ms": stats,

@@ -9,6 +9,7 @@ A comparison that finds nothing to compare must not pass, so the rules are expli
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from onnxopt.errors import InputError
@@ -69,7 +70,7 @@ def match_models(
     return mapping, notes
 
 
-def config_key(row: dict[str, Any], model: str | None = None) -> tuple[Any, ...]:
+def config_key(row: Mapping[str, Any], model: str | None = None) -> tuple[Any, ...]:
     """The configuration a result row was measured in: model, provider, threads, batch."""
     return (
         model if model is not None else row["model"],

@@ -111,33 +111,11 @@ def merge_reports(
             f"the reference report {loaded[0][0]}",
             "merge reports measured with the same providers, threads and batch sizes",
         )
-    rows = []
-    for name, report in loaded:
-        for r in report["results"]:
-            lat = r["latency_ms"]
-            row: dict[str, Any] = {
-                "source": name,
-                "model": r["model"],
-                "provider": r["provider"],
-                "threads": int(r.get("threads") or 0),
-                "batch": int(r.get("batch", 1)),
-                "p50": lat["p50"],
-                "p90": lat["p90"],
-                "p99": lat["p99"],
-                "throughput": lat["throughput"],
-                "median_ci_ms": r.get("median_ci_ms"),
-            }
-            row["compared_with"] = matches[name][r["model"]]
-            if name != loaded[0][0]:  # every row has one: checked above
-                base = reference[config_key(r, row["compared_with"])]
-                ratio = lat["p50"] / base["latency_ms"]["p50"]
-                lo_b, hi_b = base.get("median_ci_ms") or [base["latency_ms"]["p50"]] * 2
-                lo, hi = r.get("median_ci_ms") or [lat["p50"]] * 2
-                interval = [lo / hi_b, hi / lo_b]
-                row.update(ratio=ratio, ratio_interval=interval, verdict=verdict(*interval))
-            else:
-                row.update(ratio=1.0, ratio_interval=None, verdict="reference")
-            rows.append(row)
+    rows = [
+        _merged_row(name, r, matches[name][r["model"]], reference, name == loaded[0][0])
+        for name, report in loaded
+        for r in report["results"]
+    ]
     rows.sort(key=lambda x: (x["compared_with"], x["provider"], x["threads"], x["batch"]))
     return {
         "schema": MERGE_SCHEMA,
@@ -158,6 +136,41 @@ def merge_reports(
         "rows": rows,
         "plans": merged_plans(loaded),
     }
+
+
+def _merged_row(
+    name: str,
+    r: dict[str, Any],
+    compared_with: str,
+    reference: dict[Key, dict[str, Any]],
+    is_reference: bool,
+) -> dict[str, Any]:
+    """One result row of report ``name``, with its ratio to the reference report's row of
+    the same configuration (the intervals of both medians give the ratio's)."""
+    lat = r["latency_ms"]
+    row: dict[str, Any] = {
+        "source": name,
+        "model": r["model"],
+        "provider": r["provider"],
+        "threads": int(r.get("threads") or 0),
+        "batch": int(r.get("batch", 1)),
+        "p50": lat["p50"],
+        "p90": lat["p90"],
+        "p99": lat["p99"],
+        "throughput": lat["throughput"],
+        "median_ci_ms": r.get("median_ci_ms"),
+        "compared_with": compared_with,
+    }
+    if is_reference:
+        row.update(ratio=1.0, ratio_interval=None, verdict="reference")
+        return row
+    base = reference[config_key(r, compared_with)]  # every row has one: checked before
+    ratio = lat["p50"] / base["latency_ms"]["p50"]
+    lo_b, hi_b = base.get("median_ci_ms") or [base["latency_ms"]["p50"]] * 2
+    lo, hi = r.get("median_ci_ms") or [lat["p50"]] * 2
+    interval = [lo / hi_b, hi / lo_b]
+    row.update(ratio=ratio, ratio_interval=interval, verdict=verdict(*interval))
+    return row
 
 
 def merged_plans(loaded: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:

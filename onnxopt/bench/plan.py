@@ -20,6 +20,7 @@ from typing import Any
 
 from onnxopt.bench.core import Candidate, concurrency
 from onnxopt.config import BenchStep, Target
+from onnxopt.records import ConcurrencyRow
 
 log = logging.getLogger("onnxopt")
 
@@ -63,7 +64,7 @@ def grid(cores: int, batches: list[int]) -> list[dict[str, Any]]:
 
 def _measure(
     cand: Candidate, feeds: dict[str, Any], cfg: BenchStep, target: Target, row: dict[str, Any]
-) -> dict[str, Any]:
+) -> ConcurrencyRow:
     """One configuration's calls: throughput (calls/s) and latency per call. Unless the
     step gives ``concurrency_requests``, a pilot of a few calls sizes the run to about
     :data:`SECONDS_PER_CONFIG` (at least :data:`PLAN_REQUESTS` requests)."""

@@ -22,7 +22,8 @@ from typing import Any
 
 from onnxopt.bench.stats import summarize
 from onnxopt.config import BenchStep, Target
-from onnxopt.errors import StepError
+from onnxopt.errors import StepError, described
+from onnxopt.records import ConcurrencyRow
 
 #: how long a worker may take to start (spawn, import, session, warm-up)
 START_TIMEOUT_S = 300.0
@@ -47,11 +48,11 @@ def _worker(
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
     try:
-        from onnxopt.bench.core import session_options
+        from onnxopt.bench.core import bench_session_options
         from onnxopt.runtime import make_session
 
         # spinning threads of one worker steal the cores of the others; one worker keeps it
-        opts = session_options(cfg, target, shared_process=shared)
+        opts = bench_session_options(cfg, target, shared_process=shared)
         session = make_session(Path(path), target, options=opts)
         for _ in range(max(cfg.warmup, 1)):
             session.run(None, feeds[0])
@@ -64,8 +65,7 @@ def _worker(
             session.run(None, feeds[which])
             results.put(("done", index, request))
     except Exception as err:  # reported to the driver, which fails the run
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        results.put(("error", index, f"{type(err).__name__}: {text[:300]}"))
+        results.put(("error", index, described(err)))
 
 
 def _threads_per_worker(target: Target, workers: int, given: int | None) -> int:
@@ -84,7 +84,7 @@ def process_concurrency(
     workers: int,
     *,
     threads: int | None = None,
-) -> dict[str, Any]:
+) -> ConcurrencyRow:
     """Throughput and end-to-end latency with ``workers`` processes serving one queue.
 
     Args:

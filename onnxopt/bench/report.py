@@ -7,11 +7,15 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rich.table import Table
 
 from onnxopt.errors import MissingDependencyError
+from onnxopt.records import BenchReport, ConcurrencyRow
+
+#: the report a set of renderers writes
+R = TypeVar("R")
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,14 +48,10 @@ def _markdown_header(columns: tuple[str, ...], left: tuple[str, ...]) -> list[st
     return ["| " + " | ".join(columns) + " |", f"|{align}|"]
 
 
-def _cosine(row: dict[str, Any]) -> float | None:
-    outputs = (row.get("fidelity") or {}).get("outputs") or []
-    values = [o["cosine"] for o in outputs if "cosine" in o]
-    return min(values) if values else None
-
-
-def flat_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+def flat_rows(report: BenchReport) -> list[dict[str, Any]]:
     """One flat dict per result row (for tables, Markdown and CSV)."""
+    from onnxopt.verify.compare import min_cosine
+
     rows = []
     for r in report["results"]:
         lat, cmp_ = r["latency_ms"], r.get("compare") or {}
@@ -72,7 +72,7 @@ def flat_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": cmp_.get("ratio"),
                 "ratio_ci": cmp_.get("ratio_ci"),
                 "verdict": cmp_.get("verdict", "baseline"),
-                "cosine": _cosine(r),
+                "cosine": min_cosine(r.get("fidelity") or {}, default=None),
             }
         )
     return rows
@@ -94,7 +94,7 @@ def _fmt(value: Any, key: str) -> str:
     return str(value)
 
 
-def table(report: dict[str, Any]) -> Table:
+def table(report: BenchReport) -> Table:
     """Rich table of the results (latencies in ms)."""
     t = Table(
         title="onnxopt bench (latency in ms; ratio = median / first model's median)",
@@ -112,7 +112,7 @@ def table(report: dict[str, Any]) -> Table:
     return t
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: BenchReport) -> str:
     """Markdown summary (ready for a CI job summary)."""
     m = report["machine"]
     lines = [
@@ -169,7 +169,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(report: dict[str, Any]) -> str:
+def to_csv(report: BenchReport) -> str:
     """CSV with one line per result row."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COLUMNS))
@@ -197,7 +197,7 @@ def pyplot() -> Any:
     return plt
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: BenchReport, path: Path) -> None:
     """Latency distributions per model/provider and the ratio chart, as a PNG."""
     plt = pyplot()
     results = report["results"]
@@ -276,7 +276,7 @@ def plan_lines(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _startup(row: dict[str, Any]) -> str:
+def _startup(row: ConcurrencyRow) -> str:
     """A processes row's start-up cost (spawn + session + warm-up), apart from its latency."""
     if "startup_s" not in row:
         return ""
@@ -287,7 +287,7 @@ def _startup(row: dict[str, Any]) -> str:
     )
 
 
-def print_bench(console: Console, report: dict[str, Any]) -> None:
+def print_bench(console: Console, report: BenchReport) -> None:
     """A bench report on the terminal: the table, concurrency, skipped providers, machine."""
     console.print(table(report))
     for c in report["concurrency"]:
@@ -464,12 +464,12 @@ def merged_plot(merged: dict[str, Any], path: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Renderers:
+class Renderers(Generic[R]):
     """How one kind of report is written as Markdown, CSV and PNG."""
 
-    markdown: Callable[[dict[str, Any]], str]
-    csv: Callable[[dict[str, Any]], str]
-    plot: Callable[[dict[str, Any], Path], None]
+    markdown: Callable[[R], str]
+    csv: Callable[[R], str]
+    plot: Callable[[R, Path], None]
 
 
 BENCH = Renderers(markdown, to_csv, plot)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from onnxopt import _fs
 from onnxopt.bench.core import (
     Candidate,
     concurrency,
@@ -22,6 +22,7 @@ from onnxopt.bench.match import config_key, match_models, missing_rows_error
 from onnxopt.config import BenchStep, InputSpec, Target
 from onnxopt.errors import GateError, InputError
 from onnxopt.modelio import model_digest
+from onnxopt.records import BenchReport
 from onnxopt.runtime import provider_id
 from onnxopt.verify import Inputs, inputs_digest, make_inputs
 
@@ -75,16 +76,12 @@ def _batch_of(feeds: Inputs, source: InputSource, batch_dim: str) -> int:
     return 1
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
-
-
 def run_bench(
     candidates: list[Candidate],
     source: InputSource,
     cfg: BenchStep,
     target: Target,
-) -> dict[str, Any]:
+) -> BenchReport:
     """Measure every candidate in every configuration; apply gates; return the report.
 
     The first candidate is the baseline of the ratios and fidelity columns. Gate failures are
@@ -92,9 +89,9 @@ def run_bench(
     exit code 4.
     """
     providers, skipped = resolve_providers(cfg.providers, cfg.strict)
-    report: dict[str, Any] = {
+    report: BenchReport = {
         "schema": REPORT_SCHEMA,
-        "created": _now(),
+        "created": _fs.now(),
         "machine": machine_info(),
         "settings": cfg.model_dump(mode="json", exclude={"name", "tolerance"}),
         "models": [
@@ -108,82 +105,15 @@ def run_bench(
     }
     baseline = _baseline(report, cfg)  # before measuring: a gate that compares nothing fails now
     threads_list: list[int | None] = list(cfg.threads) if cfg.threads else [None]
-    batches: list[int | None] = list(cfg.batch_sizes) if cfg.batch_sizes else [None]
     input_facts: dict[str, Any] = {}
     for provider in providers:
         for threads in threads_list:
-            run_target = Target(
-                provider=provider,
-                provider_options=cfg.provider_options.get(provider, target.provider_options)
-                if provider == target.provider
-                else cfg.provider_options.get(provider, {}),
-                intra_op_threads=threads if threads is not None else target.intra_op_threads,
-                inter_op_threads=target.inter_op_threads,
-            )
-            for batch in batches:
-                feeds = source.feeds(batch, cfg.batch_dim)
-                input_facts = {
-                    "digest": inputs_digest(feeds),
-                    "shapes": {k: list(v.shape) for k, v in feeds.items()},
-                    "dtypes": {k: str(v.dtype) for k, v in feeds.items()},
-                }
-                items = _batch_of(feeds, source, cfg.batch_dim)
-                log.info("measuring on %s, threads=%s, batch=%s", provider, threads, items)
-                measured = measure(candidates, feeds, cfg, run_target)
-                for row in summarize_measured(measured, items, seed=cfg.seed):
-                    bound = uses_io_binding(cfg, provider)
-                    row.update(
-                        provider=provider,
-                        threads=run_target.intra_op_threads or 0,
-                        batch=items,
-                        inputs=input_facts["shapes"],
-                        io_binding=bound,
-                        copies_timed=not bound and provider_id(provider) != "CPUExecutionProvider",
-                    )
-                    report["results"].append(row)
+            run_target = _run_target(cfg, target, provider, threads)
+            input_facts = _latency_rows(report, candidates, source, cfg, run_target)
             if cfg.concurrency:
-                modes = MODES.get(cfg.concurrency_mode, [cfg.concurrency_mode])
-                feeds = source.feeds(None, cfg.batch_dim)
-                for cand in candidates:
-                    for mode in modes:
-                        for level in cfg.concurrency:
-                            if mode == "processes":
-                                from onnxopt.bench.processes import process_concurrency
-
-                                row = process_concurrency(
-                                    cand.path,
-                                    [feeds],
-                                    cfg,
-                                    run_target,
-                                    level,
-                                    threads=cfg.process_threads,
-                                )
-                            else:
-                                row = concurrency(cand.path, feeds, cfg, run_target, level, mode)
-                            row.update(
-                                model=cand.label,
-                                provider=provider,
-                                threads=run_target.intra_op_threads or 0,
-                            )
-                            report["concurrency"].append(row)
+                _concurrency_rows(report, candidates, source, cfg, run_target)
         if cfg.placement:
-            from onnxopt.inspection import placement
-
-            feeds = source.feeds(None, cfg.batch_dim)
-            report["placement"][provider] = {
-                c.label: placement(c.path, provider, feeds) for c in candidates
-            }
-            for label, place in report["placement"][provider].items():
-                if place["not_on_provider"] or place["memory_copies"]:
-                    log.warning(
-                        "%s on %s: %d of %d nodes fall back to another provider, %d memory "
-                        "copies; timings include them",
-                        label,
-                        provider,
-                        len(place["not_on_provider"]),
-                        place["executed_nodes"],
-                        place["memory_copies"],
-                    )
+            _placement(report, candidates, source, cfg, provider)
     if source.fixed is None:
         input_facts["generated"] = {"dims": source.dims, **source.fitted}
     report["inputs"] = input_facts
@@ -192,6 +122,111 @@ def run_bench(
     report["gates"] = evaluate_gates(report, cfg, baseline)
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
+
+
+def _run_target(cfg: BenchStep, target: Target, provider: str, threads: int | None) -> Target:
+    """The target of one configuration: the provider's options, the thread count."""
+    options = (
+        cfg.provider_options.get(provider, target.provider_options)
+        if provider == target.provider
+        else cfg.provider_options.get(provider, {})
+    )
+    return Target(
+        provider=provider,
+        provider_options=options,
+        intra_op_threads=threads if threads is not None else target.intra_op_threads,
+        inter_op_threads=target.inter_op_threads,
+    )
+
+
+def _latency_rows(
+    report: BenchReport,
+    candidates: list[Candidate],
+    source: InputSource,
+    cfg: BenchStep,
+    run_target: Target,
+) -> dict[str, Any]:
+    """Time every candidate at every batch size on one target; the rows join the report.
+    Returns the facts of the last inputs used (digest, shapes, dtypes)."""
+    provider = run_target.provider
+    input_facts: dict[str, Any] = {}
+    batches: list[int | None] = list(cfg.batch_sizes) if cfg.batch_sizes else [None]
+    for batch in batches:
+        feeds = source.feeds(batch, cfg.batch_dim)
+        input_facts = {
+            "digest": inputs_digest(feeds),
+            "shapes": {k: list(v.shape) for k, v in feeds.items()},
+            "dtypes": {k: str(v.dtype) for k, v in feeds.items()},
+        }
+        items = _batch_of(feeds, source, cfg.batch_dim)
+        log.info(
+            "measuring on %s, threads=%s, batch=%s", provider, run_target.intra_op_threads, items
+        )
+        measured = measure(candidates, feeds, cfg, run_target)
+        bound = uses_io_binding(cfg, provider)
+        for row in summarize_measured(measured, items, seed=cfg.seed):
+            row["provider"] = provider
+            row["threads"] = run_target.intra_op_threads or 0
+            row["batch"] = items
+            row["inputs"] = input_facts["shapes"]
+            row["io_binding"] = bound
+            row["copies_timed"] = not bound and provider_id(provider) != "CPUExecutionProvider"
+            report["results"].append(row)
+    return input_facts
+
+
+def _concurrency_rows(
+    report: BenchReport,
+    candidates: list[Candidate],
+    source: InputSource,
+    cfg: BenchStep,
+    run_target: Target,
+) -> None:
+    """Requests in flight at each concurrency level, per mode (threads, async, processes)."""
+    modes = MODES.get(cfg.concurrency_mode, [cfg.concurrency_mode])
+    feeds = source.feeds(None, cfg.batch_dim)
+    for cand in candidates:
+        for mode in modes:
+            for level in cfg.concurrency or []:
+                if mode == "processes":
+                    from onnxopt.bench.processes import process_concurrency
+
+                    row = process_concurrency(
+                        cand.path, [feeds], cfg, run_target, level, threads=cfg.process_threads
+                    )
+                else:
+                    row = concurrency(cand.path, feeds, cfg, run_target, level, mode)
+                row["model"] = cand.label
+                row["provider"] = run_target.provider
+                row["threads"] = run_target.intra_op_threads or 0
+                report["concurrency"].append(row)
+
+
+def _placement(
+    report: BenchReport,
+    candidates: list[Candidate],
+    source: InputSource,
+    cfg: BenchStep,
+    provider: str,
+) -> None:
+    """Which provider runs each node of each candidate; fallbacks and copies warned."""
+    from onnxopt.inspection import placement
+
+    feeds = source.feeds(None, cfg.batch_dim)
+    report["placement"][provider] = {
+        c.label: placement(c.path, provider, feeds) for c in candidates
+    }
+    for label, place in report["placement"][provider].items():
+        if place["not_on_provider"] or place["memory_copies"]:
+            log.warning(
+                "%s on %s: %d of %d nodes fall back to another provider, %d memory "
+                "copies; timings include them",
+                label,
+                provider,
+                len(place["not_on_provider"]),
+                place["executed_nodes"],
+                place["memory_copies"],
+            )
 
 
 def _plans(
@@ -227,7 +262,7 @@ BASELINE_HINT = (
 )
 
 
-def _baseline(report: dict[str, Any], cfg: BenchStep) -> dict[str, Any] | None:
+def _baseline(report: BenchReport, cfg: BenchStep) -> dict[str, Any] | None:
     """The stored baseline report with ``matched``: measured label -> its baseline label."""
     if cfg.baseline is None:
         return None
@@ -260,7 +295,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 
 def evaluate_gates(
-    report: dict[str, Any], cfg: BenchStep, baseline: dict[str, Any] | None = None
+    report: BenchReport, cfg: BenchStep, baseline: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """Regression against a baseline report and latency budgets; each with pass/fail.
 
@@ -339,7 +374,7 @@ def evaluate_gates(
     return gates
 
 
-def raise_for_gates(report: dict[str, Any]) -> None:
+def raise_for_gates(report: BenchReport) -> None:
     """Raise :class:`GateError` naming the first failed gate."""
     failed = [g for g in report.get("gates", []) if not g["passed"]]
     if not failed:
@@ -368,7 +403,7 @@ def raise_for_gates(report: dict[str, Any]) -> None:
     raise GateError(f"benchmark gate failed: {text}{more}")
 
 
-def median_of(report: dict[str, Any], label: str) -> float:
+def median_of(report: BenchReport, label: str) -> float:
     """Median latency of a model in a report (first matching row)."""
     for row in report["results"]:
         if row["model"] == label:
@@ -388,7 +423,7 @@ def bench_files(
     seed: int = 0,
     threads: int | None = None,
     inter_threads: int | None = None,
-) -> dict[str, Any]:
+) -> BenchReport:
     """Benchmark ONNX files that take the same inputs; the first is the baseline.
 
     Inputs are generated from the first model's specs (``shapes`` replaces an input's shape,

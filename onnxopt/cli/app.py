@@ -19,7 +19,7 @@ import typer
 
 from onnxopt import __version__
 from onnxopt._signals import SIGNALS, install, stopped_early
-from onnxopt.errors import ExitCode, OnnxoptError, Terminated
+from onnxopt.errors import ExitCode, OnnxoptError, Terminated, described
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -73,13 +73,12 @@ class _LazyRichHandler(logging.Handler):
         self._rich.handle(record)
 
 
-def setup_logging(debug: bool, quiet: bool) -> None:
+def setup_logging(debug: bool) -> None:
     """Warnings (debug: everything) of onnxopt's loggers on stderr."""
     root = logging.getLogger("onnxopt")
     root.handlers[:] = [_LazyRichHandler(debug)]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     root.propagate = False
-    del quiet
 
 
 def _error(message: str) -> None:
@@ -109,9 +108,8 @@ def funnel(debug: bool) -> Iterator[None]:
         if isinstance(err, OnnxoptError):
             _error(str(err))
             raise typer.Exit(int(err.exit_code)) from None
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
         _error(
-            f"internal error: {type(err).__name__}: {text[:300]} "
+            f"internal error: {described(err)} "
             "(rerun with --debug for the traceback, and please report it)"
         )
         raise typer.Exit(int(ExitCode.FAILURE)) from None
@@ -140,7 +138,37 @@ def _root(
     """onnxopt: export, simplify and inspect ONNX models, proving every artifact."""
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit code.
+
+    ``argv`` given (``["quantize", "m.onnx", "-o", "q.onnx", "-m", "dynamic"]``): in this
+    process, printing what the command prints, with no ``sys.exit``: the way tests and
+    other Python programs drive it. ``argv`` None: the console script (``sys.argv``;
+    SIGTERM handled like Ctrl-C with exit code 143; the process exits with the code).
+    """
+    if argv is not None:
+        return _invoke(argv)
+    _console()
+    return 0
+
+
+def _invoke(argv: list[str]) -> int:
+    """The command line in this process: its exit code, usage errors shown as click does."""
+    from onnxopt._fs import process_temp
+
+    with process_temp():
+        try:
+            code = app(args=list(argv), prog_name="onnxopt", standalone_mode=False)
+        except typer.Abort:
+            _error("stopped")
+            return int(ExitCode.INTERRUPTED)
+        except typer.TyperException as err:  # usage errors: shown as the console shows them
+            err.show()  # type: ignore[attr-defined]
+            return int(err.exit_code)  # type: ignore[attr-defined]
+    return int(code) if isinstance(code, int) else 0
+
+
+def _console() -> None:
     """Console-script entry point (SIGTERM is handled like Ctrl-C, with exit code 143)."""
     import signal
 

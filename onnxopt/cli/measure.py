@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,14 +11,13 @@ import typer
 
 from onnxopt.cli.app import app, funnel, report_app, setup_logging, stderr, stdout
 from onnxopt.cli.options import (
-    CsvOpt,
     DebugOpt,
     DimOpt,
     InputsFileOpt,
     JsonOpt,
-    PlotOpt,
-    QuietOpt,
+    Output,
     RangeOpt,
+    Reports,
     SeedOpt,
     ThreadsOpt,
     ValueOpt,
@@ -28,108 +28,150 @@ from onnxopt.cli.options import (
     parse_provider_options,
     parse_shapes,
     parse_values,
+    with_groups,
 )
 
-MarkdownOpt = Annotated[
-    Path | None, typer.Option("--markdown", help="Write a Markdown summary here.")
-]
+
+@dataclass(frozen=True)
+class BenchInputs:
+    """The inputs bench times on: a file, or generated at the shapes and values given."""
+
+    inputs_file: InputsFileOpt = None
+    shape: Annotated[
+        list[str] | None,
+        typer.Option("--shape", help="Input shape override, e.g. --shape x=8,3,224,224."),
+    ] = None
+    dims: DimOpt = None
+    value: ValueOpt = None
+    range: RangeOpt = None
+    seed: SeedOpt = None
+
+    def keywords(self) -> dict[str, Any]:
+        """onnxopt.bench()'s input keywords."""
+        return {
+            "inputs_file": self.inputs_file,
+            "shapes": parse_shapes(self.shape),
+            "dims": parse_dims(self.dims),
+            "ranges": parse_values(self.value or [], self.range or []),
+            "seed": self.seed or 0,
+        }
 
 
-def _check_report_paths(*paths: Path | None) -> None:
-    """Before measuring: every report path asked for must be writable (exit 2 now, not later)."""
-    from onnxopt._fs import check_writable
+@dataclass(frozen=True)
+class Providers:
+    """Where the models run."""
 
-    for path in paths:
-        if path is not None:
-            check_writable(path)
-
-
-def _write_reports(
-    data: dict[str, Any],
-    renderers: Any,
-    output: Path | None,
-    markdown_out: Path | None,
-    csv_out: Path | None,
-    plot_out: Path | None,
-) -> None:
-    """Write a report (bench or merged) as JSON, Markdown, CSV and PNG where asked."""
-    from onnxopt._fs import write_json_atomic, write_text_atomic
-
-    if output is not None:
-        write_json_atomic(output, data)
-    if markdown_out is not None:
-        write_text_atomic(markdown_out, renderers.markdown(data))
-    if csv_out is not None:
-        write_text_atomic(csv_out, renderers.csv(data))
-    if plot_out is not None:
-        renderers.plot(data, plot_out)
-
-
-@app.command()
-def bench(
-    models: Annotated[list[Path], typer.Argument(help="ONNX models; the first is the baseline.")],
     provider: Annotated[
         str | None, typer.Option("--provider", "-p", help="Comma-separated providers (cpu).")
-    ] = None,
+    ] = None
     strict: Annotated[
         bool, typer.Option("--strict", help="An unavailable provider is an error, not a skip.")
-    ] = False,
+    ] = False
     provider_option: Annotated[
         list[str] | None,
         typer.Option(
             "--provider-option",
             help="PROVIDER.KEY=VALUE, e.g. tensorrt.trt_fp16_enable=true (repeatable).",
         ),
-    ] = None,
-    inputs_file: InputsFileOpt = None,
-    shape: Annotated[
-        list[str] | None,
-        typer.Option("--shape", help="Input shape override, e.g. --shape x=8,3,224,224."),
-    ] = None,
-    dims: DimOpt = None,
-    value: ValueOpt = None,
-    range_: RangeOpt = None,
-    seed: SeedOpt = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up runs (10).")] = None,
+    ] = None
+    placement: Annotated[
+        bool, typer.Option("--placement", help="Report which provider runs each node.")
+    ] = False
+    io_binding: Annotated[
+        str | None, typer.Option("--io-binding", help="auto (GPU providers, default), on or off.")
+    ] = None
+
+    def settings(self) -> dict[str, Any]:
+        return given(
+            providers=self.provider and [p.strip() for p in self.provider.split(",") if p.strip()],
+            strict=self.strict or None,
+            provider_options=parse_provider_options(self.provider_option) or None,
+            placement=self.placement or None,
+            io_binding=self.io_binding,
+        )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each model is timed."""
+
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Warm-up runs (10).")] = None
     warmup_seconds: Annotated[
         float | None, typer.Option("--warmup-seconds", help="Warm up for this long instead.")
-    ] = None,
+    ] = None
     runs: Annotated[
         int | None, typer.Option("--runs", help="Timed runs per model per trial (50).")
-    ] = None,
+    ] = None
     duration: Annotated[
         float | None,
         typer.Option("--duration", help="Seconds of timed runs per model per trial instead."),
-    ] = None,
+    ] = None
     trials: Annotated[
         int | None, typer.Option("--trials", help="Trials, each with fresh sessions (3).")
-    ] = None,
-    threads: ThreadsOpt = None,
+    ] = None
+
+    def settings(self) -> dict[str, Any]:
+        return given(
+            warmup=self.warmup,
+            warmup_seconds=self.warmup_seconds,
+            runs=self.runs,
+            duration_seconds=self.duration,
+            trials=self.trials,
+        )
+
+
+@dataclass(frozen=True)
+class Session:
+    """The ONNX Runtime session's settings."""
+
+    threads: ThreadsOpt = None
     inter_threads: Annotated[
         int | None, typer.Option("--inter-threads", help="Inter-op threads.")
-    ] = None,
+    ] = None
     execution_mode: Annotated[
         str | None, typer.Option("--execution-mode", help="sequential (default) or parallel.")
-    ] = None,
+    ] = None
     opt_level: Annotated[
         str | None, typer.Option("--opt-level", help="disable, basic, extended or all (default).")
-    ] = None,
+    ] = None
     no_mem_arena: Annotated[
         bool, typer.Option("--no-mem-arena", help="Disable the CPU memory arena.")
-    ] = False,
+    ] = False
+
+    def settings(self) -> dict[str, Any]:
+        session = given(
+            execution_mode=self.execution_mode,
+            graph_optimization_level=self.opt_level,
+            enable_mem_arena=False if self.no_mem_arena else None,
+        )
+        return {
+            "intra_op_threads": self.threads,
+            "inter_op_threads": self.inter_threads,
+            **given(session=session or None),
+        }
+
+
+def _seconds(value: str | None, flag: str) -> float | None:
+    return None if value is None else float_arg(value, flag)
+
+
+@dataclass(frozen=True)
+class Load:
+    """Sweeps, concurrency and the serving-plan search."""
+
     sweep_threads: Annotated[
         str | None, typer.Option("--sweep-threads", help="e.g. 1,2,4: one row per count.")
-    ] = None,
+    ] = None
     sweep_batch: Annotated[
         str | None, typer.Option("--sweep-batch", help="e.g. 1,8,32: one row per batch size.")
-    ] = None,
+    ] = None
     batch_dim: Annotated[
         str | None, typer.Option("--batch-dim", help="Name of the batch dim (batch).")
-    ] = None,
+    ] = None
     concurrency_levels: Annotated[
         str | None,
         typer.Option("--concurrency", help="Requests in flight on one session, e.g. 1,2,4."),
-    ] = None,
+    ] = None
     concurrency_mode: Annotated[
         str | None,
         typer.Option(
@@ -137,11 +179,19 @@ def bench(
             help="threads, async, both (default), processes (one session per worker "
             "process; --concurrency is the process count) or all.",
         ),
-    ] = None,
+    ] = None
     process_threads: Annotated[
         int | None,
         typer.Option("--process-threads", help="processes: intra-op threads per worker."),
-    ] = None,
+    ] = None
+    concurrency_requests: Annotated[
+        int | None,
+        typer.Option("--concurrency-requests", help="Requests per concurrency level (runs)."),
+    ] = None
+    concurrency_seconds: Annotated[
+        str | None,
+        typer.Option("--concurrency-seconds", help="processes: serve this long instead."),
+    ] = None
     plan: Annotated[
         bool,
         typer.Option(
@@ -149,118 +199,98 @@ def bench(
             help="Search the serving configuration with the most throughput within "
             "--latency-budget (exit 4 when none).",
         ),
-    ] = False,
+    ] = False
     plan_seconds: Annotated[
         str | None, typer.Option("--plan-seconds", help="Time budget of the search (120).")
-    ] = None,
-    concurrency_requests: Annotated[
-        int | None,
-        typer.Option("--concurrency-requests", help="Requests per concurrency level (runs)."),
-    ] = None,
-    concurrency_seconds: Annotated[
-        str | None,
-        typer.Option("--concurrency-seconds", help="processes: serve this long instead."),
-    ] = None,
-    placement: Annotated[
-        bool, typer.Option("--placement", help="Report which provider runs each node.")
-    ] = False,
-    io_binding: Annotated[
-        str | None, typer.Option("--io-binding", help="auto (GPU providers, default), on or off.")
-    ] = None,
+    ] = None
+
+    def settings(self) -> dict[str, Any]:
+        return given(
+            threads=csv_ints(self.sweep_threads, "--sweep-threads"),
+            batch_sizes=csv_ints(self.sweep_batch, "--sweep-batch"),
+            batch_dim=self.batch_dim,
+            concurrency=csv_ints(self.concurrency_levels, "--concurrency"),
+            concurrency_mode=self.concurrency_mode,
+            process_threads=self.process_threads,
+            concurrency_requests=self.concurrency_requests,
+            concurrency_seconds=_seconds(self.concurrency_seconds, "--concurrency-seconds"),
+            plan=self.plan or None,
+            plan_seconds=_seconds(self.plan_seconds, "--plan-seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What makes bench exit 4."""
+
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="Stored report JSON to compare with.")
-    ] = None,
+    ] = None
     max_regression: Annotated[
         str | None, typer.Option("--max-regression", help="e.g. 10%: exit 4 when slower.")
-    ] = None,
+    ] = None
     latency_budget: Annotated[
         str | None, typer.Option("--latency-budget", help="e.g. 15ms: exit 4 when exceeded.")
-    ] = None,
+    ] = None
     percentile: Annotated[
         str | None, typer.Option("--percentile", help="Statistic the budget applies to (p99).")
-    ] = None,
+    ] = None
+
+    def settings(self) -> dict[str, Any]:
+        return given(
+            baseline=self.baseline and str(self.baseline),
+            max_regression=self.max_regression,
+            latency_budget_ms=self.latency_budget,
+            percentile=self.percentile,
+        )
+
+
+@app.command()
+@with_groups
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="ONNX models; the first is the baseline.")],
     labels: Annotated[
         str | None, typer.Option("--labels", help="Comma-separated names for the models.")
     ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the JSON report here.")
-    ] = None,
-    markdown_out: MarkdownOpt = None,
-    csv_out: CsvOpt = None,
-    plot_out: PlotOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    inputs: BenchInputs,
+    providers: Providers,
+    timing: Timing,
+    session: Session,
+    load: Load,
+    gates: Gates,
+    reports: Reports,
+    out: Output,
 ) -> None:
     """Latency of one or more models per execution provider, interleaved, with gates."""
-    setup_logging(debug, quiet)
-    with funnel(debug):
-        from onnxopt.api import bench as run_bench
-        from onnxopt.bench.report import BENCH, print_bench
-        from onnxopt.bench.runner import raise_for_gates
+    from onnxopt.api import bench as run_bench
+    from onnxopt.bench.report import BENCH, print_bench
+    from onnxopt.bench.runner import raise_for_gates
 
-        settings = given(
-            providers=provider and [p.strip() for p in provider.split(",") if p.strip()],
-            strict=strict or None,
-            provider_options=parse_provider_options(provider_option) or None,
-            warmup=warmup,
-            warmup_seconds=warmup_seconds,
-            runs=runs,
-            duration_seconds=duration,
-            trials=trials,
-            threads=csv_ints(sweep_threads, "--sweep-threads"),
-            batch_sizes=csv_ints(sweep_batch, "--sweep-batch"),
-            batch_dim=batch_dim,
-            concurrency=csv_ints(concurrency_levels, "--concurrency"),
-            concurrency_mode=concurrency_mode,
-            process_threads=process_threads,
-            plan=plan or None,
-            plan_seconds=None
-            if plan_seconds is None
-            else float_arg(plan_seconds, "--plan-seconds"),
-            concurrency_requests=concurrency_requests,
-            concurrency_seconds=None
-            if concurrency_seconds is None
-            else float_arg(concurrency_seconds, "--concurrency-seconds"),
-            session=given(
-                execution_mode=execution_mode,
-                graph_optimization_level=opt_level,
-                enable_mem_arena=False if no_mem_arena else None,
-            )
-            or None,
-            placement=placement or None,
-            io_binding=io_binding,
-            baseline=baseline and str(baseline),
-            max_regression=max_regression,
-            latency_budget_ms=latency_budget,
-            percentile=percentile,
-        )
-        _check_report_paths(output, markdown_out, csv_out, plot_out)
-        if not quiet and not as_json:
-            stderr().print(
-                f"measuring {len(models)} model(s) on {provider or 'cpu'} ...", highlight=False
-            )
-        report = run_bench(
-            models,
-            labels=labels.split(",") if labels else None,
-            inputs_file=inputs_file,
-            shapes=parse_shapes(shape),
-            dims=parse_dims(dims),
-            ranges=parse_values(value or [], range_ or []),
-            seed=seed or 0,
-            intra_op_threads=threads,
-            inter_op_threads=inter_threads,
-            **settings,
-        )
-        _write_reports(report, BENCH, output, markdown_out, csv_out, plot_out)
-        if as_json:
-            print(json.dumps(report, indent=2, default=str))
-        elif not quiet:
-            print_bench(stdout(200), report)
-        raise_for_gates(report)
+    settings = {
+        **providers.settings(),
+        **timing.settings(),
+        **session.settings(),
+        **load.settings(),
+        **gates.settings(),
+    }
+    reports.check()
+    if out.table:
+        where = providers.provider or "cpu"
+        stderr().print(f"measuring {len(models)} model(s) on {where} ...", highlight=False)
+    report = run_bench(
+        models, labels=labels.split(",") if labels else None, **inputs.keywords(), **settings
+    )
+    reports.write(report, BENCH)
+    if out.as_json:
+        print(json.dumps(report, indent=2, default=str))
+    elif not out.quiet:
+        print_bench(stdout(200), report)
+    raise_for_gates(report)
 
 
 @report_app.command("merge")
+@with_groups
 def report_merge(
     reports: Annotated[
         list[Path], typer.Argument(help="Bench report JSON files; the first is the reference.")
@@ -277,38 +307,27 @@ def report_merge(
         bool,
         typer.Option("--allow-different-inputs", help="Merge even if the inputs differ."),
     ] = False,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the merged JSON here.")
-    ] = None,
-    markdown_out: MarkdownOpt = None,
-    csv_out: CsvOpt = None,
-    plot_out: PlotOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    written: Reports,
+    out: Output,
 ) -> None:
     """Merge bench reports from several machines or CI jobs into one comparison.
 
     Reports whose models (sha256) or inputs (digest) differ are refused unless allowed.
     """
-    setup_logging(debug, quiet)
-    with funnel(debug):
-        from onnxopt.bench import merge
-        from onnxopt.bench.report import MERGED, print_merged
+    from onnxopt.bench import merge
+    from onnxopt.bench.report import MERGED, print_merged
 
-        _check_report_paths(output, markdown_out, csv_out, plot_out)
-        names = [n.strip() for n in labels.split(",")] if labels else None
-        merged = merge.merge_reports(
-            reports,
-            names,
-            allow_different_models=allow_models,
-            allow_different_inputs=allow_inputs,
-        )
-        _write_reports(merged, MERGED, output, markdown_out, csv_out, plot_out)
-        if as_json:
-            print(json.dumps(merged, indent=2, default=str))
-        elif not quiet:
-            print_merged(stdout(200), merged)
+    written.check()
+    names = [n.strip() for n in labels.split(",")] if labels else None
+    merged = merge.merge_reports(
+        reports, names, allow_different_models=allow_models, allow_different_inputs=allow_inputs
+    )
+    written.write(merged, MERGED)
+    if out.as_json:
+        print(json.dumps(merged, indent=2, default=str))
+    elif not out.quiet:
+        print_merged(stdout(200), merged)
 
 
 @app.command("inspect")
@@ -323,7 +342,7 @@ def inspect_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Inputs/outputs, opset, op histogram, parameters, MACs/FLOPs and node placement."""
-    setup_logging(debug, False)
+    setup_logging(debug)
     with funnel(debug):
         from onnxopt.inspection import inspect_model
 
@@ -337,8 +356,17 @@ def inspect_cmd(
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    as_markdown: Annotated[
+        bool, typer.Option("--markdown", help="The key reference as Markdown instead.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of the pipeline YAML (for editor autocompletion)."""
+    if as_markdown:
+        from onnxopt.config.reference import markdown
+
+        print(markdown(), end="")
+        return
     from onnxopt.config import json_schema
 
     print(json.dumps(json_schema(), indent=2))

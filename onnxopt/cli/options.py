@@ -6,18 +6,25 @@ default lives in the pydantic models (:mod:`onnxopt.config`), once.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from onnxopt.cli.app import funnel, setup_logging, stderr, stdout
 from onnxopt.errors import ConfigError, OnnxoptError
+
+if TYPE_CHECKING:
+    from onnxopt.bench.report import Renderers
+
+R = TypeVar("R")
 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
 JsonOpt = Annotated[
@@ -31,10 +38,10 @@ DimOpt = Annotated[
     typer.Option("--dim", help="Value of a symbolic dim, e.g. --dim batch=2 (repeatable)."),
 ]
 ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", help="Intra-op threads of verification sessions.")
+    int | None, typer.Option("--threads", help="Intra-op threads of the sessions.")
 ]
 InputsFileOpt = Annotated[
-    Path | None, typer.Option("--inputs-file", help="An .npz of inputs to verify on.")
+    Path | None, typer.Option("--inputs-file", help="An .npz of inputs to verify and time on.")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of generated inputs.")]
 ValueOpt = Annotated[
@@ -88,123 +95,169 @@ NoGuardOpt = Annotated[
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="Write a CSV here.")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")]
 
-_PROVIDER = inspect.Parameter(
-    "provider",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=None,
-    annotation=Annotated[
-        str | None,
-        typer.Option("--provider", help="Execution provider that verification runs on (cpu)."),
-    ],
-)
-_EXTERNAL = inspect.Parameter(
-    "external_data",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=None,
-    annotation=Annotated[
-        str | None,
-        typer.Option("--external-data", help="auto (only over 2 GB, default), always or never."),
-    ],
-)
-
-
-def _keyword(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-    )
-
-
-_COMMON = [
-    _keyword("dims", DimOpt, None),
-    _keyword("threads", ThreadsOpt, None),
-    _keyword("inputs_file", InputsFileOpt, None),
-    _keyword("seed", SeedOpt, None),
-    _keyword("data", DataOpt, None),
-    _keyword("value", ValueOpt, None),
-    _keyword("range", RangeOpt, None),
-    _keyword("evaluate", EvaluateOpt, None),
-    _keyword("max_drop", MaxDropOpt, None),
-    _keyword("as_json", JsonOpt, False),
-    _keyword("quiet", QuietOpt, False),
-    _keyword("debug", DebugOpt, False),
+ProviderOpt = Annotated[
+    str | None,
+    typer.Option("--provider", help="Execution provider that verification runs on (cpu)."),
 ]
+ExternalOpt = Annotated[
+    str | None,
+    typer.Option("--external-data", help="auto (only over 2 GB, default), always or never."),
+]
+MarkdownOpt = Annotated[
+    Path | None, typer.Option("--markdown", help="Write a Markdown summary here.")
+]
+
+
+# ---------------------------------------------------------------- option groups
+#
+# A group is a frozen dataclass whose fields are typer options with their defaults. A
+# command declares ``name: SomeGroup`` among its parameters and ``with_groups`` turns the
+# group's fields into the command's options, and the options given back into one instance.
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a command prints: --json, --quiet, --debug."""
+
+    as_json: JsonOpt = False
+    quiet: QuietOpt = False
+    debug: DebugOpt = False
+
+    @property
+    def table(self) -> bool:
+        """Whether to print the human table (not --json, not --quiet)."""
+        return not self.as_json and not self.quiet
+
+
+@dataclass(frozen=True)
+class Reports:
+    """Where a report goes besides the terminal: --output, --markdown, --csv, --plot."""
+
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the JSON report here.")
+    ] = None
+    markdown_out: MarkdownOpt = None
+    csv_out: CsvOpt = None
+    plot_out: PlotOpt = None
+
+    def check(self) -> None:
+        """Before any work: every path asked for must be writable (exit 2 now, not later)."""
+        from onnxopt._fs import check_writable
+
+        for path in (self.output, self.markdown_out, self.csv_out, self.plot_out):
+            if path is not None:
+                check_writable(path)
+
+    def write(self, data: R, renderers: Renderers[R]) -> None:
+        """The report as JSON, Markdown, CSV and PNG where asked."""
+        from onnxopt._fs import write_json_atomic, write_text_atomic
+
+        if self.output is not None:
+            write_json_atomic(self.output, data)
+        if self.markdown_out is not None:
+            write_text_atomic(self.markdown_out, renderers.markdown(data))
+        if self.csv_out is not None:
+            write_text_atomic(self.csv_out, renderers.csv(data))
+        if self.plot_out is not None:
+            renderers.plot(data, self.plot_out)
 
 
 @dataclass(frozen=True)
 class Common:
-    """The options every step subcommand shares."""
+    """The options every step subcommand shares (``--provider`` and ``--external-data``
+    only where the step has a target: see :func:`step_command`)."""
 
-    dims: list[str] | None
-    threads: int | None
-    inputs_file: Path | None
-    seed: int | None
-    data: str | None
-    value: list[str] | None
-    range: list[str] | None
-    as_json: bool
-    quiet: bool
-    debug: bool
-    provider: str | None = None
-    external_data: str | None = None
-    evaluate: str | None = None
-    max_drop: float | None = None
+    dims: DimOpt = None
+    threads: ThreadsOpt = None
+    inputs_file: InputsFileOpt = None
+    seed: SeedOpt = None
+    data: DataOpt = None
+    value: ValueOpt = None
+    range: RangeOpt = None
+    evaluate: EvaluateOpt = None
+    max_drop: MaxDropOpt = None
+    as_json: JsonOpt = False
+    quiet: QuietOpt = False
+    debug: DebugOpt = False
+    provider: ProviderOpt = None
+    external_data: ExternalOpt = None
 
-    def pipeline(self, step: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-        """The one-step pipeline mapping: the given options only."""
-        data: dict[str, Any] = {"name": step["type"], "model": model, "steps": [step]}
-        if self.dims:
-            data["dims"] = parse_dims(self.dims)
-        target = given(provider=self.provider, intra_op_threads=self.threads)
-        if target:
-            data["target"] = target
-        if self.external_data is not None:
-            data["external_data"] = self.external_data
-        verify = given(seed=self.seed, inputs_file=self.inputs_file and str(self.inputs_file))
-        if verify:
-            data["verify"] = verify
-        if self.data is not None:
-            data["data"] = data_source(self.data)
-        ranges = parse_values(self.value or [], self.range or [])
-        if ranges:
-            data["inputs"] = [{"name": n, "range": r} for n, r in ranges.items()]
-        if self.evaluate is not None:
-            data["evaluate"] = {"callable": self.evaluate}
-            if self.max_drop is not None:
-                data["evaluate"]["budget"] = {"max_drop": self.max_drop}
-        elif self.max_drop is not None:
+    def keywords(self) -> dict[str, Any]:
+        """The pipeline keywords of the flags given (onnxopt.api.pipeline_config's)."""
+        if self.max_drop is not None and self.evaluate is None:
             raise ConfigError("--max-drop is the budget of --evaluate; give --evaluate too")
-        return data
+        evaluate: dict[str, Any] | None = None
+        if self.evaluate is not None:
+            evaluate = {"callable": self.evaluate}
+            if self.max_drop is not None:
+                evaluate["budget"] = {"max_drop": self.max_drop}
+        verify = given(seed=self.seed, inputs_file=self.inputs_file and str(self.inputs_file))
+        return given(
+            dims=parse_dims(self.dims) or None,
+            target=given(provider=self.provider, intra_op_threads=self.threads) or None,
+            external_data=self.external_data,
+            verify=verify or None,
+            data=self.data,
+            ranges=parse_values(self.value or [], self.range or []) or None,
+            evaluate=evaluate,
+        )
+
+
+def _group_options(group: type, skip: frozenset[str]) -> list[inspect.Parameter]:
+    """A group's fields as keyword-only command parameters (typer reads their annotations)."""
+    hints = typing.get_type_hints(group, include_extras=True)
+    return [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
+        )
+        for f in dataclasses.fields(group)
+        if f.name not in skip
+    ]
+
+
+def with_groups(
+    func: Callable[..., None], skip: frozenset[str] = frozenset()
+) -> Callable[..., None]:
+    """The command ``func`` with the options of each of its parameters typed by a group.
+
+    Logging and the error funnel come with it (``--debug`` is in Output and Common, one of
+    which every command has). ``skip``: group fields the command does not offer; they keep
+    their defaults.
+    """
+    signature = inspect.signature(func, eval_str=True)
+    groups = {
+        p.name: p.annotation
+        for p in signature.parameters.values()
+        if isinstance(p.annotation, type) and dataclasses.is_dataclass(p.annotation)
+    }
+    own = [p for p in signature.parameters.values() if p.name not in groups]
+    shared = {name: _group_options(group, skip) for name, group in groups.items()}
+    owner = {q.name: name for name, options in shared.items() for q in options}
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> None:
+        values: dict[str, dict[str, Any]] = {name: {} for name in groups}
+        for key in [k for k in kwargs if k in owner]:
+            values[owner[key]][key] = kwargs.pop(key)
+        built = {name: groups[name](**values[name]) for name in groups}
+        debug = any(getattr(group, "debug", False) for group in built.values())
+        setup_logging(debug)
+        with funnel(debug):
+            func(**kwargs, **built)
+
+    params = own + [q for options in shared.values() for q in options]
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must read this signature, not the function's
+    return wrapper
 
 
 def step_command(*, target: bool = True) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a step subcommand the shared options, logging and the error funnel.
-
-    The command is written as ``def cmd(<its own options>, common: Common)``; the shared
-    options (``--dim``, ``--threads``, ``--inputs-file``, ``--seed``, ``--json``,
-    ``--quiet``, ``--debug``, and with ``target`` ``--provider`` and ``--external-data``)
-    are declared here, once, for all of them.
-    """
-
-    def decorate(func: Callable[..., None]) -> Callable[..., None]:
-        own = [p for p in inspect.signature(func, eval_str=True).parameters.values()]
-        own = [p for p in own if p.name != "common"]
-        shared = [*_COMMON, _PROVIDER, _EXTERNAL] if target else list(_COMMON)
-        names = {p.name for p in shared}
-
-        @functools.wraps(func)
-        def wrapper(**kwargs: Any) -> None:
-            common = Common(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
-            setup_logging(common.debug, common.quiet)
-            with funnel(common.debug):
-                func(**kwargs, common=common)
-
-        params = own + shared
-        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        del wrapper.__wrapped__  # typer must read this signature, not the function's
-        return wrapper
-
-    return decorate
+    """A step subcommand: ``def cmd(<its own options>, *, common: Common)``, with the shared
+    options declared once in :class:`Common` (without ``--provider`` and ``--external-data``
+    unless ``target``), logging and the error funnel."""
+    skip = frozenset() if target else frozenset({"provider", "external_data"})
+    return lambda func: with_groups(func, skip)
 
 
 def given(**values: Any) -> dict[str, Any]:
@@ -261,7 +314,9 @@ def show(manifest: dict[str, Any], as_json: bool, quiet: bool) -> None:
         print_pipeline(stdout(160), manifest)
 
 
-def run_with_progress(work: Callable[[Any], dict[str, Any]], common: Common) -> dict[str, Any]:
+def run_with_progress(
+    work: Callable[[Any], dict[str, Any]], common: Common | Output
+) -> dict[str, Any]:
     """Run ``work(progress)``; on a failure with ``--json``, print the failed run's manifest."""
     progress = Progress(enabled=not common.quiet and not common.as_json)
     try:
@@ -282,19 +337,19 @@ def single_step(
     common: Common,
     **pipeline: Any,
 ) -> None:
-    """Run a one-step pipeline (``pipeline``: more of its keys) and put its verified
-    artifact at ``output``."""
-    from onnxopt.config import parse_config
+    """Run a one-step pipeline (built by onnxopt.api.pipeline_config from the flags given
+    and ``pipeline``, e.g. an export's inputs) and put its verified artifact at ``output``."""
+    from onnxopt.api import pipeline_config
     from onnxopt.engine import run_to_file
 
-    data = common.pipeline(step, model)
-    if "inputs" in pipeline:  # an export's own inputs list: --value/--range apply to it
-        given = {o["name"]: o["range"] for o in data.pop("inputs", [])}
-        pipeline["inputs"] = [
-            {**spec, "range": given[spec["name"]]} if spec["name"] in given else spec
-            for spec in pipeline["inputs"]
-        ]
-    config = parse_config({**data, **pipeline}, "command line")
+    config = pipeline_config(
+        step["type"],
+        model,
+        {k: v for k, v in step.items() if k != "type"},
+        **common.keywords(),
+        **pipeline,
+        source="command line",
+    )
     manifest = run_with_progress(
         lambda progress: run_to_file(config, output, source=source, on_event=progress), common
     )
@@ -307,22 +362,6 @@ def on_onnx(step: dict[str, Any], model: Path, output: Path, common: Common) -> 
 
 
 # ---------------------------------------------------------------- parsers
-
-
-def data_source(text: str) -> dict[str, Any]:
-    """``--data``: a path (an .npz, a folder of .npz files or of images) or module:function."""
-    path = Path(text)
-    if path.exists():
-        if path.is_dir() and not any(path.glob("*.npz")):
-            return {"source": "images", "path": str(path.resolve())}
-        return {"source": "npz", "path": str(path.resolve())}
-    target, sep, func = text.rpartition(":")
-    if sep and target and func and not text.endswith(".npz"):
-        return {"source": "callable", "callable": text}
-    raise ConfigError(
-        f"--data expects an .npz file, a folder of .npz files or images, or module:function; "
-        f"{text!r} is none of these (no such file)"
-    )
 
 
 def parse_values(values: list[str], ranges: list[str]) -> dict[str, list[float]]:

@@ -6,21 +6,20 @@ only the flags a user gave reach its config.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from onnxopt.cli.app import app, funnel, setup_logging
+from onnxopt.cli.app import app
 from onnxopt.cli.options import (
     AtolOpt,
     Common,
     CosOpt,
-    DebugOpt,
-    JsonOpt,
     NoGuardOpt,
+    Output,
     OutputOpt,
-    QuietOpt,
     RtolOpt,
     Top1Opt,
     float_arg,
@@ -33,11 +32,13 @@ from onnxopt.cli.options import (
     single_step,
     step_command,
     tolerance,
+    with_groups,
 )
-from onnxopt.errors import ConfigError
+from onnxopt.config.data import folder_or_file_source
 
 
 @app.command()
+@with_groups
 def run(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
     output_dir: Annotated[
@@ -48,30 +49,26 @@ def run(
         bool,
         typer.Option("--no-wait", help="Fail at once if another run uses the output folder."),
     ] = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Run a YAML pipeline of steps; artifacts, inputs.npz and manifest.json go to output_dir."""
-    setup_logging(debug, quiet)
-    with funnel(debug):
-        from onnxopt.config import load_config
-        from onnxopt.engine import run_pipeline
+    from onnxopt.config import load_config
+    from onnxopt.engine import run_pipeline
 
-        config, base_dir = load_config(pipeline)
-        common = Common(None, None, None, None, None, None, None, as_json, quiet, debug)
-        manifest = run_with_progress(
-            lambda progress: run_pipeline(
-                config,
-                base_dir,
-                out_dir=output_dir,
-                force=force,
-                on_event=progress,
-                wait=not no_wait,
-            ),
-            common,
-        )
-        show(manifest, as_json, quiet)
+    config, base_dir = load_config(pipeline)
+    manifest = run_with_progress(
+        lambda progress: run_pipeline(
+            config,
+            base_dir,
+            out_dir=output_dir,
+            force=force,
+            on_event=progress,
+            wait=not no_wait,
+        ),
+        out,
+    )
+    show(manifest, out.as_json, out.quiet)
 
 
 @app.command()
@@ -182,6 +179,57 @@ def simplify(
     on_onnx(step, model, output, common)
 
 
+@dataclass(frozen=True)
+class StaticFlags:
+    """quantize's static-only options: the ``static`` section of its config."""
+
+    activation_type: Annotated[
+        str | None, typer.Option("--activation-type", help="static: uint8 (default) or int8.")
+    ] = None
+    quant_format: Annotated[
+        str | None, typer.Option("--format", help="static: qdq (default) or qoperator.")
+    ] = None
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method", help="static: minmax (default), entropy, percentile, distribution."
+        ),
+    ] = None
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration", help="static: an .npz, a folder of .npz samples or of images."
+        ),
+    ] = None
+    calibration_callable: Annotated[
+        str | None,
+        typer.Option("--calibration-callable", help="static: module:function yielding dicts."),
+    ] = None
+    calibration_samples: Annotated[
+        int | None, typer.Option("--calibration-samples", help="static: samples to use (16).")
+    ] = None
+    allow_synthetic_calibration: Annotated[
+        bool,
+        typer.Option("--allow-synthetic-calibration", help="static: calibrate on generated data."),
+    ] = False
+
+    def section(self) -> dict[str, Any]:
+        """The static options given, calibration included."""
+        cal = given(
+            source=_calibration_source(self.calibration, self.calibration_callable),
+            path=self.calibration and str(self.calibration.resolve()),
+            callable=self.calibration_callable,
+            samples=self.calibration_samples,
+        )
+        return given(
+            format=self.quant_format,
+            activation_type=self.activation_type,
+            method=self.method,
+            allow_synthetic_calibration=self.allow_synthetic_calibration or None,
+            calibration=cal if len(cal) > 1 or "samples" in cal else None,
+        )
+
+
 @app.command()
 @step_command()
 def quantize(
@@ -201,40 +249,11 @@ def quantize(
     weight_type: Annotated[
         str | None, typer.Option("--weight-type", help="int8 (default) or uint8.")
     ] = None,
-    activation_type: Annotated[
-        str | None, typer.Option("--activation-type", help="static: uint8 (default) or int8.")
-    ] = None,
-    quant_format: Annotated[
-        str | None, typer.Option("--format", help="static: qdq (default) or qoperator.")
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            "--method", help="static: minmax (default), entropy, percentile, distribution."
-        ),
-    ] = None,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(
-            "--calibration", help="static: an .npz, a folder of .npz samples or of images."
-        ),
-    ] = None,
-    calibration_callable: Annotated[
-        str | None,
-        typer.Option("--calibration-callable", help="static: module:function yielding dicts."),
-    ] = None,
     diagnose: Annotated[
         bool, typer.Option("--diagnose", help="Find and exclude nodes that break the budget.")
     ] = False,
     require_speedup: Annotated[
         bool, typer.Option("--require-speedup", help="auto: fail (exit 4) if none is faster.")
-    ] = False,
-    calibration_samples: Annotated[
-        int | None, typer.Option("--calibration-samples", help="static: samples to use (16).")
-    ] = None,
-    allow_synthetic_calibration: Annotated[
-        bool,
-        typer.Option("--allow-synthetic-calibration", help="static: calibrate on generated data."),
     ] = False,
     block_size: Annotated[
         int | None, typer.Option("--block-size", help="int4: block size (32).")
@@ -250,31 +269,20 @@ def quantize(
     min_cosine: CosOpt = None,
     no_guard: NoGuardOpt = False,
     *,
+    static: StaticFlags,
     common: Common,
 ) -> None:
     """Quantize an ONNX model (INT8 dynamic/static, fp16, int4), verified and timed."""
-    sections: dict[str, dict[str, Any]] = {
-        "dynamic": given(weight_type=weight_type, per_channel=per_channel),
-        "static": given(
-            format=quant_format,
-            activation_type=activation_type,
-            weight_type=weight_type,
-            per_channel=per_channel,
-            method=method,
-            allow_synthetic_calibration=allow_synthetic_calibration or None,
-        ),
+    sections = {
+        "static": static.section(),
         "fp16": given(keep_io_types=keep_io_types),
         "int4": given(block_size=block_size),
         "auto": given(require_speedup=require_speedup or None),
     }
-    cal = given(
-        source=_calibration_source(calibration, calibration_callable),
-        path=calibration and str(calibration.resolve()),
-        callable=calibration_callable,
-        samples=calibration_samples,
-    )
-    if len(cal) > 1 or "samples" in cal:
-        sections["static"]["calibration"] = cal
+    # the int8 weight flags: the mode's own section (both int8 sections for auto)
+    weights = given(weight_type=weight_type, per_channel=per_channel)
+    for section in ("dynamic", "static") if mode == "auto" else (_int8_section(mode),):
+        sections[section] = {**sections.get(section, {}), **weights}
     step: dict[str, Any] = {
         "type": "quantize",
         "mode": mode,
@@ -286,32 +294,24 @@ def quantize(
             if op_types
             else None,
         ),
+        **{name: options for name, options in sections.items() if options},
         "tolerance": tolerance(min_cosine=min_cosine, min_top1_agreement=min_top1),
     }
-    # only the sections of the mode asked for (auto may use any of them)
-    used = {k: v for k, v in sections.items() if v and mode in (k, "auto")}
-    unused = {o for k, v in sections.items() if k not in used for o in v} - {
-        o for v in used.values() for o in v
-    }
-    if unused and mode in sections:
-        raise ConfigError(
-            f"options for other modes were given with -m {mode}: {', '.join(sorted(unused))}",
-            hint="drop them, or choose the mode they belong to",
-        )
-    step.update(used)
     if no_guard:
         step["guard"] = None
     on_onnx(step, model, output, common)
 
 
+def _int8_section(mode: str) -> str:
+    """Where the int8 weight flags go: static's own section, else dynamic's (whose rule then
+    names them for fp16 and int4)."""
+    return "static" if mode == "static" else "dynamic"
+
+
 def _calibration_source(path: Path | None, function: str | None) -> str | None:
     if function:
         return "callable"
-    if path is None:
-        return None
-    if path.is_dir() and not any(path.glob("*.npz")):
-        return "images"
-    return "npz"
+    return None if path is None else folder_or_file_source(path)
 
 
 @app.command()

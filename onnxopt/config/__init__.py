@@ -30,6 +30,7 @@ from onnxopt.config.pipeline import (
     json_schema,
     load_config,
     parse_config,
+    resolve_paths,
 )
 from onnxopt.config.quantize import (
     AutoOptions,
@@ -95,6 +96,7 @@ __all__ = [
     "json_schema",
     "load_config",
     "parse_config",
+    "resolve_paths",
     "parse_fraction",
     "parse_millis",
 ]

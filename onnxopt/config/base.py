@@ -6,10 +6,95 @@ Every field carries a description, so ``onnxopt schema`` and editors describe th
 
 from __future__ import annotations
 
+import os
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializationInfo,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+def resolve_user_path(value: str, base_dir: Path | str | None) -> str:
+    """A user's path made absolute the one way onnxopt does it: ``~`` expanded, then joined
+    to ``base_dir`` (the pipeline file's folder; the working folder for the command line and
+    the API) unless already absolute. Without a ``base_dir`` only ``~`` is expanded."""
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return str(path)
+
+
+def is_file_target(target: str) -> bool:
+    """Whether the module part of a ``module:function`` spec names a file (``x/y.py``)."""
+    return target.endswith(".py") or "/" in target or "\\" in target or target.startswith("~")
+
+
+def _base_dir(info: ValidationInfo) -> Any:
+    return (info.context or {}).get("base_dir") if isinstance(info.context, dict) else None
+
+
+def _path_in(value: str, info: ValidationInfo) -> str:
+    return resolve_user_path(value, _base_dir(info))
+
+
+def _code_in(value: str, info: ValidationInfo) -> str:
+    target, sep, func = value.rpartition(":")
+    if not sep or not is_file_target(target):
+        return value  # package.module:function: imported by name, no path to resolve
+    return f"{resolve_user_path(target, _base_dir(info))}:{func}"
+
+
+def _relative(path: str, info: SerializationInfo) -> str:
+    """``path`` relative to ``context['relative_to']`` when it lies below it, else as is."""
+    root = info.context.get("relative_to") if isinstance(info.context, dict) else None
+    if root is None:
+        return path
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def _path_out(value: str, info: SerializationInfo) -> str:
+    """Dumped as is, or relative to ``context['relative_to']`` when below it (cache keys: the
+    same project checked out in another folder keeps its keys)."""
+    return _relative(value, info)
+
+
+def _code_out(value: str, info: SerializationInfo) -> str:
+    target, sep, func = value.rpartition(":")
+    if not sep or not is_file_target(target):
+        return value
+    return f"{_relative(target, info)}:{func}"
+
+
+#: a file or folder the user names: absolute once the config is loaded (see resolve_user_path)
+UserPath = Annotated[str, AfterValidator(_path_in), PlainSerializer(_path_out, when_used="always")]
+#: 'package.module:function' or 'path/to/file.py:function': a file's path is resolved like
+#: a UserPath, a module is imported by name
+UserCode = Annotated[str, AfterValidator(_code_in), PlainSerializer(_code_out, when_used="always")]
+
+
+def _model_path_in(value: str, info: ValidationInfo) -> str:
+    is_path = value.endswith(".onnx") or "/" in value or value.startswith("~")
+    return _path_in(value, info) if is_path else value
+
+
+#: an .onnx path (resolved like a UserPath) or a name (a step's, 'source'), kept as is
+ModelRef = Annotated[
+    str, AfterValidator(_model_path_in), PlainSerializer(_path_out, when_used="always")
+]
+
 
 DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
 
@@ -53,8 +138,8 @@ class InputSpec(StrictModel):
 class ModelSource(StrictModel):
     """Where the model comes from: an existing ONNX file, or a PyTorch factory (for export)."""
 
-    path: str | None = Field(None, description="An existing .onnx file to start from.")
-    factory: str | None = Field(
+    path: UserPath | None = Field(None, description="An existing .onnx file to start from.")
+    factory: UserCode | None = Field(
         None,
         description="PyTorch factory 'package.module:function' or 'path/to/file.py:function' "
         "returning an nn.Module. Note: this runs that Python code.",
@@ -62,12 +147,12 @@ class ModelSource(StrictModel):
     factory_args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to the factory."
     )
-    weights: str | None = Field(
+    weights: UserPath | None = Field(
         None,
         description="Optional state_dict for the factory's module: .pt/.pth (loaded with "
         "weights_only=True) or .safetensors.",
     )
-    huggingface: str | None = Field(
+    huggingface: UserPath | None = Field(
         None,
         description="A local Hugging Face model folder (config.json, weights, tokenizer or "
         "image processor files), loaded offline; needs the 'hf' extra.",
@@ -99,11 +184,6 @@ class ModelSource(StrictModel):
         if self.weights is not None and self.factory is None:
             raise ValueError("'weights' goes with 'factory', not with an ONNX 'path'")
         return self
-
-    @property
-    def is_onnx(self) -> bool:
-        """True when the model is an existing ONNX file."""
-        return self.path is not None
 
     @property
     def is_pytorch(self) -> bool:
@@ -156,7 +236,7 @@ class VerifyConfig(StrictModel):
     """How every artifact is checked against its parent."""
 
     seed: int = Field(0, description="Seed of the generated shared input set.")
-    inputs_file: str | None = Field(
+    inputs_file: UserPath | None = Field(
         None, description="An .npz of inputs to use instead of generated ones."
     )
     second_shape: bool = Field(
@@ -225,6 +305,16 @@ class StepBase(StrictModel):
     def measure_speed_requested(self) -> bool:
         """Whether the artifact is to be timed against its parent without a guard."""
         return False
+
+    def input_files(self) -> list[str]:
+        """The user's files this step reads, beyond the pipeline's (calibration data, a
+        baseline, a teacher): the run keeps them read-only and never writes over them."""
+        return []
+
+    def data_source(self) -> Any:
+        """The user's samples this step brings (a quantize step's calibration data), which
+        serve as the run's data when it has none of its own; None for most steps."""
+        return None
 
     name: str | None = Field(None, description="Optional label shown in reports.")
     tolerance: Tolerance = Field(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from onnxopt.config.base import StrictModel
+from onnxopt.config.base import StrictModel, UserCode, UserPath
 
 
 class ImagePreprocessing(StrictModel):
@@ -28,6 +29,14 @@ class ImagePreprocessing(StrictModel):
     channels: Literal["rgb", "bgr"] = Field("rgb", description="Channel order.")
 
 
+def folder_or_file_source(path: Path) -> Literal["npz", "images"]:
+    """How a data path reads: a folder without .npz files is a folder of images; anything
+    else (an .npz file, a folder of .npz samples) is npz."""
+    if path.is_dir() and not any(path.glob("*.npz")):
+        return "images"
+    return "npz"
+
+
 class DataConfig(StrictModel):
     """Samples of the model's inputs, the user's own (unlabelled is enough).
 
@@ -42,13 +51,13 @@ class DataConfig(StrictModel):
         "with 'preprocessing'; callable: 'module:function' or 'file.py:function' returning an "
         "iterable of input dicts (runs that code).",
     )
-    path: str | None = Field(
+    path: UserPath | None = Field(
         None,
         description="npz: a file whose arrays hold samples (an array of the input's own rank: "
         "samples stacked on its first axis; of rank + 1: one whole sample per leading index), "
         "or a folder of .npz files, one sample each; images: a folder of images.",
     )
-    callable: str | None = Field(None, description="For source callable: the function.")
+    callable: UserCode | None = Field(None, description="For source callable: the function.")
     preprocessing: ImagePreprocessing = Field(
         default_factory=ImagePreprocessing, description="For source images."
     )
@@ -94,11 +103,11 @@ class EvaluateConfig(StrictModel):
     one judged; default: the first).
     """
 
-    callable: str = Field(
+    callable: UserCode = Field(
         description="'module:function' or 'file.py:function' (runs that code, in the folder "
         "onnxopt was started from)."
     )
-    data: str | None = Field(
+    data: UserPath | None = Field(
         None,
         description="Passed to the function as its second argument (a path, resolved "
         "against the config's folder).",

@@ -6,20 +6,20 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from onnxopt.config.base import StepBase, StrictModel
+from onnxopt.config.base import ModelRef, StepBase, StrictModel, UserCode, UserPath
 
 
 class StudentSource(StrictModel):
     """A PyTorch student of the user's own architecture (instead of the parent ONNX graph)."""
 
-    factory: str = Field(
+    factory: UserCode = Field(
         description="'package.module:function' or 'path/to/file.py:function' returning an "
         "nn.Module that takes the model's inputs in order (runs that code)."
     )
     factory_args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to the factory."
     )
-    weights: str | None = Field(
+    weights: UserPath | None = Field(
         None, description="Optional initial state_dict: .pt/.pth (weights_only) or .safetensors."
     )
     opset: int = Field(18, ge=7, le=23, description="Opset the trained student is exported at.")
@@ -30,7 +30,13 @@ class DistillStep(StepBase):
     reproduce the teacher's outputs on samples of the user's inputs."""
 
     type: Literal["distill"] = Field(description="Step type.")
-    teacher: str = Field(
+
+    def input_files(self) -> list[str]:
+        """A teacher given as a file, and a factory student's initial weights."""
+        files = [self.teacher] if self.teacher.endswith(".onnx") else []
+        return files + ([self.student.weights] if self.student and self.student.weights else [])
+
+    teacher: ModelRef = Field(
         "source",
         description="The model whose outputs are learned: 'source' (the pipeline's original "
         "model, or its export), the name of an earlier step, or a path to an .onnx file. It "
@@ -107,7 +113,7 @@ class DistillStep(StepBase):
         "choosing the best weights (the held-out samples that prove the result are never "
         "seen by training).",
     )
-    augment: str | None = Field(
+    augment: UserCode | None = Field(
         None,
         description="'module:function' or 'file.py:function' applied to each training batch: "
         "fn(feeds: dict of arrays, rng: numpy Generator) -> dict of arrays (runs that code).",

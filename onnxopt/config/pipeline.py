@@ -20,13 +20,22 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
 
 from onnxopt import registry
-from onnxopt.config.base import InputSpec, ModelSource, StepBase, StrictModel, Target, VerifyConfig
+from onnxopt.config.base import (
+    InputSpec,
+    ModelSource,
+    StepBase,
+    StrictModel,
+    Target,
+    UserPath,
+    VerifyConfig,
+)
 from onnxopt.config.data import DataConfig, EvaluateConfig
 from onnxopt.errors import ConfigError, did_you_mean
 
@@ -53,7 +62,9 @@ class PipelineConfig(StrictModel):
         description="Values of symbolic dims for the verification inputs, e.g. {batch: 2}.",
     )
     target: Target = Field(default_factory=Target, description="Execution provider settings.")
-    output_dir: str = Field("out", description="Folder for artifacts, inputs.npz and manifest.")
+    output_dir: UserPath = Field(
+        "out", validate_default=True, description="Folder for artifacts, inputs.npz and manifest."
+    )
     external_data: Literal["auto", "always", "never"] = Field(
         "auto",
         description="Store weights in a separate .data file: auto (only over 2 GB), always, never.",
@@ -76,17 +87,25 @@ class PipelineConfig(StrictModel):
 
     @field_validator("steps", mode="before")
     @classmethod
-    def _step_configs(cls, value: Any) -> Any:
+    def _step_configs(cls, value: Any, info: ValidationInfo) -> Any:
         """Mappings become the config class of their ``type`` (parse_config names problems)."""
         if not isinstance(value, list):
             return value
         classes = registry.config_classes()
         return [
-            classes[s["type"]].model_validate(s)
+            classes[s["type"]].model_validate(s, context=info.context)
             if isinstance(s, dict) and s.get("type") in classes
             else s
             for s in value
         ]
+
+    def input_files(self) -> list[str]:
+        """The user's files this pipeline reads (absolute once loaded): the model, its
+        weights, the inputs file, the data and what each step names (its ``input_files``)."""
+        named = [self.model.path, self.model.weights, self.verify.inputs_file]
+        named.append(self.data.path if self.data is not None else None)
+        named += [f for step in self.steps for f in step.input_files()]
+        return [n for n in named if n]
 
     @model_validator(mode="after")
     def _coherent(self) -> PipelineConfig:
@@ -206,6 +225,8 @@ def _problem(error: Any, model: type[BaseModel], prefix: tuple[int | str, ...]) 
         return f"{where}: unknown key{hint or f' (valid keys: {chr(44).join(sorted(valid))})'}"
     if error["type"] == "missing":
         return f"{where}: required field is missing"
+    if error["type"] == "value_error":  # our validators' messages say what they found
+        return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
     found = error.get("input")
     shown = repr(found) if not isinstance(found, dict | list) else type(found).__name__
     return f"{where}: {error['msg']} (found {shown[:80]})"
@@ -236,7 +257,7 @@ def format_validation_error(
     return config_error(_problems(err, model or PipelineConfig), source)
 
 
-def _steps(steps: Any) -> tuple[list[Any], list[str]]:
+def _steps(steps: Any, context: dict[str, Any]) -> tuple[list[Any], list[str]]:
     """The steps list validated, each step against its own config class, and its problems.
 
     Returns the steps (config instances where valid) and one line per problem.
@@ -270,18 +291,20 @@ def _steps(steps: Any) -> tuple[list[Any], list[str]]:
             )
         else:
             try:
-                validated[i] = classes[kind].model_validate(step)
+                validated[i] = classes[kind].model_validate(step, context=context)
             except ValidationError as err:
                 problems += _problems(err, classes[kind], ("steps", i))
     return validated, problems
 
 
-def parse_config(data: Any, source: str = "config") -> PipelineConfig:
+def parse_config(data: Any, source: str = "config", base_dir: Path | None = None) -> PipelineConfig:
     """Validate a config mapping (already loaded from YAML or built in code).
 
     Args:
         data: the mapping.
         source: a name for error messages (the file path).
+        base_dir: the folder relative paths in it are resolved against (the pipeline file's);
+            None leaves them relative until :func:`resolve_paths` (``~`` is expanded).
 
     Raises:
         ConfigError: on any problem, naming every field path that is wrong.
@@ -293,19 +316,30 @@ def parse_config(data: Any, source: str = "config") -> PipelineConfig:
             f"{source}: expected a mapping at the top level, found {type(data).__name__}"
         )
     data = _expand_env(data, "")
-    steps, problems = _steps(data.get("steps"))
+    context = {"base_dir": base_dir}
+    steps, problems = _steps(data.get("steps"), context)
     if problems:  # the rest of the file is checked too, with the steps left out
         rest = {k: v for k, v in data.items() if k != "steps"}
         try:
-            PipelineConfig.model_validate({**rest, "steps": [{"type": "_"}]})
+            PipelineConfig.model_validate({**rest, "steps": [{"type": "_"}]}, context=context)
         except ValidationError as err:
             problems += [p for p in _problems(err, PipelineConfig) if not p.startswith("steps")]
         raise config_error(problems, source)
     try:
         # the steps are validated already: the model takes the instances as they are
-        return PipelineConfig.model_validate({**data, "steps": steps} if "steps" in data else data)
+        return PipelineConfig.model_validate(
+            {**data, "steps": steps} if "steps" in data else data, context=context
+        )
     except ValidationError as err:
         raise format_validation_error(err, source) from None
+
+
+def resolve_paths(config: PipelineConfig, base_dir: Path) -> PipelineConfig:
+    """``config`` with every path it names made absolute against ``base_dir`` (``~``
+    expanded): the one place a user's path is resolved. Absolute paths stay as they are, so
+    a config loaded from its file comes back equal."""
+    data = {**config.model_dump(exclude_unset=True), "output_dir": config.output_dir}
+    return PipelineConfig.model_validate(data, context={"base_dir": base_dir})
 
 
 def load_config(path: str | Path) -> tuple[PipelineConfig, Path]:
@@ -331,7 +365,8 @@ def load_config(path: str | Path) -> tuple[PipelineConfig, Path]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{file}: YAML syntax error{where}: {problem}") from None
-    return parse_config(data, str(file)), file.resolve().parent
+    folder = file.resolve().parent
+    return parse_config(data, str(file), folder), folder
 
 
 def json_schema() -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from onnxopt.config.base import StrictModel, TimedStep
+from onnxopt.config.base import StrictModel, TimedStep, UserCode, UserPath
 from onnxopt.config.data import ImagePreprocessing
 
 #: the recipes quantize ``auto`` knows (onnxopt.steps.quantize's backends define them)
@@ -44,12 +44,12 @@ class CalibrationConfig(StrictModel):
         "a folder of images with 'preprocessing'; callable: 'module:function' or "
         "'file.py:function' returning an iterable of input dicts (runs that code).",
     )
-    path: str | None = Field(
+    path: UserPath | None = Field(
         None,
         description="npz: a file whose arrays are [samples, *input shape] (or one sample), "
         "or a folder of .npz files, one sample each; images: a folder of images.",
     )
-    callable: str | None = Field(None, description="For source callable: the function.")
+    callable: UserCode | None = Field(None, description="For source callable: the function.")
     preprocessing: ImagePreprocessing = Field(
         default_factory=ImagePreprocessing, description="For source images."
     )
@@ -165,6 +165,16 @@ class AutoOptions(StrictModel):
 class QuantizeStep(TimedStep):
     """INT8 dynamic/static, fp16 or int4 weight-only quantization, verified against a budget."""
 
+    def input_files(self) -> list[str]:
+        """The calibration data, when it is a file or folder of the user's."""
+        path = self.static.calibration.path
+        return [path] if path and self.static.calibration.source != "synthetic" else []
+
+    def data_source(self) -> Any:
+        """The calibration data, unless synthetic: it serves as the run's data too."""
+        calibration = self.static.calibration
+        return calibration if calibration.source != "synthetic" else None
+
     type: Literal["quantize"] = Field(description="Step type.")
     mode: Literal["dynamic", "static", "fp16", "int4", "auto"] = Field(
         description="Quantization mode; auto tries candidate recipes and keeps the fastest "
@@ -193,3 +203,25 @@ class QuantizeStep(TimedStep):
     diagnose_max_excluded: int = Field(
         16, ge=1, description="Give up after excluding this many nodes."
     )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> QuantizeStep:
+        """Another mode's options are a mistake (auto may read every section)."""
+        if self.mode == "auto":
+            return self
+        stray = [
+            f"{section}.{key}"
+            for section in MODE_SECTIONS
+            if section != self.mode and section in self.model_fields_set
+            for key in getattr(self, section).model_dump(exclude_defaults=True)
+        ]
+        if stray:
+            raise ValueError(
+                f"mode {self.mode} does not read {', '.join(stray)}: drop them, or choose "
+                "the mode they belong to"
+            )
+        return self
+
+
+#: the sections of QuantizeStep that belong to one mode each
+MODE_SECTIONS = ("dynamic", "static", "fp16", "int4", "auto")

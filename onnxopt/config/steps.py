@@ -11,6 +11,7 @@ from onnxopt.config.base import (
     StepBase,
     StrictModel,
     TimedStep,
+    UserPath,
     parse_fraction,
     parse_millis,
 )
@@ -117,6 +118,10 @@ class SessionSettings(StrictModel):
 class BenchStep(StepBase):
     """Latency per execution provider, interleaved, with statistics and gates."""
 
+    def input_files(self) -> list[str]:
+        """The stored baseline report."""
+        return [self.baseline] if self.baseline else []
+
     type: Literal["bench"] = Field(description="Step type.")
     providers: list[str] = Field(
         default_factory=lambda: ["cpu"], description="Providers to measure (short names)."
@@ -173,7 +178,7 @@ class BenchStep(StepBase):
         "are not timed. auto: on for GPU providers (cuda, tensorrt, rocm, dml), off for cpu.",
     )
     placement: bool = Field(False, description="Report which provider runs each node.")
-    baseline: str | None = Field(None, description="A stored bench report JSON to compare to.")
+    baseline: UserPath | None = Field(None, description="A stored bench report JSON to compare to.")
     max_regression: float | None = Field(
         None, ge=0, description="Fail (exit 4) when slower than the baseline by more, e.g. 10%."
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -19,15 +18,10 @@ from typing import Any
 from onnxopt import _fs, modelio
 from onnxopt.config import PipelineConfig, StepBase
 from onnxopt.errors import OnnxoptError
+from onnxopt.records import StepEntry, artifact_of
 from onnxopt.registry import StepSpec
 
 log = logging.getLogger("onnxopt")
-
-
-def resolve(base_dir: Path, path: str) -> Path:
-    """A configured path, relative to the pipeline file's folder unless absolute."""
-    p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else (base_dir / p)
 
 
 def tool_versions(include_torch: bool = False) -> dict[str, str | None]:
@@ -69,14 +63,15 @@ def source_digest(config: PipelineConfig, base_dir: Path) -> str:
     if model.huggingface:
         from onnxopt.hf import folder_digest_parts
 
-        folder = resolve(base_dir, model.huggingface)
+        folder = Path(model.huggingface)
         return _fs.digest_of("huggingface", model.task, model.pooling, folder_digest_parts(folder))
-    parts: list[Any] = [model.factory, model.factory_args]
+    named = model.model_dump(mode="json", context={"relative_to": base_dir})
+    parts: list[Any] = [named["factory"], model.factory_args]
     src = factory_source_file(model.factory or "", base_dir)
     parts.append(_fs.sha256_file(src) if src and src.is_file() else None)
     if model.weights:
-        weights = resolve(base_dir, model.weights)
-        parts.append(_fs.sha256_file(weights) if weights.is_file() else str(weights))
+        weights = Path(model.weights)
+        parts.append(_fs.sha256_file(weights) if weights.is_file() else named["weights"])
     return _fs.digest_of(*parts)
 
 
@@ -87,16 +82,20 @@ def step_key(
     reads: Any,
     config: PipelineConfig,
     inputs: dict[str, Any],
+    base_dir: Path,
     more: Any = None,
 ) -> str:
     """The cache key of step ``index``; ``reads``: its parent's digest, or for a measuring
     step the (label, digest) of every model it measures; ``inputs``: the manifest's record
-    of the input set; ``more``: what the step type adds (:func:`onnxopt.registry.key_extra`)."""
+    of the input set; ``more``: what the step type adds (:func:`onnxopt.registry.key_extra`).
+    Paths below ``base_dir`` count relative to it: files are covered by their bytes, and the
+    same project in another folder keeps its keys."""
+    relative = {"relative_to": base_dir}
     extra: list[Any]
     if spec.kind == "model":  # verified against its parent at two shapes, on the target
         extra = [
             inputs["second_dims"],
-            config.verify.model_dump(mode="json"),
+            config.verify.model_dump(mode="json", context=relative),
             config.target.model_dump(mode="json"),
             config.external_data,
             inputs.get("evaluate"),  # the task metric: its config and its code's digest
@@ -107,7 +106,7 @@ def step_key(
         extra = []
     return _fs.digest_of(
         index,
-        step.model_dump(mode="json"),
+        step.model_dump(mode="json", context=relative),
         reads,
         inputs["digest"],
         *extra,
@@ -116,7 +115,7 @@ def step_key(
     )
 
 
-def intact(entry: dict[str, Any], out_dir: Path) -> bool:
+def intact(entry: StepEntry, out_dir: Path) -> bool:
     """Whether a finished entry's files are on disk as recorded (a kept parent has none)."""
     if entry.get("kept_parent"):
         return True
@@ -128,9 +127,10 @@ def intact(entry: dict[str, Any], out_dir: Path) -> bool:
     if entry.get("report_file"):
         report = out_dir / entry["report_file"]["path"]
         return report.is_file() and _fs.sha256_file(report) == entry["report_file"]["sha256"]
-    out = out_dir / entry["output"]["path"]
+    output = artifact_of(entry)
+    out = out_dir / output["path"]
     try:
-        return out.is_file() and modelio.model_digest(out) == entry["output"]["sha256"]
+        return out.is_file() and modelio.model_digest(out) == output["sha256"]
     except (OnnxoptError, OSError) as err:
         log.info("cached artifact %s is unusable (%s); rebuilding", out.name, err)
         return False

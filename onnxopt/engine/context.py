@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnxopt import _fs, modelio
 from onnxopt.config import InputSpec, PipelineConfig
 from onnxopt.data import load_samples, split
-from onnxopt.engine.cache import resolve
 from onnxopt.engine.lock import LOCK_NAME
 from onnxopt.engine.manifest import INPUTS_NAME, MANIFEST_NAME, written_by_onnxopt
 from onnxopt.errors import InputError, OnnxoptError
@@ -36,16 +36,16 @@ from onnxopt.verify import (
 log = logging.getLogger("onnxopt")
 
 
-def source_model(config: PipelineConfig, base_dir: Path) -> Path | None:
+def source_model(config: PipelineConfig) -> Path | None:
     """The pipeline's ONNX source, checked (None for a PyTorch source)."""
     if config.model.path is None:
         return None
-    path = resolve(base_dir, config.model.path)
+    path = Path(config.model.path)
     modelio.load_model(path, load_weights=False)  # also runs onnx.checker on the file
     return path.resolve()
 
 
-def input_specs(config: PipelineConfig, base_dir: Path, source: Path | None) -> list[InputSpec]:
+def input_specs(config: PipelineConfig, source: Path | None) -> list[InputSpec]:
     """The inputs' specs: from the config, a Hugging Face folder's processor, or the graph
     (with the config's entries overriding it by name)."""
     if config.inputs is not None and source is None:
@@ -53,7 +53,7 @@ def input_specs(config: PipelineConfig, base_dir: Path, source: Path | None) -> 
     if config.model.huggingface:
         from onnxopt.hf import input_specs as hf_specs
 
-        folder = resolve(base_dir, config.model.huggingface)
+        folder = Path(config.model.huggingface)
         return [InputSpec(**s) for s in hf_specs(folder, config.model.task)]
     assert source is not None
     specs = specs_from_model(modelio.load_model(source, load_weights=False))
@@ -83,6 +83,131 @@ def override_specs(
     return out
 
 
+@dataclass
+class _Chosen:
+    """The verification inputs one source gave, and what goes with them."""
+
+    specs: list[InputSpec]
+    inputs: Inputs
+    dims: dict[str, int]
+    defaulted: list[str] = field(default_factory=list)
+    #: why dims were defaulted and ranges inferred (generated inputs)
+    fitted: dict[str, Any] = field(default_factory=dict)
+    calibration: list[Inputs] | None = None
+    held: list[Inputs] | None = None
+    held_index: list[int] = field(default_factory=list)
+    pairs: dict[str, str] = field(default_factory=dict)
+
+
+def _from_inputs_file(
+    config: PipelineConfig, specs: list[InputSpec], source: Path | None, samples: list[Inputs]
+) -> _Chosen:
+    """Verification on exactly the inputs file; the data (if any) only calibrates."""
+    assert config.verify.inputs_file is not None
+    inputs = load_inputs(Path(config.verify.inputs_file))
+    dims = _dims_from_arrays(specs, inputs)
+    specs, _ = fit_ranges(source, specs)  # for the second-shape inputs
+    return _Chosen(specs, inputs, dims, calibration=samples or None)
+
+
+def _from_samples(
+    data: Any, specs: list[InputSpec], source: Path | None, samples: list[Inputs]
+) -> _Chosen:
+    """The user's samples split: calibration part, held-out part (in order, for recurrent
+    models verified in closed loop)."""
+    pairs = _state_pairs(source)
+    calibration, held, held_index = split(
+        samples, getattr(data, "holdout", 0.25), getattr(data, "seed", 0), bool(pairs)
+    )
+    inputs = held[0]
+    return _Chosen(
+        specs,
+        inputs,
+        _dims_from_arrays(specs, inputs),
+        calibration=calibration,
+        held=held,
+        held_index=held_index,
+        pairs=pairs,
+    )
+
+
+def _generated(config: PipelineConfig, specs: list[InputSpec], source: Path | None) -> _Chosen:
+    """Inputs generated to fit the model (dims and value ranges it can take)."""
+    fit = fit_inputs(source, specs, config.dims, config.verify.seed, config.target)
+    fitted = {"defaulted_dims_why": fit.defaulted, "ranges_why": fit.ranges}
+    inputs = make_inputs(fit.specs, fit.dims, config.verify.seed)
+    return _Chosen(fit.specs, inputs, fit.dims, list(fit.defaulted), fitted)
+
+
+def _check_chosen(config: PipelineConfig, chosen: _Chosen, source: Path | None) -> None:
+    """Refuse dims the inputs do not have and inputs the source cannot take."""
+    unknown = sorted(set(config.dims) - set(symbolic_dims(chosen.specs)))
+    if unknown:
+        raise InputError(
+            f"dims {unknown} are not symbolic dims of the inputs; "
+            f"the inputs have {symbolic_dims(chosen.specs) or 'no symbolic dims'}"
+        )
+    if source is not None:
+        model = modelio.load_model(source, load_weights=False)
+        for i, feeds in enumerate(chosen.held or [chosen.inputs]):
+            where = source.name if chosen.held is None else f"{source.name}, held-out sample {i}"
+            check_inputs_fit(model, feeds, where)
+    for name in chosen.defaulted:
+        why = chosen.fitted["defaulted_dims_why"][name]
+        log.info("dim %r has no value in 'dims': %s", name, why)
+
+
+def _second_shape(
+    config: PipelineConfig, chosen: _Chosen, source: Path | None
+) -> tuple[dict[str, int] | None, Inputs | None]:
+    """The second-shape dims and inputs (every symbolic dim changed), when they apply."""
+    if not (config.verify.second_shape and chosen.dims and chosen.held is None):
+        return None, None
+    alt_dims, why = fit_second_dims(
+        source,
+        chosen.specs,
+        chosen.dims,
+        config.verify.second_dims,
+        config.verify.seed,
+        config.target,
+    )
+    if alt_dims is None:
+        log.warning("the second-shape check is skipped: %s", why)
+        chosen.fitted["second_dims_why"] = why
+        return None, None
+    return alt_dims, make_inputs(chosen.specs, alt_dims, config.verify.seed + 1)
+
+
+def _data_record(data: Any, chosen: _Chosen, samples: list[Inputs]) -> dict[str, Any]:
+    """What the manifest records of the user's data (its digest covers every sample)."""
+    held = chosen.held
+    record: dict[str, Any] = {
+        "digest": _fs.digest_of(
+            [inputs_digest(s) for s in held or [chosen.inputs]],
+            [inputs_digest(s) for s in samples],
+        ),
+        "data": {
+            "from": data.callable if data.source == "callable" else data.path,
+            "samples": len(samples),
+            "calibration": len(chosen.calibration or []),
+            "held_out": len(held or []),
+            "held_out_samples": chosen.held_index if held else [],
+            "split_seed": getattr(data, "seed", 0),
+        },
+    }
+    if held and chosen.pairs:
+        record["closed_loop"] = chosen.pairs
+        log.info(
+            "recurrent states %s: the held-out samples are verified in closed loop, in "
+            "order, each model carrying its own state",
+            ", ".join(f"{i} <- {o}" for i, o in chosen.pairs.items()),
+        )
+    if held:
+        record["source"] = f"{len(held)} held-out samples of the data"
+        record["shapes"] = sorted({_shapes(s) for s in held})
+    return record
+
+
 @trials()
 def build_context(
     config: PipelineConfig,
@@ -96,99 +221,42 @@ def build_context(
     Returns the context and the manifest's record of the input set. Fitting the dims and
     the second-shape dims shares one trial session (``trials``).
     """
-    specs = input_specs(config, base_dir, source)
+    specs = input_specs(config, source)
     data = data_source(config)
     samples: list[Inputs] = []
     if data is not None:
         given, _ = resolve_dims(specs, config.dims)
         samples = load_samples(data, specs, given, base_dir, invocation_dir)
-    calibration = held = None
-    pairs: dict[str, str] = {}
-    fitted: dict[str, Any] = {}
     if config.verify.inputs_file:
-        inputs = load_inputs(resolve(base_dir, config.verify.inputs_file))
-        dims = _dims_from_arrays(specs, inputs)
-        defaulted: list[str] = []
-        specs, _ = fit_ranges(source, specs)  # for the second-shape inputs
-        calibration = samples or None  # verification is on exactly the inputs file
+        chosen = _from_inputs_file(config, specs, source, samples)
     elif samples:
-        pairs = _state_pairs(source)
-        calibration, held, held_index = split(
-            samples, getattr(data, "holdout", 0.25), getattr(data, "seed", 0), bool(pairs)
-        )
-        inputs = held[0]
-        dims = _dims_from_arrays(specs, inputs)
-        defaulted = []
+        chosen = _from_samples(data, specs, source, samples)
     else:
-        fit = fit_inputs(source, specs, config.dims, config.verify.seed, config.target)
-        specs, dims, defaulted = fit.specs, fit.dims, list(fit.defaulted)
-        fitted = {"defaulted_dims_why": fit.defaulted, "ranges_why": fit.ranges}
-        inputs = make_inputs(specs, dims, config.verify.seed)
-    unknown = sorted(set(config.dims) - set(symbolic_dims(specs)))
-    if unknown:
-        raise InputError(
-            f"dims {unknown} are not symbolic dims of the inputs; "
-            f"the inputs have {symbolic_dims(specs) or 'no symbolic dims'}"
-        )
-    if source is not None:
-        model = modelio.load_model(source, load_weights=False)
-        for i, feeds in enumerate(held or [inputs]):
-            where = source.name if held is None else f"{source.name}, held-out sample {i}"
-            check_inputs_fit(model, feeds, where)
-    for name in defaulted:
-        log.info("dim %r has no value in 'dims': %s", name, fitted["defaulted_dims_why"][name])
-    alt_dims = alt_inputs = None
-    if config.verify.second_shape and dims and held is None:
-        alt_dims, why = fit_second_dims(
-            source, specs, dims, config.verify.second_dims, config.verify.seed, config.target
-        )
-        if alt_dims is None:
-            log.warning("the second-shape check is skipped: %s", why)
-            fitted["second_dims_why"] = why
-        else:
-            alt_inputs = make_inputs(specs, alt_dims, config.verify.seed + 1)
-    save_inputs(out_dir / INPUTS_NAME, inputs)
+        chosen = _generated(config, specs, source)
+    _check_chosen(config, chosen, source)
+    alt_dims, alt_inputs = _second_shape(config, chosen, source)
+    save_inputs(out_dir / INPUTS_NAME, chosen.inputs)
     record: dict[str, Any] = {
         "path": INPUTS_NAME,
-        "digest": inputs_digest(inputs),
+        "digest": inputs_digest(chosen.inputs),
         "source": config.verify.inputs_file or f"generated (seed {config.verify.seed})",
-        "synthetic": not config.verify.inputs_file and not held,
-        "specs": [s.model_dump() for s in specs],
-        "dims": dims,
-        "defaulted_dims": defaulted,
-        **fitted,
+        "synthetic": not config.verify.inputs_file and not chosen.held,
+        "specs": [s.model_dump() for s in chosen.specs],
+        "dims": chosen.dims,
+        "defaulted_dims": chosen.defaulted,
+        **chosen.fitted,
         "second_dims": alt_dims,
     }
     if data is not None:
-        record["digest"] = _fs.digest_of(
-            [inputs_digest(s) for s in held or [inputs]], [inputs_digest(s) for s in samples]
-        )
-        record["data"] = {
-            "from": data.callable if data.source == "callable" else data.path,
-            "samples": len(samples),
-            "calibration": len(calibration or []),
-            "held_out": len(held or []),
-            "held_out_samples": held_index if held else [],
-            "split_seed": getattr(data, "seed", 0),
-        }
-        if held and pairs:
-            record["closed_loop"] = pairs
-            log.info(
-                "recurrent states %s: the held-out samples are verified in closed loop, in "
-                "order, each model carrying its own state",
-                ", ".join(f"{i} <- {o}" for i, o in pairs.items()),
-            )
-        if held:
-            record["source"] = f"{len(held)} held-out samples of the data"
-            record["shapes"] = sorted({_shapes(s) for s in held})
+        record.update(_data_record(data, chosen, samples))
     input_set = InputSet(
-        main=inputs,
-        dims=dims,
+        main=chosen.inputs,
+        dims=chosen.dims,
         second=alt_inputs,
         second_dims=alt_dims,
-        samples=held,
+        samples=chosen.held,
         synthetic=bool(record["synthetic"]),
-        state_pairs=pairs if held else None,
+        state_pairs=chosen.pairs if chosen.held else None,
     )
     evaluator = None
     if config.evaluate is not None:
@@ -199,10 +267,10 @@ def build_context(
     ctx = StepContext(
         config=config,
         base_dir=base_dir,
-        specs=specs,
+        specs=chosen.specs,
         input_set=input_set,
         invocation_dir=invocation_dir,
-        calibration=calibration,
+        calibration=chosen.calibration,
         data_source=data,
         evaluator=evaluator,
     )
@@ -224,11 +292,14 @@ def _evaluate_record(config: PipelineConfig, base_dir: Path) -> dict[str, Any]:
     from onnxopt.factory import factory_source_file
 
     assert config.evaluate is not None
-    record: dict[str, Any] = config.evaluate.model_dump(mode="json")
+    # paths below the pipeline's folder relative: the files count by their digests below
+    record: dict[str, Any] = config.evaluate.model_dump(
+        mode="json", context={"relative_to": base_dir}
+    )
     code = factory_source_file(config.evaluate.callable, base_dir)
     record["callable_sha256"] = _fs.sha256_file(code) if code and code.is_file() else None
     if config.evaluate.data is not None:
-        data = resolve(base_dir, config.evaluate.data)
+        data = Path(config.evaluate.data)
         record["data_sha256"] = _fs.sha256_file(data) if data.is_file() else None
     return record
 
@@ -238,11 +309,7 @@ def data_source(config: PipelineConfig) -> Any:
     (the data that calibrates also verifies, held out)."""
     if config.data is not None:
         return config.data
-    for step in config.steps:
-        static = getattr(step, "static", None)
-        if static is not None and static.calibration.source != "synthetic":
-            return static.calibration
-    return None
+    return next((s.data_source() for s in config.steps if s.data_source() is not None), None)
 
 
 def _shapes(sample: Inputs) -> str:
@@ -269,19 +336,10 @@ def _dims_from_arrays(specs: list[InputSpec], arrays: dict[str, Any]) -> dict[st
     return dims
 
 
-def input_files(config: PipelineConfig, base_dir: Path) -> list[Path]:
-    """The user's files a run reads: model, weights, inputs, calibration data, baselines."""
-    named = [config.model.path, config.model.weights, config.verify.inputs_file]
-    named.append(config.data.path if config.data is not None else None)
-    for step in config.steps:
-        static = getattr(step, "static", None)
-        named.append(static.calibration.path if static is not None else None)
-        named.append(getattr(step, "baseline", None))
-        teacher = getattr(step, "teacher", None)
-        named.append(teacher if teacher and teacher.endswith(".onnx") else None)
-        student = getattr(step, "student", None)
-        named.append(student.weights if student is not None else None)
-    files = [resolve(base_dir, n).resolve() for n in named if n]
+def input_files(config: PipelineConfig) -> list[Path]:
+    """The user's files a run reads (what the config names, see
+    :meth:`PipelineConfig.input_files`), with the source model's external data files."""
+    files = [Path(n).resolve() for n in config.input_files()]
     if config.model.path and files and files[0].is_file():
         with contextlib.suppress(OnnxoptError, OSError):
             files += [p.resolve() for p in modelio.external_data_files(files[0])]
@@ -289,7 +347,7 @@ def input_files(config: PipelineConfig, base_dir: Path) -> list[Path]:
 
 
 def refuse_clobbering(
-    config: PipelineConfig, base_dir: Path, out_dir: Path, previous: Any, owned: set[str]
+    config: PipelineConfig, out_dir: Path, previous: Any, owned: set[str]
 ) -> None:
     """Fail before any work if a run would overwrite or delete a file it did not write.
 
@@ -297,7 +355,7 @@ def refuse_clobbering(
     that an earlier run's manifest records; none of them may be one of the user's files.
     """
     ours = {INPUTS_NAME, MANIFEST_NAME, LOCK_NAME} | owned
-    for path in input_files(config, base_dir):
+    for path in input_files(config):
         if path.parent == out_dir and path.name in ours:
             raise InputError(
                 f"{path} is an input of this run, and the run writes or removes "

@@ -10,22 +10,17 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from onnxopt import _fs
 from onnxopt.errors import OnnxoptError
 from onnxopt.modelio import remove_model
+from onnxopt.records import StepEntry
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
 INPUTS_NAME = "inputs.npz"
-
-
-def now() -> str:
-    """The time as the manifest writes it (UTC, seconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:
@@ -49,7 +44,7 @@ def written_by_onnxopt(manifest: Path) -> bool:
     return isinstance(data, dict) and data.get("tool") == "onnxopt"
 
 
-def recorded(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+def recorded(manifest: dict[str, Any] | None) -> list[StepEntry]:
     """A manifest's step entries, with those an unfinished run carried over."""
     if manifest is None:
         return []
@@ -85,7 +80,7 @@ class Manifest:
         self.data: dict[str, Any] = {
             **header,
             "status": "running",
-            "started": now(),
+            "started": _fs.now(),
             "ended": None,
             "steps": [],
             "final_artifact": None,
@@ -96,23 +91,21 @@ class Manifest:
         """Write the manifest atomically."""
         _fs.write_json_atomic(self.out_dir / MANIFEST_NAME, self.data)
 
-    def previous_entries(self, index: int, key: str) -> list[dict[str, Any]]:
+    def previous_entries(self, index: int, key: str) -> list[StepEntry]:
         """The earlier run's entries of step ``index`` with this cache key."""
         return [
             e for e in recorded(self.previous) if e.get("index") == index and e.get("key") == key
         ]
 
-    def reuse(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def reuse(self, entry: StepEntry) -> StepEntry:
         """Record a cache hit of an earlier run's entry."""
-        cached = dict(entry, status="cached")
+        cached: StepEntry = {**entry, "status": "cached"}
         self.data["steps"].append(cached)
         self.write()
         return cached
 
     @contextlib.contextmanager
-    def recording(
-        self, entry: dict[str, Any], undo: Callable[[BaseException], None]
-    ) -> Iterator[float]:
+    def recording(self, entry: StepEntry, undo: Callable[[BaseException], None]) -> Iterator[float]:
         """Append ``entry``; if the body raises, mark it and call ``undo``.
 
         Yields the start time. The entry is marked "interrupted" (Ctrl-C, SIGTERM) or
@@ -126,16 +119,17 @@ class Manifest:
         except BaseException as err:
             entry["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             entry["error"] = err.message if isinstance(err, OnnxoptError) else repr(err)
-            entry["ended"] = now()
+            entry["ended"] = _fs.now()
             entry["duration_s"] = round(time.perf_counter() - started, 3)
             undo(err)
             raise
 
-    def finished(self, entry: dict[str, Any], started: float, **fields: Any) -> None:
+    def finished(self, entry: StepEntry, started: float, **fields: Any) -> None:
         """Mark ``entry`` ok (with ``fields``) and write the manifest."""
-        entry.update(
-            status="ok", ended=now(), duration_s=round(time.perf_counter() - started, 3), **fields
-        )
+        entry["status"] = "ok"
+        entry["ended"] = _fs.now()
+        entry["duration_s"] = round(time.perf_counter() - started, 3)
+        entry.update(cast("StepEntry", fields))
         self.write()
 
     def close(self, error: BaseException | None) -> None:
@@ -145,7 +139,7 @@ class Manifest:
                 "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             )
             self.data["error"] = str(error) if isinstance(error, OnnxoptError) else repr(error)
-        self.data["ended"] = now()
+        self.data["ended"] = _fs.now()
         if self.data["status"] != "ok":
             self._carry_over()
             self._track_artifacts()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt import modelio
-from onnxopt.config import PipelineConfig
+from onnxopt.config import PipelineConfig, resolve_paths
 from onnxopt.engine import cache
 from onnxopt.engine.context import build_context, refuse_clobbering, source_model
 from onnxopt.engine.lock import folder_lock
@@ -33,11 +33,12 @@ class Pipeline:
         on_event: Event | None = None,
         wait: bool = True,
     ) -> None:
-        self.config = config
         # absolute: steps run with their scratch folder as the current folder
         self.base_dir = base_dir.resolve()
+        # every path the config names, absolute from here on (the one place they resolve)
+        self.config = resolve_paths(config, self.base_dir)
         self.invocation_dir = Path.cwd()
-        self.out_dir = (out_dir or cache.resolve(base_dir, config.output_dir)).resolve()
+        self.out_dir = (out_dir or Path(self.config.output_dir)).resolve()
         self.force = force
         self.wait = wait
         self.emit: Event = on_event or (lambda *a, **k: None)
@@ -86,7 +87,7 @@ class Pipeline:
             },
             previous,
         )
-        refuse_clobbering(cfg, self.base_dir, self.out_dir, previous, manifest.inherited)
+        refuse_clobbering(cfg, self.out_dir, previous, manifest.inherited)
         failure: BaseException | None = None
         try:
             manifest.write()  # first: a folder with our inputs.npz always has our manifest
@@ -102,7 +103,7 @@ class Pipeline:
 
     def _steps(self, manifest: Manifest) -> None:
         cfg = self.config
-        source = source_model(cfg, self.base_dir)
+        source = source_model(cfg)
         ctx, manifest.data["inputs"] = build_context(
             cfg, self.base_dir, self.invocation_dir, source, self.out_dir
         )

@@ -18,13 +18,14 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from onnxopt import _fs, graph, modelio, registry
 from onnxopt.config import PipelineConfig, StepBase
 from onnxopt.engine import cache
-from onnxopt.engine.manifest import Manifest, now
+from onnxopt.engine.manifest import Manifest
 from onnxopt.errors import InputError, StepError, VerificationError
+from onnxopt.records import ArtifactRecord, FileRecord, StepEntry, artifact_of
 from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.verify import Verification, resolve_tolerance, verify_against_parent
 
@@ -85,7 +86,14 @@ class StepRun:
         reads = [(n, d) for n, _, d in chain] if spec.kind == "measure" else digest
         more = registry.key_extra(step, chain, self.ctx.base_dir)
         key = cache.step_key(
-            spec, index, step, reads, self.config, self.manifest.data["inputs"], more
+            spec,
+            index,
+            step,
+            reads,
+            self.config,
+            self.manifest.data["inputs"],
+            self.ctx.base_dir,
+            more,
         )
         name = cache.output_name(spec, index, key)
         final = self.out_dir / name
@@ -94,7 +102,7 @@ class StepRun:
         if hit is not None:
             self.emit("step_end", entry=hit)
             if spec.kind == "model" and not hit.get("kept_parent"):
-                return final, hit["output"]["sha256"]
+                return final, artifact_of(hit)["sha256"]
             return parent, digest
         entry = self._entry(index, step, key, spec, parent, digest, chain)
         published: list[Path] = []
@@ -102,7 +110,7 @@ class StepRun:
         def undo(err: BaseException) -> None:
             if spec.kind == "measure" and not isinstance(err, KeyboardInterrupt):
                 return  # a failed gate keeps its report to read
-            entry.pop(_PUBLISHED_AS[spec.kind], None)
+            cast("dict[str, Any]", entry).pop(_PUBLISHED_AS[spec.kind], None)
             for path in published:
                 modelio.remove_model(path) if spec.kind == "model" else path.unlink(missing_ok=True)
 
@@ -148,10 +156,10 @@ class StepRun:
             shutil.rmtree(partial, ignore_errors=True)
         self.emit("step_end", entry=entry)
         if spec.kind == "model":
-            return final, entry["output"]["sha256"]
+            return final, artifact_of(entry)["sha256"]
         return parent, digest
 
-    def _cached(self, index: int, key: str) -> dict[str, Any] | None:
+    def _cached(self, index: int, key: str) -> StepEntry | None:
         """Record and return a cache hit of step ``index``, or None on a miss."""
         if self.force:
             return None
@@ -172,32 +180,30 @@ class StepRun:
         parent: Path | None,
         digest: str,
         chain: Chain,
-    ) -> dict[str, Any]:
+    ) -> StepEntry:
         """A new manifest entry for step ``index``, status running."""
-        fields: dict[str, Any]
-        if spec.kind == "measure":
-            fields = {
-                "models": [{"label": n, "path": str(p), "sha256": d} for n, p, d in chain],
-                "output": None,
-            }
-        else:
-            fields = {"parent": self._parent_label(parent), "input": {"sha256": digest}}
-            if spec.kind == "model":
-                fields["versions"] = cache.tool_versions(
-                    include_torch=spec.reads_pytorch or spec.uses_torch
-                )
-            else:
-                fields["output"] = None
-        return {
+        entry: StepEntry = {
             "index": index,
             "type": step.type,
             "name": _label(step),
             "status": "running",
             "key": key,
-            **fields,
-            "config": step.model_dump(mode="json"),
-            "started": now(),
         }
+        if spec.kind == "measure":
+            entry["models"] = [{"label": n, "path": str(p), "sha256": d} for n, p, d in chain]
+            entry["output"] = None
+        else:
+            entry["parent"] = self._parent_label(parent)
+            entry["input"] = {"sha256": digest}
+            if spec.kind == "model":
+                entry["versions"] = cache.tool_versions(
+                    include_torch=spec.reads_pytorch or spec.uses_torch
+                )
+            else:
+                entry["output"] = None
+        entry["config"] = step.model_dump(mode="json")
+        entry["started"] = _fs.now()
+        return entry
 
     def _parent_label(self, parent: Path | None) -> str:
         if parent is None:
@@ -207,7 +213,7 @@ class StepRun:
         )
 
     def _judge(
-        self, index: int, step: StepBase, entry: dict[str, Any], verification: Verification
+        self, index: int, step: StepBase, entry: StepEntry, verification: Verification
     ) -> None:
         entry["verification"] = verification.as_dict()
         if not verification.passed:
@@ -228,7 +234,7 @@ class StepRun:
         self,
         index: int,
         step: StepBase,
-        entry: dict[str, Any],
+        entry: StepEntry,
         parent: Path | None,
         tmp: Path,
         result: StepResult,
@@ -279,7 +285,7 @@ class StepRun:
         return reason
 
     def _keep_parent(
-        self, entry: dict[str, Any], parent: Path, digest: str, started: float, reason: str
+        self, entry: StepEntry, parent: Path, digest: str, started: float, reason: str
     ) -> tuple[Path, str]:
         """Finish ``entry`` with no artifact of its own: the chain goes on with ``parent``."""
         self.manifest.finished(
@@ -302,13 +308,13 @@ class StepRun:
         it, so a file on disk always has an "ok" entry.
         """
         if spec.kind == "model":
-            companions = [  # a plot beside the model: published first
+            companions: list[FileRecord] = [  # a plot beside the model: published first
                 {"path": p.name, "sha256": _fs.sha256_file(p)}
                 for p in self._place(result.files, published)
             ]
             published.append(final)
             modelio.publish(tmp, final)
-            output: dict[str, Any] = {
+            output: ArtifactRecord = {
                 "path": final.name,
                 "sha256": modelio.model_digest(final),
                 "size_bytes": modelio.model_size(final),

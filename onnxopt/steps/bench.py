@@ -11,6 +11,7 @@ from onnxopt.bench.core import Candidate
 from onnxopt.bench.runner import InputSource, raise_for_gates, run_bench
 from onnxopt.config import BenchStep
 from onnxopt.errors import GateError
+from onnxopt.records import BenchReport
 from onnxopt.steps.base import StepContext, StepResult
 
 
@@ -22,10 +23,6 @@ def run(src: Path | None, dst: Path, cfg: BenchStep, ctx: StepContext) -> StepRe
     """
     del src  # the whole chain is measured
     candidates = [Candidate(label, path) for label, path in ctx.chain]
-    if cfg.baseline is not None:  # relative to the pipeline file, like every path in it
-        baseline = Path(cfg.baseline)
-        resolved = baseline if baseline.is_absolute() else ctx.base_dir / baseline
-        cfg = cfg.model_copy(update={"baseline": str(resolved)})
     source = InputSource(specs=ctx.specs, dims=ctx.dims, seed=ctx.config.verify.seed)
     if not cfg.batch_sizes:
         source.fixed = ctx.inputs
@@ -41,7 +38,7 @@ def run(src: Path | None, dst: Path, cfg: BenchStep, ctx: StepContext) -> StepRe
     return StepResult(report=summary(report), files=[markdown], failure=failure)
 
 
-def summary(report: dict[str, Any]) -> dict[str, Any]:
+def summary(report: BenchReport) -> dict[str, Any]:
     """The part of a bench report kept in the manifest."""
     rows = []
     for r in report["results"]:

@@ -19,6 +19,7 @@ from onnxopt.errors import (
     InputError,
     StepError,
     VerificationError,
+    described,
     first_line,
     require,
 )
@@ -26,7 +27,9 @@ from onnxopt.factory import load_factory
 from onnxopt.modelio import TWO_GB, check_model, load_model, remove_model, save_model
 from onnxopt.steps.base import StepContext, StepResult
 from onnxopt.verify import (
+    Inputs,
     Reference,
+    Tol,
     Verification,
     make_inputs,
     pinned_dims,
@@ -49,9 +52,8 @@ def build_module(source: ModelSource, base_dir: Path, input_names: list[str] | N
     if source.huggingface:
         from onnxopt.hf import build
 
-        folder = Path(source.huggingface)
         return build(
-            folder if folder.is_absolute() else base_dir / folder,
+            Path(source.huggingface),
             source.task,
             source.pooling,
             input_names=input_names,
@@ -70,12 +72,7 @@ def build_module(source: ModelSource, base_dir: Path, input_names: list[str] | N
             f"factory {source.factory!r} returned {type(module).__name__}, expected torch.nn.Module"
         )
     if source.weights:
-        _load_weights(
-            module,
-            base_dir / source.weights
-            if not Path(source.weights).is_absolute()
-            else Path(source.weights),
-        )
+        _load_weights(module, Path(source.weights))
     return module.eval()
 
 
@@ -132,15 +129,17 @@ def _to_torch(arrays: dict[str, np.ndarray], names: list[str]) -> tuple[Any, ...
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names)
 
 
-def _flatten(value: Any) -> list[Any]:
+def flatten_tensors(value: Any) -> list[Any]:
+    """A module's outputs (tensors, nested in tuples, lists and dicts) as one flat list, in
+    the order the exporters give them."""
     import torch
 
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _flatten(v)]
+        return [t for v in value.values() for t in flatten_tensors(v)]
     if isinstance(value, list | tuple):
-        return [t for v in value for t in _flatten(v)]
+        return [t for v in value for t in flatten_tensors(v)]
     raise StepError(f"the module returned {type(value).__name__}; expected tensors")
 
 
@@ -157,7 +156,7 @@ def torch_outputs(module: Any, arrays: dict[str, np.ndarray], names: list[str]) 
             f"{first_line(err, 200)}",
             hint="check the input names, order, shapes and dtypes",
         ) from None
-    return [t.detach().cpu().numpy() for t in _flatten(out)]
+    return [t.detach().cpu().numpy() for t in flatten_tensors(out)]
 
 
 @contextlib.contextmanager
@@ -263,37 +262,9 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
     require("torch")
     with user_cwd(ctx.invocation_dir):  # the factory is the user's code
         module = build_module(ctx.config.model, ctx.base_dir, [s.name for s in ctx.specs])
-    names = [s.name for s in ctx.specs]
-    if ctx.input_set.samples:  # the user's held-out samples
-        per_sample = [torch_outputs(module, s, names) for s in ctx.input_set.samples]
-        reference = Reference(main=per_sample[0], samples=per_sample)
-    else:
-        reference = Reference(
-            main=torch_outputs(module, ctx.inputs, names),
-            second=(
-                torch_outputs(module, ctx.second_inputs, names)
-                if ctx.second_inputs is not None
-                else None
-            ),
-        )
-    output_names = (
-        cfg.output_names
-        or getattr(module, "onnxopt_output_names", None)
-        or [f"output_{i}" for i in range(len(reference.main))]
-    )
-    if len(output_names) != len(reference.main):
-        raise InputError(
-            f"output_names has {len(output_names)} names but the module returns "
-            f"{len(reference.main)} tensors"
-        )
-    # Trace with the larger example: exporters may specialise a dim whose example value is 1.
-    example = ctx.second_inputs
-    if example is None:
-        bigger = {name: value + 1 for name, value in ctx.dims.items()}
-        example = (
-            make_inputs(ctx.specs, bigger, ctx.config.verify.seed + 1) if bigger else ctx.inputs
-        )
-    args = _to_torch(example, names)
+    reference = _torch_reference(module, ctx)
+    output_names = _output_names(cfg, module, reference)
+    args = _to_torch(_trace_example(ctx), [s.name for s in ctx.specs])
     tol = resolve_tolerance(cfg)
     order = ["dynamo", "torchscript"] if cfg.exporter == "auto" else [cfg.exporter]
     attempts: list[dict[str, Any]] = []
@@ -301,37 +272,12 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
     for exporter in order:
         attempt: dict[str, Any] = {"exporter": exporter}
         attempts.append(attempt)
-        with tempfile.TemporaryDirectory(dir=ctx.scratch) as scratch:
-            try:
-                model = _export(exporter, module, args, cfg, ctx, output_names, Path(scratch) / "m")
-            except Exception as err:
-                text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                attempt.update(
-                    ok=False, reason=f"export failed: {type(err).__name__}: {text[:200]}"
-                )
-                log.info("exporter %s failed: %s", exporter, attempt["reason"])
-                continue
-        stripped = 0 if cfg.keep_stack_traces else strip_stack_traces(model)
-        save_model(model, dst, external_data=ctx.config.external_data)
-        del model
-        try:
-            check_model(dst, produced_by=f"the {exporter} exporter")
-        except StepError as err:
-            attempt.update(ok=False, reason=err.message)
-            remove_model(dst)
+        stripped, verification = _attempt(
+            exporter, module, args, cfg, ctx, output_names, dst, reference, tol, attempt
+        )
+        if verification is None or not verification.passed:
+            failed_verification = verification or failed_verification
             continue
-        pinned = pinned_dims(dst, symbolic_axes(ctx.specs))
-        if pinned:
-            attempt.update(ok=False, reason=f"dynamic dims became fixed: {', '.join(pinned)}")
-            remove_model(dst)
-            continue
-        verification = ctx.verify(dst, reference, tol, output_names)
-        if not verification.passed:
-            attempt.update(ok=False, reason=f"differs from PyTorch: {verification.first_failure()}")
-            failed_verification = verification
-            remove_model(dst)
-            continue
-        attempt["ok"] = True
         warnings_ = [
             f"exporter {a['exporter']} was not used: {a['reason']}" for a in attempts if not a["ok"]
         ]
@@ -354,3 +300,86 @@ def run(src: Path | None, dst: Path, cfg: ExportStep, ctx: StepContext) -> StepR
             hint="try another exporter or opset, or check the inputs spec",
         )
     raise StepError(f"export failed with every exporter ({summary})")
+
+
+def _torch_reference(module: Any, ctx: StepContext) -> Reference:
+    """PyTorch's outputs on the input set: the held-out samples, or the main and
+    second-shape inputs."""
+    names = [s.name for s in ctx.specs]
+    if ctx.input_set.samples:  # the user's held-out samples
+        per_sample = [torch_outputs(module, s, names) for s in ctx.input_set.samples]
+        return Reference(main=per_sample[0], samples=per_sample)
+    second = ctx.second_inputs
+    return Reference(
+        main=torch_outputs(module, ctx.inputs, names),
+        second=torch_outputs(module, second, names) if second is not None else None,
+    )
+
+
+def _output_names(cfg: ExportStep, module: Any, reference: Reference) -> list[str]:
+    """The configured output names, the module's own, or output_0, output_1, ..."""
+    names: list[str] = (
+        cfg.output_names
+        or getattr(module, "onnxopt_output_names", None)
+        or [f"output_{i}" for i in range(len(reference.main))]
+    )
+    if len(names) != len(reference.main):
+        raise InputError(
+            f"output_names has {len(names)} names but the module returns "
+            f"{len(reference.main)} tensors"
+        )
+    return names
+
+
+def _trace_example(ctx: StepContext) -> Inputs:
+    """The example to trace with: the larger one, since exporters may specialise a dim whose
+    example value is 1."""
+    if ctx.second_inputs is not None:
+        return ctx.second_inputs
+    bigger = {name: value + 1 for name, value in ctx.dims.items()}
+    return make_inputs(ctx.specs, bigger, ctx.config.verify.seed + 1) if bigger else ctx.inputs
+
+
+def _attempt(
+    exporter: str,
+    module: Any,
+    args: Any,
+    cfg: ExportStep,
+    ctx: StepContext,
+    output_names: list[str],
+    dst: Path,
+    reference: Reference,
+    tol: Tol,
+    attempt: dict[str, Any],
+) -> tuple[int, Verification | None]:
+    """Export with one exporter into ``dst``, check and verify it; (stack traces removed,
+    the verification: None when it failed before verifying). A failed attempt leaves no
+    ``dst`` and says why in ``attempt``."""
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as scratch:
+        try:
+            model = _export(exporter, module, args, cfg, ctx, output_names, Path(scratch) / "m")
+        except Exception as err:
+            attempt.update(ok=False, reason=f"export failed: {described(err, 200)}")
+            log.info("exporter %s failed: %s", exporter, attempt["reason"])
+            return 0, None
+    stripped = 0 if cfg.keep_stack_traces else strip_stack_traces(model)
+    save_model(model, dst, external_data=ctx.config.external_data)
+    del model
+    try:
+        check_model(dst, produced_by=f"the {exporter} exporter")
+    except StepError as err:
+        attempt.update(ok=False, reason=err.message)
+        remove_model(dst)
+        return stripped, None
+    pinned = pinned_dims(dst, symbolic_axes(ctx.specs))
+    if pinned:
+        attempt.update(ok=False, reason=f"dynamic dims became fixed: {', '.join(pinned)}")
+        remove_model(dst)
+        return stripped, None
+    verification = ctx.verify(dst, reference, tol, output_names)
+    if not verification.passed:
+        attempt.update(ok=False, reason=f"differs from PyTorch: {verification.first_failure()}")
+        remove_model(dst)
+        return stripped, verification
+    attempt["ok"] = True
+    return stripped, verification

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from onnxopt.config import StepBase
+from onnxopt.records import Comparison, OutputRow
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare_outputs(
     reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str], tol: Tol
-) -> dict[str, Any]:
+) -> Comparison:
     """Compare candidate outputs to the reference, output by output.
 
     Returns:
@@ -95,60 +97,10 @@ def compare_outputs(
             "outputs": [],
             "problem": f"output count differs: {len(reference)} vs {len(candidate)}",
         }
-    rows = []
-    for name, ref, got in zip(names, reference, candidate, strict=True):
-        row: dict[str, Any] = {"name": name, "shape": list(got.shape)}
-        if ref.shape != got.shape:
-            row.update(passed=False, problem=f"shape {list(got.shape)} != {list(ref.shape)}")
-            rows.append(row)
-            continue
-        if ref.dtype.kind in "fc" or got.dtype.kind in "fc":
-            ref64 = ref.astype(np.float64)
-            got64 = got.astype(np.float64)
-            ref_nan, got_nan = np.isnan(ref64), np.isnan(got64)
-            if np.any(got_nan & ~ref_nan):
-                row.update(passed=False, problem="NaN where the reference has numbers")
-                rows.append(row)
-                continue
-            if np.any(np.isinf(got64) & np.isfinite(ref64)):
-                row.update(passed=False, problem="inf where the reference is finite (overflow?)")
-                rows.append(row)
-                continue
-            ok = ~(ref_nan | got_nan)
-            diff = np.abs(got64[ok] - ref64[ok])
-            max_abs = float(diff.max()) if diff.size else 0.0
-            rel = diff / np.maximum(np.abs(ref64[ok]), 1e-12)
-            max_rel = float(rel.max()) if rel.size else 0.0
-            cos = cosine(np.where(ok, ref64, 0), np.where(ok, got64, 0))
-            if math.isinf(tol.atol) or math.isinf(tol.rtol):
-                within = True  # elementwise bounds not checked (inf * 0 would be NaN)
-            else:
-                within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref64[ok])))
-            row.update(max_abs_err=max_abs, max_rel_err=max_rel, cosine=cos)
-            top1_ok = True
-            if ref.ndim == 2 and ref.shape[1] > 1:
-                top1 = float(np.mean(np.argmax(ref64, axis=1) == np.argmax(got64, axis=1)))
-                row["top1_agreement"] = top1
-                top1_ok = tol.min_top1 is None or top1 >= tol.min_top1
-                if ref.shape[1] > 5:
-                    top5 = np.argsort(-got64, axis=1)[:, :5]
-                    hits = (top5 == np.argmax(ref64, axis=1)[:, None]).any(axis=1)
-                    row["top5_agreement"] = float(np.mean(hits))
-            row["passed"] = within and cos >= tol.min_cosine and top1_ok
-            if not within:
-                row["problem"] = (
-                    f"max abs error {max_abs:.3g} beyond atol {tol.atol} + rtol {tol.rtol}"
-                )
-            elif cos < tol.min_cosine:
-                row["problem"] = f"cosine {cos:.6f} below {tol.min_cosine}"
-            elif not top1_ok:
-                row["problem"] = f"top-1 agreement {row['top1_agreement']:.4f} below {tol.min_top1}"
-        else:
-            mismatched = int(np.count_nonzero(ref != got))
-            row.update(mismatched=mismatched, passed=mismatched == 0)
-            if mismatched:
-                row["problem"] = f"{mismatched} of {ref.size} values differ"
-        rows.append(row)
+    rows = [
+        _compare_one(name, ref, got, tol)
+        for name, ref, got in zip(names, reference, candidate, strict=True)
+    ]
     if tol.outputs is not None:
         for row in rows:
             if row["name"] not in tol.outputs:
@@ -156,7 +108,68 @@ def compare_outputs(
     return {"passed": _judged_pass(rows), "outputs": rows}
 
 
-def _judged_pass(rows: list[dict[str, Any]]) -> bool:
+def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tol) -> OutputRow:
+    """One output's row: shape, errors, cosine, top-k agreement, and the verdict."""
+    row: OutputRow = {"name": name, "shape": list(got.shape)}
+    if ref.shape != got.shape:
+        row["passed"] = False
+        row["problem"] = f"shape {list(got.shape)} != {list(ref.shape)}"
+    elif ref.dtype.kind in "fc" or got.dtype.kind in "fc":
+        _compare_floats(row, ref.astype(np.float64), got.astype(np.float64), tol)
+    else:
+        mismatched = int(np.count_nonzero(ref != got))
+        row["mismatched"] = mismatched
+        row["passed"] = mismatched == 0
+        if mismatched:
+            row["problem"] = f"{mismatched} of {ref.size} values differ"
+    return row
+
+
+def _compare_floats(row: OutputRow, ref64: np.ndarray, got64: np.ndarray, tol: Tol) -> None:
+    """A float output judged into ``row``: NaN/inf where the reference has numbers fail at
+    once, then the elementwise bounds, the cosine and (classifier-like outputs) top-1
+    agreement."""
+    ref_nan, got_nan = np.isnan(ref64), np.isnan(got64)
+    if np.any(got_nan & ~ref_nan):
+        row["passed"] = False
+        row["problem"] = "NaN where the reference has numbers"
+        return
+    if np.any(np.isinf(got64) & np.isfinite(ref64)):
+        row["passed"] = False
+        row["problem"] = "inf where the reference is finite (overflow?)"
+        return
+    ok = ~(ref_nan | got_nan)
+    diff = np.abs(got64[ok] - ref64[ok])
+    max_abs = float(diff.max()) if diff.size else 0.0
+    rel = diff / np.maximum(np.abs(ref64[ok]), 1e-12)
+    max_rel = float(rel.max()) if rel.size else 0.0
+    cos = cosine(np.where(ok, ref64, 0), np.where(ok, got64, 0))
+    if math.isinf(tol.atol) or math.isinf(tol.rtol):
+        within = True  # elementwise bounds not checked (inf * 0 would be NaN)
+    else:
+        within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref64[ok])))
+    row["max_abs_err"] = max_abs
+    row["max_rel_err"] = max_rel
+    row["cosine"] = cos
+    top1_ok = True
+    if ref64.ndim == 2 and ref64.shape[1] > 1:
+        top1 = float(np.mean(np.argmax(ref64, axis=1) == np.argmax(got64, axis=1)))
+        row["top1_agreement"] = top1
+        top1_ok = tol.min_top1 is None or top1 >= tol.min_top1
+        if ref64.shape[1] > 5:
+            top5 = np.argsort(-got64, axis=1)[:, :5]
+            hits = (top5 == np.argmax(ref64, axis=1)[:, None]).any(axis=1)
+            row["top5_agreement"] = float(np.mean(hits))
+    row["passed"] = within and cos >= tol.min_cosine and top1_ok
+    if not within:
+        row["problem"] = f"max abs error {max_abs:.3g} beyond atol {tol.atol} + rtol {tol.rtol}"
+    elif cos < tol.min_cosine:
+        row["problem"] = f"cosine {cos:.6f} below {tol.min_cosine}"
+    elif not top1_ok:
+        row["problem"] = f"top-1 agreement {row['top1_agreement']:.4f} below {tol.min_top1}"
+
+
+def _judged_pass(rows: list[OutputRow]) -> bool:
     """Every judged output passed (a shape change fails whatever is judged)."""
     return all(
         r["passed"] or (r.get("judged") is False and not r.get("problem", "").startswith("shape"))
@@ -164,7 +177,7 @@ def _judged_pass(rows: list[dict[str, Any]]) -> bool:
     )
 
 
-def failure_text(result: dict[str, Any]) -> str:
+def failure_text(result: Comparison) -> str:
     """One-line summary of the first failing output."""
     if result.get("problem"):
         return str(result["problem"])
@@ -174,7 +187,7 @@ def failure_text(result: dict[str, Any]) -> str:
     return "mismatch"
 
 
-def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_samples(results: list[Comparison]) -> Comparison:
     """One comparison from the comparisons of several samples: per output its worst figures
     (lowest cosine and top-1 agreement, largest errors), failing where any sample failed
     (the first such sample named in the problem)."""
@@ -188,7 +201,7 @@ def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
     merged = []
     for rows in zip(*(r["outputs"] for r in results), strict=True):
-        row: dict[str, Any] = {"name": rows[0]["name"], "shape": rows[0]["shape"]}
+        row: OutputRow = {"name": rows[0]["name"], "shape": rows[0]["shape"]}
         if rows[0].get("judged") is False:
             row["judged"] = False
         for key, pick in (
@@ -199,9 +212,9 @@ def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
             ("top5_agreement", min),
             ("mismatched", max),
         ):
-            values = [r[key] for r in rows if key in r]
+            values = [cast("dict[str, Any]", r)[key] for r in rows if key in r]
             if values:
-                row[key] = pick(values)
+                cast("dict[str, Any]", row)[key] = pick(values)
         cosines = [r["cosine"] for r in rows if "cosine" in r]
         if cosines:
             row["mean_cosine"] = float(np.mean(cosines))
@@ -213,17 +226,18 @@ def merge_samples(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"passed": _judged_pass(merged), "outputs": merged, "samples": len(results)}
 
 
-def _structural(result: dict[str, Any]) -> bool:
+def _structural(result: Comparison) -> bool:
     """A comparison that failed on the outputs' structure (their count or a shape)."""
     if result.get("problem") and not result["outputs"]:
         return True
     return any(str(r.get("problem", "")).startswith("shape") for r in result["outputs"])
 
 
-def min_cosine(result: dict[str, Any]) -> float:
-    """The lowest cosine of a comparison's judged outputs (1 when none was measured)."""
-    rows = [o for o in result.get("outputs", []) if o.get("judged") is not False]
-    return min((o.get("cosine", 1.0) for o in rows), default=1.0)
+def min_cosine(result: Mapping[str, Any], default: float | None = 1.0) -> float | None:
+    """The lowest cosine of a comparison's judged outputs (``default`` when none was
+    measured); a bench report's fidelity has the same form."""
+    rows = [o for o in result.get("outputs") or [] if o.get("judged") is not False]
+    return min((o["cosine"] for o in rows if "cosine" in o), default=default)
 
 
 @dataclass(frozen=True)
@@ -236,8 +250,8 @@ class Verification:
     """
 
     tolerance: dict[str, float | None] | None = None
-    main: dict[str, Any] | None = None
-    second: dict[str, Any] | None = None
+    main: Comparison | None = None
+    second: Comparison | None = None
     second_dims: dict[str, int] | None = None
     problem: str | None = None
     #: the task metric's verdict (onnxopt.verify.task), when the run has one
@@ -267,7 +281,8 @@ class Verification:
     @property
     def min_cosine(self) -> float:
         """The lowest cosine over the outputs on the main inputs."""
-        return min_cosine(self.main or {})
+        value = None if self.main is None else min_cosine(self.main)
+        return 1.0 if value is None else value
 
     def first_failure(self) -> str:
         """One line on what failed first (the task, main inputs, then the second shape)."""

@@ -73,8 +73,7 @@ class Evaluator:
         runner = Runner(make_session(model, self.target), model.name)
         args: list[Any] = [runner]
         if self.cfg.data is not None:
-            data = Path(self.cfg.data)
-            args.append(str(data if data.is_absolute() else self.base_dir / data))
+            args.append(self.cfg.data)  # absolute: the config resolved it
         where = f"evaluate callable {self.cfg.callable!r}"
         try:
             inspect.signature(fn).bind(*args)

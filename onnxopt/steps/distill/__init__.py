@@ -78,19 +78,7 @@ def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> Step
     from onnxopt.modelio import load_model
 
     assert src is not None
-    chain = [(label, path, "") for label, path in ctx.chain]
-    teacher_path, _ = resolve_teacher(cfg.teacher, chain, ctx.base_dir)
-    if ctx.input_set.state_pairs:
-        raise InputError(
-            f"distill does not train recurrent models yet (state inputs "
-            f"{sorted(ctx.input_set.state_pairs)} are carried from sample to sample)",
-            hint="leave distill out of this pipeline",
-        )
-    if cfg.intermediates and cfg.student is not None:
-        raise ConfigError(
-            "intermediates match tensors of the ONNX graph; a factory student has none",
-            hint="leave 'intermediates' out, or distill the parent graph (no 'student')",
-        )
+    teacher_path = _teacher(cfg, ctx)
     parent = load_model(src, load_weights=False)
     student_outputs = [o.name for o in parent.graph.output]
     mapping = output_map(student_outputs, load_model(teacher_path, load_weights=False))
@@ -155,10 +143,35 @@ def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> Step
         )
         report["reason"] = reason
         return StepResult(report=report, warnings=[f"{reason}; kept the parent"], keep_parent=True)
-    files = []
     plot = _plot(history.as_dict(points=400), dst)
-    if plot is not None:
-        files.append(plot)
+    return StepResult(
+        report=report,
+        verification=verification,
+        warnings=_data_warnings(data_facts),
+        files=[plot] if plot is not None else [],
+    )
+
+
+def _teacher(cfg: DistillStep, ctx: StepContext) -> Path:
+    """The teacher's file; models and settings distill cannot train are refused first."""
+    chain = [(label, path, "") for label, path in ctx.chain]
+    teacher_path, _ = resolve_teacher(cfg.teacher, chain, ctx.base_dir)
+    if ctx.input_set.state_pairs:
+        raise InputError(
+            f"distill does not train recurrent models yet (state inputs "
+            f"{sorted(ctx.input_set.state_pairs)} are carried from sample to sample)",
+            hint="leave distill out of this pipeline",
+        )
+    if cfg.intermediates and cfg.student is not None:
+        raise ConfigError(
+            "intermediates match tensors of the ONNX graph; a factory student has none",
+            hint="leave 'intermediates' out, or distill the parent graph (no 'student')",
+        )
+    return teacher_path
+
+
+def _data_warnings(data_facts: dict[str, Any]) -> list[str]:
+    """What the training data could not prove: too few samples, or generated ones."""
     warnings = []
     if data_facts["source"] == "data" and data_facts["train"] < SMALL_TRAINING_SET:
         warnings.append(
@@ -170,7 +183,7 @@ def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> Step
             "trained on generated inputs (allow_synthetic): the student learned the teacher "
             "on random data; give --data (samples of your inputs) to train on your workload"
         )
-    return StepResult(report=report, verification=verification, warnings=warnings, files=files)
+    return warnings
 
 
 def _tolerance(cfg: DistillStep) -> Any:

@@ -202,9 +202,9 @@ class FactoryStudent(Student):
 
     def forward(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The module's outputs, named after the parent's by position."""
-        from onnxopt.steps.export import _flatten
+        from onnxopt.steps.export import flatten_tensors
 
-        result = _flatten(self.module(*[feeds[n] for n in self.inputs]))
+        result = flatten_tensors(self.module(*[feeds[n] for n in self.inputs]))
         if len(result) != len(self.outputs):
             raise InputError(
                 f"student factory {self.cfg.student.factory!r} returns {len(result)} "  # type: ignore[union-attr]

@@ -36,8 +36,7 @@ def resolve_teacher(teacher: str, chain: Chain, base_dir: Path) -> tuple[Path, s
         path, digest = matches[-1]
         return path, digest
     if teacher.endswith(".onnx") or "/" in teacher:
-        path = Path(teacher)
-        path = path if path.is_absolute() else base_dir / path
+        path = Path(teacher)  # absolute: the config resolved it
         if not path.is_file():
             raise InputError(
                 f"teacher {teacher!r}: no such file ({path})",

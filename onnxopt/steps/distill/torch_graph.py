@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from onnxopt.errors import first_line
 from onnxopt.graph import constants_to_initializers, opset_of
 from onnxopt.steps.distill.ops import DTYPES, OPS, Unsupported
 
@@ -219,8 +220,9 @@ class GraphModule(torch.nn.Module):
             except Unsupported:
                 raise
             except (RuntimeError, ValueError, IndexError, TypeError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise GraphRunError(f"node {node.name} ({node.op_type}): {first[:200]}") from err
+                raise GraphRunError(
+                    f"node {node.name} ({node.op_type}): {first_line(err, 200)}"
+                ) from err
             if isinstance(result, tuple):
                 for name, value in zip(node.outputs, result, strict=False):
                     if name:

@@ -217,6 +217,50 @@ def total_steps(cfg: DistillStep, n_train: int) -> int:
     return cfg.steps or 300
 
 
+def _evaluate(
+    student: torch.nn.Module,
+    forward: Student,
+    loss: LossSpec,
+    targets: Targets,
+    validation: list[Inputs],
+) -> tuple[float, float]:
+    """The validation loss and the lowest cosine of an output to the teacher's."""
+    student.eval()
+    with torch.no_grad():
+        values, cosines = [], []
+        for i, sample in enumerate(validation):
+            want = {k: torch.from_numpy(v) for k, v in targets.of(1, i, sample).items()}
+            got = forward(as_torch(sample))
+            values.append(float(loss(got, want)))
+            cosines += [
+                float(F.cosine_similarity(got[n].double().flatten(), want[n].double().flatten(), 0))
+                for n in loss.outputs
+            ]
+    return float(np.mean(values)), float(min(cosines, default=1.0))
+
+
+def _step_loss(
+    forward: Student,
+    loss: LossSpec,
+    batches: Batches,
+    targets: Targets,
+    augment: Callable[[Inputs, np.random.Generator], Inputs] | None,
+) -> float:
+    """One optimisation step's gradients (over its micro-batches); its loss."""
+    micro = batches.next()
+    step_loss = 0.0
+    for chunk in micro:
+        feeds = stack([batches.samples[i] for i in chunk])
+        want_np = [targets.of(0, i, batches.samples[i]) for i in chunk]
+        want = {k: torch.from_numpy(np.concatenate([w[k] for w in want_np])) for k in want_np[0]}
+        if augment is not None:
+            feeds = augment(feeds, batches.rng)
+        value = loss(forward(as_torch(feeds)), want) / len(micro)
+        value.backward()  # type: ignore[no-untyped-call]
+        step_loss += float(value.detach())
+    return step_loss
+
+
 def train(
     student: torch.nn.Module,
     forward: Student,
@@ -236,28 +280,8 @@ def train(
     total = total_steps(cfg, len(batches.samples))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, total))
     history = History()
-
-    def evaluate() -> tuple[float, float]:
-        """The validation loss and the lowest cosine of an output to the teacher's."""
-        student.eval()
-        with torch.no_grad():
-            values, cosines = [], []
-            for i, sample in enumerate(validation):
-                want = {k: torch.from_numpy(v) for k, v in targets.of(1, i, sample).items()}
-                got = forward(as_torch(sample))
-                values.append(float(loss(got, want)))
-                cosines += [
-                    float(
-                        F.cosine_similarity(
-                            got[n].double().flatten(), want[n].double().flatten(), 0
-                        )
-                    )
-                    for n in loss.outputs
-                ]
-        return float(np.mean(values)), float(min(cosines, default=1.0))
-
     best = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    history.initial_val, first_cos = evaluate()
+    history.initial_val, first_cos = _evaluate(student, forward, loss, targets, validation)
     history.best_val = history.initial_val
     history.evals.append({"step": 0, "loss": history.initial_val, "min_cosine": first_cos})
     started = time.perf_counter()
@@ -265,19 +289,7 @@ def train(
     for step in range(1, total + 1):
         student.train()
         opt.zero_grad(set_to_none=True)
-        micro = batches.next()
-        step_loss = 0.0
-        for chunk in micro:
-            feeds = stack([batches.samples[i] for i in chunk])
-            want_np = [targets.of(0, i, batches.samples[i]) for i in chunk]
-            want = {
-                k: torch.from_numpy(np.concatenate([w[k] for w in want_np])) for k in want_np[0]
-            }
-            if augment is not None:
-                feeds = augment(feeds, batches.rng)
-            value = loss(forward(as_torch(feeds)), want) / len(micro)
-            value.backward()  # type: ignore[no-untyped-call]
-            step_loss += float(value.detach())
+        step_loss = _step_loss(forward, loss, batches, targets, augment)
         if not math.isfinite(step_loss):
             history.stopped = f"diverged at step {step} (loss {step_loss})"
             break
@@ -287,10 +299,9 @@ def train(
         sched.step()
         history.steps = step
         history.curve.append({"step": step, "loss": step_loss})
-        elapsed = time.perf_counter() - started
-        out_of_time = elapsed > cfg.max_seconds
+        out_of_time = time.perf_counter() - started > cfg.max_seconds
         if step % cfg.eval_every == 0 or step == total or out_of_time:
-            val, val_cos = evaluate()
+            val, val_cos = _evaluate(student, forward, loss, targets, validation)
             history.evals.append({"step": step, "loss": val, "min_cosine": val_cos})
             if math.isfinite(val) and val < history.best_val:
                 history.best_val, history.best_step, bad = val, step, 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.config import QuantizeStep
+from onnxopt.config.quantize import MODE_SECTIONS
 from onnxopt.cpu import Int8Facts
 from onnxopt.errors import GateError, OnnxoptError, first_line
 from onnxopt.graph import iter_graphs
@@ -39,6 +40,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
             else value
         )
     return out
+
+
+def candidate_config(base: dict[str, Any], overrides: dict[str, Any]) -> QuantizeStep:
+    """A candidate's own config: auto's settings with the recipe's, its mode's section only."""
+    merged = _merge(base, overrides)
+    return QuantizeStep.model_validate(
+        {k: v for k, v in merged.items() if k not in MODE_SECTIONS or k == merged["mode"]}
+    )
 
 
 def choose_candidates(
@@ -105,7 +114,8 @@ def _build(
         message = err.message if isinstance(err, OnnxoptError) else first_line(err)
         row.update(status="failed", stage=stage, reason=_scrub(message, path))
         return None
-    row["cosine"] = verification.min_cosine if (verification.main or {}).get("outputs") else None
+    compared = verification.main is not None and verification.main["outputs"]
+    row["cosine"] = verification.min_cosine if compared else None
     row["min_cosine"] = tol.min_cosine
     if verification.task is not None:
         row["task_score"] = verification.task["score"]
@@ -212,7 +222,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     base = cfg.model_dump(mode="json")
     try:
         for recipe in recipes:
-            sub = QuantizeStep.model_validate(_merge(base, recipe.overrides))
+            sub = candidate_config(base, recipe.overrides)
             path = work / f"{recipe.name}.onnx"
             row: dict[str, Any] = {"recipe": recipe.name, "mode": sub.mode}
             rows.append(row)
@@ -340,15 +350,13 @@ def _rescue(
         if time.monotonic() > deadline:
             row["rescue"] = "not tried: out of rescue time"
             continue
-        sub = QuantizeStep.model_validate(
-            _merge(
-                base,
-                {
-                    **by_name[row["recipe"]].overrides,
-                    "diagnose": False,
-                    "diagnose_max_excluded": cfg.auto.rescue_max_excluded,
-                },
-            )
+        sub = candidate_config(
+            base,
+            {
+                **by_name[row["recipe"]].overrides,
+                "diagnose": False,
+                "diagnose_max_excluded": cfg.auto.rescue_max_excluded,
+            },
         )
         name = f"{row['recipe']}+excluded"
         path = work / f"{name}.onnx"

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.config import QuantizeStep
+from onnxopt.registry import Bounds
 from onnxopt.steps.base import StepContext
 
-#: (atol, rtol, min_cosine)
-Bounds = tuple[float, float, float]
 #: (src, out, cfg, ctx, notes) -> facts for the report: write ``out`` from ``src``
 Writer = Callable[[Path, Path, QuantizeStep, StepContext, list[str]], dict[str, Any]]
 

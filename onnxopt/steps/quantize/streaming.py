@@ -123,6 +123,27 @@ def _quantize_weight(
     return q, scale, zp
 
 
+def _integer_matmul(
+    node: onnx.NodeProto, a: str, weight: tuple[str, str, str]
+) -> list[onnx.NodeProto]:
+    """ONNX Runtime's nodes for one dynamically quantized MatMul: MatMulInteger of the
+    quantized activation ``a`` and weight, cast to float, times both scales."""
+    qb, sb, zb = weight
+    y = node.output[0]
+    name = node.name + "_quant"
+    integer = y + "_output_quantized"
+    cast = integer + "_cast_output"
+    scales = name + "_scales_mul"
+    return [
+        helper.make_node(
+            "MatMulInteger", [a + "_quantized", qb, a + "_zero_point", zb], [integer], name
+        ),
+        helper.make_node("Cast", [integer], [cast], integer + "_cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [a + "_scale", sb], [scales + ":0"], scales),
+        helper.make_node("Mul", [cast, scales + ":0"], [y], name + "_output_scale_mul"),
+    ]
+
+
 def quantize_dynamic_streaming(
     model: onnx.ModelProto,
     folder: Path,
@@ -175,23 +196,7 @@ def quantize_dynamic_streaming(
                     helper.make_tensor(b + "_zero_point", qtype, shape, zp.ravel().tolist()),
                 ]
                 done[b] = (b + "_quantized", b + "_scale", b + "_zero_point")
-            qb, sb, zb = done[b]
-            y = node.output[0]
-            name = node.name + "_quant"
-            integer = y + "_output_quantized"
-            cast = integer + "_cast_output"
-            scales = name + "_scales_mul"
-            replaced[id(node)] = [
-                *before,
-                helper.make_node(
-                    "MatMulInteger", [a + "_quantized", qb, a + "_zero_point", zb], [integer], name
-                ),
-                helper.make_node(
-                    "Cast", [integer], [cast], integer + "_cast", to=TensorProto.FLOAT
-                ),
-                helper.make_node("Mul", [a + "_scale", sb], [scales + ":0"], scales),
-                helper.make_node("Mul", [cast, scales + ":0"], [y], name + "_output_scale_mul"),
-            ]
+            replaced[id(node)] = [*before, *_integer_matmul(node, a, done[b])]
         nodes = [m for n in graph.node for m in replaced.get(id(n), [n])]
         del graph.node[:]
         graph.node.extend(nodes)
