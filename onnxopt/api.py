@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxopt.config import PipelineConfig, parse_config
+from onnxopt.config.base import resolve_user_path
 from onnxopt.config.data import folder_or_file_source
 from onnxopt.engine import run_to_file
 from onnxopt.errors import ConfigError
@@ -23,7 +24,7 @@ def data_source(data: dict[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(data, dict):
         return data
     text = str(data)
-    path = Path(text).expanduser()
+    path = Path(resolve_user_path(text, Path.cwd()))
     if path.exists():
         return {"source": folder_or_file_source(path), "path": str(path.resolve())}
     target, sep, func = text.rpartition(":")

@@ -55,7 +55,8 @@ def _code_in(value: str, info: ValidationInfo) -> str:
 
 
 def _relative(path: str, info: SerializationInfo) -> str:
-    """``path`` relative to ``context['relative_to']`` when it lies below it, else as is."""
+    """``path`` relative to ``context['relative_to']`` when it lies below it, else as is
+    (cache keys: the same project checked out in another folder keeps its keys)."""
     root = info.context.get("relative_to") if isinstance(info.context, dict) else None
     if root is None:
         return path
@@ -63,12 +64,6 @@ def _relative(path: str, info: SerializationInfo) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return path
-
-
-def _path_out(value: str, info: SerializationInfo) -> str:
-    """Dumped as is, or relative to ``context['relative_to']`` when below it (cache keys: the
-    same project checked out in another folder keeps its keys)."""
-    return _relative(value, info)
 
 
 def _code_out(value: str, info: SerializationInfo) -> str:
@@ -79,7 +74,7 @@ def _code_out(value: str, info: SerializationInfo) -> str:
 
 
 #: a file or folder the user names: absolute once the config is loaded (see resolve_user_path)
-UserPath = Annotated[str, AfterValidator(_path_in), PlainSerializer(_path_out, when_used="always")]
+UserPath = Annotated[str, AfterValidator(_path_in), PlainSerializer(_relative, when_used="always")]
 #: 'package.module:function' or 'path/to/file.py:function': a file's path is resolved like
 #: a UserPath, a module is imported by name
 UserCode = Annotated[str, AfterValidator(_code_in), PlainSerializer(_code_out, when_used="always")]
@@ -92,7 +87,7 @@ def _model_path_in(value: str, info: ValidationInfo) -> str:
 
 #: an .onnx path (resolved like a UserPath) or a name (a step's, 'source'), kept as is
 ModelRef = Annotated[
-    str, AfterValidator(_model_path_in), PlainSerializer(_path_out, when_used="always")
+    str, AfterValidator(_model_path_in), PlainSerializer(_relative, when_used="always")
 ]
 
 
