@@ -22,6 +22,7 @@ __all__ = [
     "prune",
     "quantize",
     "load_config",
+    "optimize",
     "parse_config",
     "run_pipeline",
     "simplify",
@@ -40,6 +41,7 @@ _LAZY = {
     "quantize": "onnxopt.api",
     "prune": "onnxopt.api",
     "distill": "onnxopt.api",
+    "optimize": "onnxopt.api",
 }
 
 

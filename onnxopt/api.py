@@ -204,6 +204,32 @@ def distill(
     return _on_onnx("distill", model, output, step=step, **pipeline)
 
 
+def search_folder(output: str | Path) -> Path:
+    """Where ``onnxopt optimize -o OUT.onnx`` keeps its candidates: ``OUT.search`` beside it
+    (the run folder: a re-run resumes there)."""
+    out = Path(output).expanduser().resolve()
+    return out.with_name(out.name.removesuffix(".onnx") + ".search")
+
+
+def optimize(model: str | Path, output: str | Path, **keywords: Any) -> dict[str, Any]:
+    """Search chains of prune, distill, simplify and quantize for the fastest model that
+    stays within the budget, and put it at ``output`` (an unchanged copy of ``model`` when
+    nothing beats it), with its report, Pareto figure and pipeline file beside it.
+
+    ``**keywords``: the pipeline keywords of :func:`pipeline_config` (``data``: samples of
+    the inputs, split into a calibration/training part and a held-out part every candidate
+    is judged and timed on; ``evaluate``: the task metric; dims, target, ...) and the
+    optimize options (stages, prune_ratios, time_budget, latency_budget, beam, work_dir
+    (default: :func:`search_folder`), ...).
+
+    Returns:
+        The manifest of the one-step pipeline; its step's ``report`` holds every candidate.
+    """
+    pipeline, step = _split(keywords)
+    step.setdefault("work_dir", str(search_folder(output)))
+    return _on_onnx("optimize", model, output, step=step, **pipeline)
+
+
 def bench(
     models: list[str | Path] | list[Path],
     *,

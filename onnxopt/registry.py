@@ -136,6 +136,17 @@ for _spec in (
         kind="files",
         suffix=".ort",
     ),
+    # searches chains of the steps above; its artifact is judged against the source with
+    # the output budget of reduced precision unless the run has a task metric
+    StepSpec(
+        "optimize",
+        "onnxopt.config.optimize:OptimizeStep",
+        "onnxopt.steps.optimize:run",
+        tolerance=(math.inf, math.inf, 0.99),
+        lossy=True,
+        uses_torch=True,
+        once="optimize searches the whole chain itself; use it once",
+    ),
 ):
     STEPS[_spec.name] = _spec
 

@@ -15,7 +15,7 @@ from typing import Any
 from onnxopt.bench import stats
 from onnxopt.bench.core import Candidate, measure, summarize_measured
 from onnxopt.config import BenchStep, Guard, Target
-from onnxopt.errors import GateError
+from onnxopt.errors import GateError, OnnxoptError
 from onnxopt.verify import Inputs
 
 log = logging.getLogger("onnxopt")
@@ -57,6 +57,43 @@ def compare_with_parent(
             "verdict": cmp_["verdict"],
         }
     return result
+
+
+def time_candidates(
+    parent: Path,
+    candidates: list[tuple[str, Path]],
+    feeds: Inputs,
+    target: Target,
+    *,
+    warmup: int,
+    runs: int,
+    trials: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """:func:`compare_with_parent`, robust to a candidate that fails to run: (label -> the
+    comparison, label -> the error of those that failed in a timing session). When the joint
+    run fails, each candidate is timed with the parent on its own, so that one failure drops
+    only itself."""
+
+    def run(group: list[tuple[str, Path]]) -> dict[str, dict[str, Any]]:
+        return compare_with_parent(
+            parent, group, feeds, target, warmup=warmup, runs=runs, trials=trials
+        )
+
+    if not candidates:
+        return {}, {}
+    try:
+        return run(candidates), {}
+    except OnnxoptError as err:
+        if len(candidates) == 1:
+            return {}, {candidates[0][0]: err.message}
+    timed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for label, path in candidates:
+        try:
+            timed.update(run([(label, path)]))
+        except OnnxoptError as err:
+            failed[label] = err.message
+    return timed, failed
 
 
 def speed_guard(

@@ -2,7 +2,8 @@
 
 ``app`` holds the Typer app, the error funnel (the only place that prints errors and exits)
 and the entry point; ``options`` the options every step subcommand shares, declared once;
-``steps`` ``run`` and the step subcommands (``distill`` in its own module); ``measure``
+``steps`` ``run`` and the step subcommands (``distill`` and ``optimize`` in their own
+modules); ``measure``
 bench, report merge, inspect, schema.
 """
 
@@ -11,8 +12,9 @@ bench, report merge, inspect, schema.
 from onnxopt.cli import steps
 from onnxopt.cli import distill
 from onnxopt.cli import measure
+from onnxopt.cli import optimize
 from onnxopt.cli.app import app, main
 
 # isort: on
 
-__all__ = ["app", "distill", "main", "measure", "steps"]
+__all__ = ["app", "distill", "main", "measure", "optimize", "steps"]

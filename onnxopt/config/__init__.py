@@ -22,6 +22,7 @@ from onnxopt.config.base import (
 )
 from onnxopt.config.data import DataConfig, EvaluateConfig, ImagePreprocessing, TaskBudget
 from onnxopt.config.distill import DistillStep, StudentSource
+from onnxopt.config.optimize import OptimizeStep, SearchTiming
 from onnxopt.config.pipeline import (
     PipelineConfig,
     Step,
@@ -55,6 +56,8 @@ from onnxopt.config.steps import (
 )
 
 __all__ = [
+    "OptimizeStep",
+    "SearchTiming",
     "AutoOptions",
     "BenchStep",
     "CalibrationConfig",

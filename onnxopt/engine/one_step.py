@@ -76,7 +76,8 @@ def run_to_file(
         else:
             produced = scratch / manifest["final_artifact"]
             if produced.resolve().is_relative_to(scratch.resolve()):
-                _move_companions(manifest, scratch, output.resolve())
+                inputs = {Path(p).resolve() for p in config.input_files()}
+                _move_companions(manifest, scratch, output.resolve(), inputs)
                 move_model(produced, output.resolve())
             else:  # every step kept its parent, the user's file: copy it, never move it
                 copy_model(produced, output.resolve())
@@ -95,9 +96,12 @@ def run_to_file(
     return manifest
 
 
-def _move_companions(manifest: dict[str, Any], scratch: Path, output: Path) -> None:
-    """A final model's companion files (a loss plot) go beside ``output``, named after it:
-    ``NN-step-hash.loss.png`` -> ``OUTPUT-STEM.loss.png``."""
+def _move_companions(
+    manifest: dict[str, Any], scratch: Path, output: Path, inputs: set[Path]
+) -> None:
+    """A final model's companion files (a loss plot, a report) go beside ``output``, named
+    after it: ``NN-step-hash.loss.png`` -> ``OUTPUT-STEM.loss.png``. They are part of the
+    output: a re-run replaces them as it replaces ``output`` (never a file the run reads)."""
     final = manifest["final_artifact"]
     for entry in manifest["steps"]:
         out = entry.get("output") or {}
@@ -106,8 +110,8 @@ def _move_companions(manifest: dict[str, Any], scratch: Path, output: Path) -> N
         for f in out.get("files") or []:
             rest = f["path"].removeprefix(final.removesuffix(".onnx"))
             dst = output.with_name(output.name.removesuffix(".onnx") + rest)
-            if dst.exists():  # never replace a file the user did not ask for
-                log.warning("%s exists and was left alone (the figures are in the report)", dst)
+            if dst in inputs:  # never replace a file the run reads
+                log.warning("%s is an input of this run and was left alone", dst)
                 f["path"] = None
                 continue
             os.replace(scratch / f["path"], dst)

@@ -107,6 +107,7 @@ class Pipeline:
         ctx, manifest.data["inputs"] = build_context(
             cfg, self.base_dir, self.invocation_dir, source, self.out_dir
         )
+        ctx.out_dir, ctx.run_pipeline = self.out_dir, run_pipeline
         manifest.write()
         parent: Path | None = source
         digest = modelio.model_digest(source) if source else cache.source_digest(cfg, self.base_dir)

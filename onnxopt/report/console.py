@@ -170,6 +170,9 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
                 highlight=False,
             )
     for entry in manifest.get("steps", []):
+        if entry.get("type") == "optimize" and entry.get("report"):
+            print_search(console, entry["report"])
+    for entry in manifest.get("steps", []):
         if entry.get("kept_parent"):
             console.print(
                 f"[yellow]step {entry['index']} {entry.get('name')} kept its parent: "
@@ -198,6 +201,33 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
                 console.print(
                     f"minimal-build operator config: {manifest['output_dir']}/{f['path']}"
                 )
+
+
+def print_search(console: Console, report: dict[str, Any]) -> None:
+    """optimize's candidates as a table, then its outcome and notes."""
+    table = Table(title="optimize: candidates (speed-up and score against the source)")
+    for column in ("id", "candidate", "status", "speed-up", "score", "cached", "note"):
+        table.add_column(column)
+    for row in report.get("candidates", []):
+        speed = row.get("speedup")
+        score = row.get("score")
+        table.add_row(
+            row["id"],
+            row["label"] + (" *" if row.get("pareto") else ""),
+            row["status"],
+            "" if speed is None else f"{speed:.2f}x",
+            "" if score is None else f"{score:.4f}",
+            "yes" if row.get("cached") else "",
+            str(row.get("reason") or row.get("recipe") or "")[:80],
+        )
+    console.print(table)
+    console.print("(* on the Pareto front of speed-up and score)", highlight=False)
+    for note in report.get("notes", []):
+        console.print(f"- {note}", highlight=False)
+    if report.get("stopped"):
+        console.print(f"[yellow]search stopped: {report['stopped']}[/]", highlight=False)
+    style = "yellow bold" if report.get("unchanged") else "green"
+    console.print(f"[{style}]{report['outcome']}[/]", highlight=False)
 
 
 def print_inspect(console: Console, info: dict[str, Any]) -> None:

@@ -43,6 +43,11 @@ class StepContext:
     evaluator: Any = None
     #: shows a line of progress of long work (a training loop) while the step runs
     progress: Callable[[str], None] | None = None
+    #: the run's output folder
+    out_dir: Path | None = None
+    #: runs a whole pipeline, ``(config, base_dir, *, out_dir, on_event) -> manifest``: how a
+    #: search step (optimize) runs each candidate as an ordinary, cached step of its own
+    run_pipeline: Callable[..., dict[str, Any]] | None = None
 
     def report_progress(self, text: str) -> None:
         """Show ``text`` as the step's progress (nothing when no one listens)."""

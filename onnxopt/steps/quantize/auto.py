@@ -135,37 +135,20 @@ def _scrub(message: str, path: Path) -> str:
 def _time(
     src: Path, candidates: list[tuple[str, Path]], cfg: QuantizeStep, ctx: StepContext
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Time candidates with the parent, interleaved; (timings, label -> error of those that
-    failed to run in a timing session). When the joint run fails, each candidate is timed
-    with the parent on its own so that one failure drops only itself."""
-    from onnxopt.bench.compare import compare_with_parent
+    """Time candidates with the parent, interleaved (see time_candidates)."""
+    from onnxopt.bench.compare import time_candidates
 
-    def run(group: list[tuple[str, Path]]) -> dict[str, dict[str, Any]]:
-        return compare_with_parent(
-            src,
-            group,
-            ctx.inputs,
-            ctx.target,
-            warmup=cfg.auto.warmup,
-            runs=cfg.auto.runs,
-            trials=cfg.auto.trials,
-        )
-
-    if not candidates:
-        return {}, {}
-    try:
-        return run(candidates), {}
-    except OnnxoptError as err:
-        if len(candidates) == 1:
-            return {}, {candidates[0][0]: _scrub(err.message, candidates[0][1])}
-    timed: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
-    for label, path in candidates:
-        try:
-            timed.update(run([(label, path)]))
-        except OnnxoptError as err:
-            failed[label] = _scrub(err.message, path)
-    return timed, failed
+    timed, failed = time_candidates(
+        src,
+        candidates,
+        ctx.inputs,
+        ctx.target,
+        warmup=cfg.auto.warmup,
+        runs=cfg.auto.runs,
+        trials=cfg.auto.trials,
+    )
+    paths = dict(candidates)
+    return timed, {label: _scrub(message, paths[label]) for label, message in failed.items()}
 
 
 def _apply_timing(row: dict[str, Any], cmp_: dict[str, Any]) -> None:
@@ -219,10 +202,12 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     rows: list[dict[str, Any]] = []
     survivors: list[tuple[str, Path]] = []
     verifications: dict[str, Verification] = {}
+    configs: dict[str, dict[str, Any]] = {}  # what an explicit step makes the same way
     base = cfg.model_dump(mode="json")
     try:
         for recipe in recipes:
             sub = candidate_config(base, recipe.overrides)
+            configs[recipe.name] = sub.model_dump(mode="json", exclude_defaults=True)
             path = work / f"{recipe.name}.onnx"
             row: dict[str, Any] = {"recipe": recipe.name, "mode": sub.mode}
             rows.append(row)
@@ -234,6 +219,11 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
             for name, path, verification in _rescue(src, work, base, rows, recipes, ctx):
                 survivors.append((name, path))
                 verifications[name] = verification
+                row = next(r for r in rows if r["recipe"] == name)
+                configs[name] = {
+                    **configs[row["repaired_from"]],
+                    "nodes_to_exclude": row["nodes_to_exclude"],
+                }
         by_name = {r["recipe"]: r for r in rows}
         timed, failed = _time(src, survivors, cfg, ctx)
         for name, message in failed.items():
@@ -254,6 +244,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
             report["cpu_decision"] = _decided_by(int8_facts(), names)
         if chosen is None:
             return _keep_parent(src, work, rows, survivors, report, names, cfg, ctx)
+        report["chosen_config"] = configs[chosen]
         move_model(dict(survivors)[chosen], dst)
         speed = {k: v for k, v in timed[chosen].items() if k != "verdict"}
         return StepResult(report=report, verification=verifications[chosen], speed=speed)

@@ -1,0 +1,215 @@
+"""The staged search: candidates as ordinary cached steps, judged against the source.
+
+Each candidate is one step (prune, distill, simplify or quantize) applied to an earlier
+candidate (or the source), run as a one-step pipeline by the engine in its own folder under
+the search's work folder: the content-addressed cache makes an interrupted search resume and
+a re-run all cache hits. Every candidate is verified against the *source* on the held-out
+inputs (the task metric when the run has one, else the output budget), and each stage's
+verified candidates are timed interleaved with the source. Only the Pareto front of
+(speed-up, score) is expanded by the next stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from onnxopt import _fs
+from onnxopt.config import OptimizeStep, PipelineConfig
+from onnxopt.errors import OnnxoptError, VerificationError
+from onnxopt.modelio import model_digest
+from onnxopt.steps.base import StepContext
+from onnxopt.verify import Reference, Verification, resolve_tolerance
+
+log = logging.getLogger("onnxopt")
+
+Row = dict[str, Any]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def pareto(rows: list[Row]) -> list[Row]:
+    """The rows no other row beats on both speed-up and score, fastest first."""
+    timed = [r for r in rows if r.get("speedup") is not None and r.get("score") is not None]
+    front = [
+        r
+        for r in timed
+        if not any(
+            o is not r
+            and o["speedup"] >= r["speedup"]
+            and o["score"] >= r["score"]
+            and (o["speedup"] > r["speedup"] or o["score"] > r["score"])
+            for o in timed
+        )
+    ]
+    return sorted(front, key=lambda r: -r["speedup"])
+
+
+class Search:
+    """One search from ``src`` (see the module's docstring)."""
+
+    def __init__(self, src: Path, cfg: OptimizeStep, ctx: StepContext, work: Path) -> None:
+        self.src = src
+        self.cfg = cfg
+        self.ctx = ctx
+        self.work = work
+        self.tol = resolve_tolerance(cfg)
+        self.started = time.monotonic()
+        self.rows: list[Row] = []
+        self.paths: dict[str, Path] = {"source": src}
+        self.notes: list[str] = []
+        self.verifications: dict[str, Verification] = {}
+        self.stopped: str | None = None
+        self.refused_structure: str | None = None
+        self.reference: Reference = ctx.reference(src)
+        self.source = self._source_row()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _source_row(self) -> Row:
+        row: Row = {"id": "source", "stage": "source", "label": "source", "chain": []}
+        row.update(status="verified", speedup=1.0, cosine=1.0)
+        if self.ctx.evaluator is not None:
+            scores = self.ctx.evaluator.scores(self.src)
+            primary = self.ctx.evaluator.cfg.primary or next(iter(scores))
+            row["task_score"] = scores[primary]
+        row["score"] = row.get("task_score", 1.0)
+        self.rows.append(row)
+        return row
+
+    def out_of_time(self) -> bool:
+        """Whether the time budget is spent (then the search says so, once)."""
+        budget = self.cfg.time_budget
+        if budget is None or time.monotonic() - self.started < budget:
+            return False
+        if self.stopped is None:
+            self.stopped = f"time budget of {budget:g} s reached"
+            log.info("optimize: %s; stopping with the best so far", self.stopped)
+        return True
+
+    def _progress(self, text: str) -> None:
+        done = sum(1 for r in self.rows if r["id"] != "source" and r["status"] != "not tried")
+        best = max((r["speedup"] for r in self.verified() if r.get("speedup")), default=1.0)
+        self.ctx.report_progress(f"{text} ({done} candidates done, best {best:.2f}x)")
+
+    def verified(self) -> list[Row]:
+        """The rows within budget (the source included)."""
+        return [r for r in self.rows if r["status"] == "verified"]
+
+    def skip(self, stage: str, label: str, parent: Row, why: str) -> Row:
+        """A candidate the search did not try, with the reason."""
+        row: Row = {"id": f"c{len(self.rows):02d}", "stage": stage, "label": label}
+        row.update(parent=parent["id"], chain=parent["chain"], status="not tried", reason=why)
+        self.rows.append(row)
+        return row
+
+    # ------------------------------------------------------------------ one candidate
+
+    def candidate(self, stage: str, label: str, parent: Row, step: dict[str, Any]) -> Row:
+        """Run ``step`` on ``parent``'s model as a cached one-step pipeline, then judge it."""
+        row: Row = {"id": f"c{len(self.rows):02d}", "stage": stage, "label": label}
+        row.update(parent=parent["id"], chain=[*parent["chain"], step], status="running")
+        self.rows.append(row)
+        if self.out_of_time():
+            row.update(status="not tried", reason=self.stopped)
+            return row
+        self._progress(f"{stage}: {label}")
+        parent_path = self.paths[parent["id"]]
+        key = hashlib.sha256(
+            json.dumps([model_digest(parent_path), step], sort_keys=True).encode()
+        ).hexdigest()[:12]
+        folder = self.work / f"{_slug(label)}-{key}"
+        started = time.monotonic()
+        try:
+            manifest = self._run(parent_path, step, folder, f"{stage}: {label}")
+        except OnnxoptError as err:
+            outside = isinstance(err, VerificationError)
+            row.update(status="outside budget" if outside else "failed", reason=err.message)
+            row["seconds"] = round(time.monotonic() - started, 2)
+            return row
+        row["seconds"] = round(time.monotonic() - started, 2)
+        entry = manifest["steps"][-1]
+        row["cached"] = entry.get("status") == "cached"
+        if entry.get("kept_parent"):
+            row.update(status="kept its parent", reason=entry.get("kept_parent_reason"))
+            return row
+        report = entry.get("report") or {}
+        if report.get("chosen_config"):  # quantize auto: the recipe it chose, pinned
+            row["chain"] = [*parent["chain"], {"type": "quantize", **report["chosen_config"]}]
+            row["recipe"] = report.get("chosen")
+        self.paths[row["id"]] = folder / manifest["final_artifact"]
+        self._judge(row)
+        return row
+
+    def _run(self, parent: Path, step: dict[str, Any], folder: Path, what: str) -> Any:
+        assert self.ctx.run_pipeline is not None, "the engine runs optimize's candidates"
+        base = self.ctx.config.model_dump(mode="json", exclude_defaults=True)
+        if step["type"] != "quantize":
+            # judged against the source by the search, not against the parent by the engine:
+            # a pruned model that misses the task is still the start of its distillation
+            base.pop("evaluate", None)
+        base.update(
+            name="optimize-candidate", model={"path": str(parent)}, steps=[step],
+            output_dir=str(folder),
+        )  # fmt: skip
+        config = PipelineConfig.model_validate(base)
+
+        def on_event(event: str, **data: Any) -> None:
+            if event == "step_progress":
+                self.ctx.report_progress(f"{what}: {data['text']}")
+
+        # from the folder the run started from: the user's code (evaluate) runs there
+        with _fs.user_cwd(self.ctx.invocation_dir):
+            return self.ctx.run_pipeline(
+                config, self.ctx.base_dir, out_dir=folder, on_event=on_event
+            )
+
+    def _judge(self, row: Row) -> None:
+        """Verify the candidate against the source on the held-out inputs."""
+        path = self.paths[row["id"]]
+        verification = self.ctx.verify(path, self.reference, self.tol)
+        row["cosine"] = verification.min_cosine
+        if verification.task is not None:
+            row["task_score"] = verification.task["score"]
+            row["task_drop"] = verification.task["drop"]
+        row["score"] = row.get("task_score", row["cosine"])
+        self.verifications[row["id"]] = verification
+        if verification.passed:
+            row["status"] = "verified"
+        else:
+            row.update(status="outside budget", reason=verification.first_failure())
+
+    # ------------------------------------------------------------------ timing
+
+    def time(self, rows: list[Row], trials: int | None = None) -> None:
+        """Time ``rows`` interleaved with the source (fresh sessions, the held-out inputs);
+        a candidate not faster beyond the noise is marked so (it stays in the report)."""
+        from onnxopt.bench.compare import time_candidates
+
+        todo = [(r["id"], self.paths[r["id"]]) for r in rows if r["id"] in self.paths]
+        if not todo:
+            return
+        timing = self.cfg.timing
+        timed, failed = time_candidates(
+            self.src, todo, self.ctx.inputs, self.ctx.target,
+            warmup=timing.warmup, runs=timing.runs, trials=trials or timing.trials,
+        )  # fmt: skip
+        for row in rows:
+            if row["id"] in failed:
+                row.update(status="failed", reason=f"timing: {failed[row['id']]}")
+            elif row["id"] in timed:
+                cmp_ = timed[row["id"]]
+                row.update(
+                    median_ms=cmp_["median_ms"],
+                    source_median_ms=cmp_["parent_median_ms"],
+                    speedup=cmp_["speedup"],
+                    ratio_ci=cmp_["ratio_ci"],
+                    verdict=cmp_["verdict"],
+                )

@@ -1,0 +1,104 @@
+"""The stages of the search, in the order they compose: structure, graph, precision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from onnxopt.steps.optimize import space
+from onnxopt.steps.optimize.search import Row, Search, pareto
+
+
+def structure(search: Search) -> None:
+    """Channel pruning up a ladder of ratios, each recovered (distillation from the source,
+    or compensation); the ladder stops at the first ratio that misses the budget even after
+    recovery, so the model's sensitivity decides how far it goes."""
+    cfg, ctx = search.cfg, search.ctx
+    ops = space.op_counts(search.src)
+    if not space.PRUNABLE_OPS & set(ops):
+        search.notes.append("structure: nothing to prune (no Conv, Gemm or MatMul weights)")
+        return
+    how, why = space.recovery(cfg, ctx)
+    search.notes.append(f"structure: pruned models recovered by {how} ({why})")
+    new: list[Row] = []
+    for ratio in cfg.prune_ratios:
+        label = f"prune {ratio:g}"
+        prune = cfg.step_options(
+            "prune", method="channel", ratio=ratio, compensate=how == "compensate",
+            measure_speed=False, guard=None,
+        )  # fmt: skip
+        row = search.candidate("structure", label, search.source, prune)
+        new.append(row)
+        best = row if row["status"] == "verified" else None
+        if best is None and how == "distill" and row["id"] in search.paths:
+            distill = cfg.step_options("distill", teacher=str(search.src))
+            recovered = search.candidate("structure", f"{label} + distill", row, distill)
+            new.append(recovered)
+            best = recovered if recovered["status"] == "verified" else None
+        if best is None:
+            failed = new[-1]
+            if failed["status"] == "not tried":
+                break
+            search.notes.append(
+                f"structure: refused from ratio {ratio:g} up: {failed.get('reason')}"
+            )
+            search.refused_structure = f"{failed['label']}: {failed.get('reason')}"
+            break
+    search.time([r for r in new if r["status"] == "verified"])
+
+
+def _expand(search: Search, stage: str, step_of: Callable[[Row], dict[str, Any]]) -> None:
+    """Apply the stage's step to the Pareto front's fastest ``beam`` models."""
+    parents = pareto(search.verified())[: search.cfg.beam]
+    new = []
+    for parent in parents:
+        label = stage if parent["id"] == "source" else f"{parent['label']} > {stage}"
+        new.append(search.candidate(stage, label, parent, step_of(parent)))
+    search.time([r for r in new if r["status"] == "verified"])
+
+
+def graph(search: Search) -> None:
+    """Graph rewrites: onnxsim, ONNX Runtime's portable level, transformer fusions."""
+    options = space.simplify_options(search.cfg, space.op_counts(search.src))
+    _expand(search, "simplify", lambda parent: options)
+
+
+def precision(search: Search) -> None:
+    """Every recipe quantize auto would try on this target (CPU-aware), verified and timed
+    by it against the candidate's parent; the search then judges it against the source."""
+    options = search.cfg.step_options("quantize")
+    _expand(search, "quantize", lambda parent: options)
+
+
+STAGES: dict[str, Callable[[Search], None]] = {
+    "structure": structure,
+    "graph": graph,
+    "precision": precision,
+}
+
+
+def choose(search: Search) -> Row | None:
+    """The fastest verified candidate that beats the source beyond the noise (by
+    ``min_speedup``); the two fastest are timed again, interleaved, before the choice."""
+    minimum = search.cfg.min_speedup
+
+    def eligible() -> list[Row]:
+        rows = [
+            r
+            for r in search.verified()
+            if r["id"] != "source" and r.get("verdict") == "faster" and r["speedup"] >= minimum
+        ]
+        return sorted(rows, key=lambda r: -r["speedup"])
+
+    ranked = eligible()
+    if len(ranked) >= 2:
+        top = ranked[:2]
+        for row in top:
+            row["first_speedup"] = row["speedup"]
+        search.time(top, trials=search.cfg.timing.final_trials)
+        for row in top:
+            row["retimed"] = True
+        ranked = eligible()
+    for row in pareto(search.verified()):
+        row["pareto"] = True
+    return ranked[0] if ranked else None
