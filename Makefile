@@ -57,6 +57,7 @@ bench: install
 	$(PY) benchmarks/int8_recipes.py
 	$(PY) benchmarks/prune.py
 	$(PY) benchmarks/distill.py
+	$(PY) benchmarks/optimize.py
 
 bench-large: install  # a 2.25 GiB model through every step (~10 min, ~8 GiB memory)
 	$(PY) benchmarks/large_model.py

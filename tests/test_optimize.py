@@ -278,3 +278,20 @@ def test_an_optimize_step_in_a_pipeline_and_its_chain_file(tmp_path: Path) -> No
     assert again.returncode == 0, again.stderr
     produced = json.loads((tmp_path / "out" / "optimized-chain" / "manifest.json").read_text())
     assert _sha(tmp_path / "out" / "optimized-chain" / produced["final_artifact"]) == _sha(final)
+
+
+def test_a_latency_budget_adds_the_serving_plan_of_the_chosen_model(
+    resnet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = resnet
+    manifest = onnxopt.optimize(
+        model, tmp_path / "out.onnx", data=data, stages=["structure"], recover="compensate",
+        prune_ratios=[0.5], latency_budget="500ms", percentile="p90",
+    )  # fmt: skip
+    report = manifest["steps"][-1]["report"]
+    assert report["chosen"] is not None, report["outcome"]
+    plan = report["serving_plan"]
+    assert plan["budget_ms"] == 500 and plan["percentile"] == "p90"
+    assert plan["chosen"] is not None and plan["searched"] >= 1
+    assert plan["chosen"]["request_latency_ms"] <= 500
+    assert "Serving plan" in (tmp_path / "out.optimize.md").read_text()

@@ -21,7 +21,9 @@ def optimize(
     ],
     time_budget: Annotated[
         str | None,
-        typer.Option("--time-budget", help="How long the search may take, e.g. 30m or 90s."),
+        typer.Option(
+            "--time-budget", help="How long the search may take (default 30m), e.g. 10m or 90s."
+        ),
     ] = None,
     latency_budget: Annotated[
         str | None,

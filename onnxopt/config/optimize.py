@@ -88,7 +88,11 @@ class OptimizeStep(StepBase):
         "try on this target), e.g. {auto: {rescue: false}}.",
     )
     beam: int = Field(
-        2, ge=1, le=8, description="Candidates on the Pareto front expanded per stage."
+        2,
+        ge=1,
+        le=8,
+        description="The fastest candidates on the Pareto front expanded per stage (the "
+        "source is expanded too).",
     )
     min_speedup: float = Field(
         1.0,
@@ -97,10 +101,10 @@ class OptimizeStep(StepBase):
         "factor and the 95% interval of the ratio excludes 1.",
     )
     time_budget: float | None = Field(
-        None,
+        1800.0,
         gt=0,
         description="Seconds (or '30m', '90s') the search may take; it then stops with the "
-        "best so far (a candidate already running finishes).",
+        "best so far (a candidate already running finishes). null: no limit.",
     )
     timing: SearchTiming = Field(default_factory=SearchTiming, description="Timing.")
     latency_budget: float | None = Field(

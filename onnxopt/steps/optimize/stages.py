@@ -48,8 +48,11 @@ def structure(search: Search) -> None:
 
 
 def _expand(search: Search, stage: str, step_of: Callable[[Row], dict[str, Any]]) -> None:
-    """Apply the stage's step to the Pareto front's fastest ``beam`` models."""
+    """Apply the stage's step to the Pareto front's fastest ``beam`` models, and to the
+    source (the most faithful parent: what the step alone buys is always in the running)."""
     parents = pareto(search.verified())[: search.cfg.beam]
+    if search.source not in parents:
+        parents.append(search.source)
     new = []
     for parent in parents:
         label = stage if parent["id"] == "source" else f"{parent['label']} > {stage}"
