@@ -88,7 +88,10 @@ def test_the_search_composes_a_chain_that_beats_every_single_step(
     rerun = run_cli("optimize", model, "-o", out, "--data", data, "--recover", "compensate",
                     "--prune-ratio", "0.5", "--json")  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
-    ran = [r for r in _rows(json.loads(rerun.stdout)) if r["id"] != "source"]
+    first = {r["label"] for r in report["candidates"] if r.get("status") != "not tried"}
+    ran = [r for r in _rows(json.loads(rerun.stdout)) if r["label"] in first - {"source"}]
+    # every candidate the first run made is a cache hit (which Pareto members a stage
+    # expands follows the timings, which are measured afresh)
     assert ran and all(r.get("cached") for r in ran), ran
 
 
