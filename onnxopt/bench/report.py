@@ -206,7 +206,7 @@ def plot(report: BenchReport, path: Path) -> None:
         for r in results
     ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.7 * len(results)))
-    ax1.boxplot([r["samples_ms"] for r in results], vert=False, showfliers=False)
+    ax1.boxplot([r["samples_ms"] for r in results], orientation="horizontal", showfliers=False)
     ax1.set_yticks(range(1, len(results) + 1), labels, fontsize=8)
     ax1.invert_yaxis()
     ax1.set_xlabel("latency (ms)")
