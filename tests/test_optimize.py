@@ -84,14 +84,13 @@ def test_the_search_composes_a_chain_that_beats_every_single_step(
     produced = json.loads((tmp_path / "optimized-chain" / "manifest.json").read_text())
     final = tmp_path / "optimized-chain" / produced["final_artifact"]
     assert _sha(final) == _sha(out)
-    # a re-run is all cache hits (timing is measured afresh)
+    # a re-run reuses every candidate the first run made (labels name the chain; which
+    # Pareto members a stage expands follows the timings, which are measured afresh)
     rerun = run_cli("optimize", model, "-o", out, "--data", data, "--recover", "compensate",
                     "--prune-ratio", "0.5", "--json")  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     first = {r["label"] for r in report["candidates"] if r.get("status") != "not tried"}
     ran = [r for r in _rows(json.loads(rerun.stdout)) if r["label"] in first - {"source"}]
-    # every candidate the first run made is a cache hit (which Pareto members a stage
-    # expands follows the timings, which are measured afresh)
     assert ran and all(r.get("cached") for r in ran), ran
 
 
