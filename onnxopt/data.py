@@ -41,25 +41,73 @@ def load_samples(
     ``preprocessing``, ``samples`` (at most this many) and, for images, ``seed`` (of the
     other inputs' generated values). ``what`` names the source in messages.
     """
+    limit = Limit(source.samples, source.max_bytes, what)
     if source.source == "callable":
         if not source.callable:
             raise ConfigError(f"{what}: source callable needs 'callable' (module:function)")
         with user_cwd(invocation_dir):  # the callable is the user's code
-            samples = _from_callable(source.callable, source.samples, specs, base_dir, what)
+            samples = _from_callable(source.callable, limit, specs, base_dir, what)
         return checked(samples, f"{what} callable {source.callable!r}", specs)
     if not source.path:
         raise ConfigError(f"{what}: source {source.source} needs a path")
     path = Path(source.path)  # absolute: the config resolved it
     if source.source == "images":
-        samples = _from_images(path, source, specs, dims)
+        samples = _from_images(path, source, specs, dims, limit)
     elif path.is_dir():
         files = sorted(path.glob("*.npz"))
         if not files:
             raise InputError(f"{what} folder {path} holds no .npz files")
-        samples = [s for f in files[: source.samples] for s in split_arrays(load_inputs(f), specs)]
+        samples = []
+        for file in files:
+            if limit.full(samples):
+                break
+            samples += split_arrays(load_inputs(file), specs)
     else:
         samples = split_arrays(load_inputs(path), specs, where=path.name)
-    return checked(samples[: source.samples], str(path), specs)
+    return checked(limit.cut(samples), str(path), specs)
+
+
+def sample_bytes(sample: Inputs) -> int:
+    """The bytes a sample's arrays hold."""
+    return int(sum(np.asarray(v).nbytes for v in sample.values()))
+
+
+class Limit:
+    """How many samples are read: all of them (``count`` None) or at most ``count``, and
+    never more than ``max_bytes`` (a warning says where the bytes ran out)."""
+
+    def __init__(self, count: int | None, max_bytes: int, what: str) -> None:
+        self.count = count
+        self.max_bytes = max_bytes
+        self.what = what
+        self.said = False
+
+    def full(self, samples: list[Inputs]) -> bool:
+        """Whether no further sample should be read."""
+        if self.count is not None and len(samples) >= self.count:
+            return True
+        return sum(sample_bytes(s) for s in samples) >= self.max_bytes
+
+    def cut(self, samples: list[Inputs]) -> list[Inputs]:
+        """The samples within the count and the bytes (whole samples, at least one)."""
+        kept = samples if self.count is None else samples[: self.count]
+        total, n = 0, 0
+        for sample in kept:
+            total += sample_bytes(sample)
+            if total > self.max_bytes and n:
+                break
+            n += 1
+        if n < len(kept) and not self.said:
+            self.said = True
+            log.warning(
+                "%s: read %d samples (%.0f MiB), the most that fit max_bytes (%.0f MiB); "
+                "the rest were not read (raise max_bytes to use them)",
+                self.what,
+                n,
+                sum(sample_bytes(s) for s in kept[:n]) / 2**20,
+                self.max_bytes / 2**20,
+            )
+        return kept[:n]
 
 
 def split_arrays(arrays: Inputs, specs: list[InputSpec], where: str = "the file") -> list[Inputs]:
@@ -159,7 +207,7 @@ def split(
 
 
 def _from_callable(
-    spec: str, limit: int, specs: list[InputSpec], base_dir: Path, what: str
+    spec: str, limit: Limit, specs: list[InputSpec], base_dir: Path, what: str
 ) -> list[Inputs]:
     from onnxopt.factory import load_factory
 
@@ -175,7 +223,7 @@ def _from_callable(
                     f"inputs {sorted(names)}"
                 )
             samples.append({k: np.asarray(v) for k, v in item.items()})
-            if len(samples) >= limit:
+            if limit.full(samples):
                 break
     except InputError:
         raise
@@ -183,11 +231,11 @@ def _from_callable(
         raise InputError(
             f"{what} callable {spec!r} raised {type(err).__name__}: {first_line(err)}"
         ) from None
-    return samples
+    return limit.cut(samples)
 
 
 def _from_images(
-    folder: Path, source: Any, specs: list[InputSpec], dims: dict[str, int]
+    folder: Path, source: Any, specs: list[InputSpec], dims: dict[str, int], limit: Limit
 ) -> list[Inputs]:
     try:
         from PIL import Image, UnidentifiedImageError
@@ -208,8 +256,10 @@ def _from_images(
     if spec is None:
         raise ConfigError(f"preprocessing.input {pre.input!r} is not a model input")
     others = [s for s in specs if s.name != spec.name]
-    samples = []
-    for i, file in enumerate(files[: source.samples]):
+    samples: list[Inputs] = []
+    for i, file in enumerate(files):
+        if limit.full(samples):
+            break
         try:
             with Image.open(file) as img:
                 rgb = img.convert("RGB")

@@ -37,6 +37,24 @@ def described(err: BaseException, limit: int = 300) -> str:
     return f"{type(err).__name__}: {first_line(err, limit)}" if text else type(err).__name__
 
 
+def failure_reason(err: BaseException, scratch: Any = None) -> str:
+    """One line on a candidate's failure for a search's report: an onnxopt error's message,
+    anything else as an internal error to report; ``scratch`` (a folder) never named."""
+    if isinstance(err, OnnxoptError):
+        text = err.message
+    else:
+        text = f"internal error: {described(err)}; please report it"
+    return without_folder(text, scratch)
+
+
+def without_folder(text: str, folder: Any) -> str:
+    """``text`` without the path of ``folder`` (a scratch or work folder) in it."""
+    if folder is None:
+        return text
+    where = str(folder).rstrip("/")
+    return text.replace(where + "/", "").replace(where, "the work folder")
+
+
 class OnnxoptError(Exception):
     """Base class: a message for the user and the exit code it maps to."""
 

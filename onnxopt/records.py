@@ -8,7 +8,7 @@ required ones are optional (``total=False``): a record carries what its path pro
 
 from __future__ import annotations
 
-from typing import Any, Required, TypedDict
+from typing import Any, Literal, Required, TypedDict
 
 
 class OutputRow(TypedDict, total=False):
@@ -40,6 +40,59 @@ class Comparison(TypedDict, total=False):
     problem: str
     #: merged over several samples: how many
     samples: int
+
+
+#: where a search's candidate stands (quantize auto, optimize, prune's ratio search)
+CandidateStatus = Literal[
+    "running", "verified", "outside budget", "failed", "kept its parent", "not tried"
+]
+
+
+class CandidateRow(TypedDict, total=False):
+    """One candidate of a search, as its report records it (onnxopt.steps.candidates).
+
+    quantize auto keys its rows by ``recipe``; optimize by ``id`` with the search ``stage``
+    and the ``chain`` of steps from the source. Every search fills the rest the same way.
+    """
+
+    id: str
+    label: str
+    recipe: str
+    stage: str
+    parent: str
+    chain: list[Any]
+    status: Required[CandidateStatus]
+    #: where a failed candidate failed: build, load, run, verify or timing
+    failed_at: str
+    reason: str
+    cosine: float
+    min_cosine: float
+    task_score: float
+    task_drop: float
+    #: what the search ranks by: the task score when there is one, else the cosine
+    score: float
+    median_ms: float
+    #: the model the candidate is timed against (quantize auto: its parent; optimize: the
+    #: source), in the same interleaved run
+    baseline_median_ms: float
+    speedup: float
+    ratio_ci: list[float]
+    verdict: str
+    seconds: float
+    cached: bool
+    # quantize auto: what the recipe wrote, and the rescue by diagnosis
+    mode: str
+    quantized_ops: dict[str, int]
+    reduce_range: bool
+    weight_type: str
+    rescue: str
+    repaired_from: str
+    nodes_to_exclude: list[str]
+    yaml: str
+    # optimize: the final choice
+    first_speedup: float
+    retimed: bool
+    pareto: bool
 
 
 class RatioCompare(TypedDict, total=False):

@@ -246,9 +246,7 @@ def test_quantize_auto_that_keeps_the_parent_copies_it(tmp_path: Path) -> None:
     src = models.matmul_chain(tmp_path / "model.onnx", 2, 64, external=False)
     out = tmp_path / "q.onnx"
     with Untouched(src):
-        _, manifest = _json_run(
-            "quantize", src, "-o", out, "-m", "auto", "--min-cosine", "0.9999999"
-        )
+        _, manifest = _json_run("quantize", src, "-o", out, "-m", "auto", "--min-cosine", "1")
     assert manifest["steps"][0]["kept_parent"] is True
     assert "no candidate met the accuracy budget" in manifest["steps"][0]["kept_parent_reason"]
     copy = manifest["output_is_unchanged_copy"]
@@ -256,7 +254,7 @@ def test_quantize_auto_that_keeps_the_parent_copies_it(tmp_path: Path) -> None:
     assert _sha(out) == _sha(src)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "q.onnx"]
     with Untouched(src):
-        proc = run_cli("quantize", src, "-o", out, "-m", "auto", "--min-cosine", "0.9999999")
+        proc = run_cli("quantize", src, "-o", out, "-m", "auto", "--min-cosine", "1")
     assert proc.returncode == 0, proc.stderr
     assert "is an unchanged copy of" in proc.stdout and "accuracy budget" in proc.stdout
 

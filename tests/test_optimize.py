@@ -297,3 +297,36 @@ def test_a_latency_budget_adds_the_serving_plan_of_the_chosen_model(
     assert plan["chosen"] is not None and plan["searched"] >= 1
     assert plan["chosen"]["request_latency_ms"] <= 500
     assert "Serving plan" in (tmp_path / "out.optimize.md").read_text()
+
+
+def test_a_candidate_that_raises_is_recorded_and_the_search_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a stand-in for a bug inside a step (as once in channel pruning's compensation): the
+    # structure candidate raises a plain ValueError; the search records it and goes on
+    import onnxopt.steps.prune.channels as channels
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("einstein sum subscripts string contains too many subscripts")
+
+    monkeypatch.setattr(channels, "_compensate", broken)
+    model = tmp_path / "mlp.onnx"
+    _identity_mlp(model)
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "data.npz", features=rng.normal(0, 1, (64, 32)).astype(np.float32))
+    before = file_states(model, tmp_path / "data.npz")
+    proc = run_cli(
+        "optimize", model, "-o", tmp_path / "out.onnx", "--data", tmp_path / "data.npz",
+        "--recover", "compensate", "--prune-ratio", "0.5", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["steps"][-1]["report"]
+    rows = report["candidates"]
+    pruned = next(r for r in rows if r["chain"] == ["prune"])
+    assert pruned["status"] == "failed" and pruned["failed_at"] == "build", pruned
+    assert pruned["reason"].startswith("internal error: ValueError: einstein"), pruned
+    assert "please report" in pruned["reason"] and str(tmp_path) not in pruned["reason"]
+    later = [r for r in rows if r.get("stage") in ("simplify", "quantize")]
+    assert later and all(r["status"] != "not tried" for r in later), rows
+    assert (tmp_path / "out.onnx").is_file()
+    assert file_states(model, tmp_path / "data.npz") == before

@@ -603,3 +603,84 @@ def test_magnitude_pruning_streams_external_weights(tmp_path: Path) -> None:
     # streaming and in-memory pruning give the same weights
     for name, weights in results[1].items():
         np.testing.assert_array_equal(results[0][name], weights)
+
+
+@pytest.mark.parametrize("spatial", [1, 2, 3])
+def test_compensation_handles_convolutions_of_any_rank(tmp_path: Path, spatial: int) -> None:
+    # Conv1d (audio front ends), Conv2d and Conv3d: the removed channels' mean activations,
+    # summed over the consumer's kernel, go into its bias
+    kernel = (3,) * spatial
+    w1, w2 = w(16, 4, *kernel), w(8, 16, *kernel)
+    b1 = (np.abs(w(16)) * 5 + 3).astype(np.float32)
+    b2 = w(8)
+    pads = {"pads": [1] * (2 * spatial)}
+    src = build(
+        tmp_path / "m.onnx",
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="c1", **pads),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="c2", **pads),
+        ],
+        {"w1": w1, "b1": b1, "w2": w2, "b2": b2},
+        ["batch", 4, *([6] * spatial)],
+        ["batch", 8, *([6] * spatial)],
+    )
+    entry, out = prune(src, tmp_path / "o", ratio=0.5, compensate=True)
+    c1 = next(g for g in entry["report"]["groups"] if g["producers"] == ["c1"])
+    assert c1["compensated"] == ["c2"] and c1["channels_after"] == 8
+    got = weights(out)
+    assert got["w2"].shape == (8, 8, *kernel) and got["w1"].shape == (8, 4, *kernel)
+    with np.load(tmp_path / "o" / "inputs.npz") as data:
+        x = data["x"]
+    model = onnx.load(str(src))
+    model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    (r,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["r"], {"x": x}
+    )
+    mean = r.mean(axis=tuple(i for i in range(r.ndim) if i != 1))
+    removed = np.setdiff1d(np.arange(16), keep_by_l1(w1, count=8))
+    part = w2[:, removed] * mean[removed].reshape(1, -1, *([1] * spatial))
+    delta = part.reshape(8, -1).sum(axis=1)
+    np.testing.assert_allclose(got["b2"], b2 + delta, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("consumer", ["gemm_transB", "matmul_batched"])
+def test_pruning_reaches_gemm_transb_and_batched_matmul_consumers(
+    tmp_path: Path, consumer: str
+) -> None:
+    # a Gemm with transB reads its weight's columns; a batched MatMul weight [B, K, N] its
+    # second-last axis (no per-channel bias can hold its compensation: left uncompensated)
+    w1, b1 = w(8, 16), (np.abs(w(16)) * 5 + 3).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+    ]
+    if consumer == "gemm_transB":
+        w2, b2 = w(8, 16), w(8)
+        nodes.append(helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1))
+        inits = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
+        x_shape, y_shape = ["batch", 8], ["batch", 8]
+    else:
+        w2 = w(3, 16, 8)
+        nodes.append(helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"))
+        inits = {"w1": w1, "b1": b1, "w2": w2}
+        x_shape, y_shape = [3, "sequence", 8], [3, "sequence", 8]
+    src = build(tmp_path / "m.onnx", nodes, inits, x_shape, y_shape)
+    entry, out = prune(src, tmp_path / "o", ratio=0.5, compensate=True)
+    fc1 = next(g for g in entry["report"]["groups"] if g["producers"] == ["fc1"])
+    assert fc1["channels_after"] == 8
+    keep = keep_by_l1(w1.T, count=8)
+    got = weights(out)
+    if consumer == "gemm_transB":
+        assert fc1["compensated"] == ["fc2"]
+        np.testing.assert_array_equal(got["w2"], w2[:, keep])
+    else:
+        assert fc1["compensated"] == []
+        np.testing.assert_array_equal(got["w2"], w2[:, keep])
+    with np.load(tmp_path / "o" / "inputs.npz") as data:
+        x = data["x"]
+    h = np.maximum(x @ w1 + b1, 0)[..., keep]
+    (y,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    if consumer == "matmul_batched":
+        np.testing.assert_allclose(y, h @ w2[:, keep], rtol=1e-4, atol=1e-4)

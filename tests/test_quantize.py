@@ -201,10 +201,11 @@ def test_auto_without_calibration_data_tries_calibration_free_recipes(tmp_path: 
     report = entry["report"]
     # where the CPU's U8S8 kernel saturates (measured), 7-bit and U8U8 weights join in
     extra = ["dynamic_7bit", "dynamic_u8u8"] if int8_facts().u8s8_saturates else []
-    assert [c["recipe"] for c in report["candidates"]] == ["dynamic", *extra, "int4"]
+    # fp16 too, last: it usually loses on the CPU provider, which its timing shows
+    assert [c["recipe"] for c in report["candidates"]] == ["dynamic", *extra, "int4", "fp16"]
     assert report["cpu_decision"]["added_recipes"] == extra
     assert "no representative calibration data" in report["not_tried"]["static_u8s8"]
-    assert "fp16" in report["not_tried"]
+    assert "dynamic_conv" in report["not_tried"]  # a fact: the model has no Conv
     for cand in report["candidates"]:
         assert cand["status"] == "verified"
         assert cand["ratio_ci"][0] <= 1 / cand["speedup"] <= cand["ratio_ci"][1]
@@ -218,7 +219,9 @@ def test_auto_without_calibration_data_tries_calibration_free_recipes(tmp_path: 
 
 def test_auto_keeps_the_parent_when_nothing_meets_the_budget(tmp_path: Path) -> None:
     src = models.matmul_chain(tmp_path / "m.onnx", 2, 64, external=False)
-    step = {"mode": "auto", "tolerance": {"min_cosine": 0.9999999}}
+    # the int8 and int4 recipes (fp16 can come within 1e-7 of a float32 MatMul chain)
+    int8 = ["dynamic", "dynamic_7bit", "dynamic_u8u8", "int4"]
+    step = {"mode": "auto", "tolerance": {"min_cosine": 0.9999999}, "auto": {"candidates": int8}}
     manifest = _run(src, tmp_path / "o", step)
     entry = manifest["steps"][0]
     assert entry["kept_parent"] is True
@@ -234,7 +237,8 @@ def test_auto_keeps_the_parent_when_nothing_meets_the_budget(tmp_path: Path) -> 
     assert manifest["final_artifact"] == str(src)
     assert finished_artifacts(tmp_path / "o") == []
     cfg = write_yaml(
-        tmp_path / "p.yaml", _cfg(src, tmp_path / "o2", {**step, "auto": {"require_speedup": True}})
+        tmp_path / "p.yaml",
+        _cfg(src, tmp_path / "o2", {**step, "auto": {"candidates": int8, "require_speedup": True}}),
     )
     proc = run_cli("run", cfg)
     assert proc.returncode == ExitCode.GATE
@@ -243,7 +247,7 @@ def test_auto_keeps_the_parent_when_nothing_meets_the_budget(tmp_path: Path) -> 
 
 @pytest.mark.timing
 def test_auto_does_not_pick_the_planted_slower_recipe(tmp_path: Path) -> None:
-    # Dynamic quantization of convolutions is measured 4-5x slower than fp32 on CPUs: the
+    # Dynamic quantization of convolutions measured 0.19x on a ResNet on AVX2 CPUs: the
     # planted slow candidate. auto must not choose it and must call it slower.
     import onnxopt
     from tests.conftest import SAMPLES
@@ -387,7 +391,8 @@ def test_a_body_reading_a_rewritten_value_is_reordered_not_blamed_on_the_user(
     assert proc.returncode == 0, proc.stderr
     entry = json.loads(proc.stdout)["steps"][0]
     assert any("re-sorted the graph topologically" in n for n in entry["report"]["notes"])
-    assert entry["report"]["new_quantized_ops"]["MatMulInteger"] == 2  # mm0 and mm3
+    # mm0 and mm3, and the MatMuls inside the If's bodies (the dynamic quantizer reaches them)
+    assert entry["report"]["new_quantized_ops"]["MatMulInteger"] == 4
     assert entry["verification"]["passed"]
     onnx.checker.check_model(str(out))
 

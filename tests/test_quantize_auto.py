@@ -128,8 +128,10 @@ def test_auto_with_data_tries_the_compute_only_recipe_first(tmp_path: Path) -> N
     report = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]["report"]
     rows = {c["recipe"]: c for c in report["candidates"]}
     assert report["candidates"][0]["recipe"] == "static_u8s8_compute"
-    assert {"static_u8s8_compute", "static_u8s8", "static_s8s8_compute"} <= set(rows)
-    assert "auto.candidates" in report["not_tried"]["static_s8s8"]
+    assert {"static_u8s8_compute", "static_u8s8", "static_s8s8_compute", "static_s8s8"} <= set(rows)
+    # measured, not assumed: dynamic int8 of the convolutions and fp16 are tried too
+    assert {"dynamic_conv", "fp16"} <= set(rows), report["not_tried"]
+    assert not any("slower" in why for why in report["not_tried"].values()), report["not_tried"]
     compute = rows["static_u8s8_compute"]
     assert compute["status"] == "verified", compute
     assert set(compute["quantized_ops"]) <= {"QuantizeLinear", "DequantizeLinear"}
@@ -206,10 +208,10 @@ def test_a_candidate_that_fails_at_run_time_is_recorded_and_the_search_goes_on(
         entry = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]
     rows = {c["recipe"]: c for c in entry["report"]["candidates"]}
     failed = rows["dynamic"]
-    assert failed["status"] == "failed" and failed["stage"] == "run", failed
+    assert failed["status"] == "failed" and failed["failed_at"] == "verify", failed
     assert "DynamicQuantizeMatMul" in failed["reason"]
     assert "auto-" not in failed["reason"]  # no scratch folder in what the user reads
-    assert rows["int4"]["status"] == "failed" and rows["int4"]["stage"] == "build"
+    assert rows["int4"]["status"] == "failed" and rows["int4"]["failed_at"] == "build"
     # the static candidates were still built, verified and timed against the parent
     static = [c for name, c in rows.items() if name.startswith("static_")]
     assert static and all(c["status"] == "verified" and "verdict" in c for c in static)
@@ -268,3 +270,110 @@ def test_the_default_weight_range_is_measured_on_this_cpu(tmp_path: Path) -> Non
     assert report["reduce_range"] is facts.u8s8_saturates
     assert ("saturates" in report["reduce_range_why"]) is facts.u8s8_saturates
     assert report["target"]["u8s8_saturates"] is facts.u8s8_saturates
+
+
+def _crashing_probe(crash: str) -> typing.Callable[..., list[str]]:
+    """A stand-in for ONNX Runtime crashing on one written model: the child that runs the
+    model named ``crash`` first kills itself with SIGSEGV; the others run for real."""
+    import sys
+
+    from onnxopt import probe
+
+    real = probe._command
+
+    def command(model: Path, feeds: Path, target: typing.Any) -> list[str]:
+        if model.stem == crash or crash == "*":
+            kill = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+            return [sys.executable, "-c", kill]
+        return real(model, feeds, target)
+
+    return command
+
+
+def test_a_runtime_crash_on_a_candidate_is_that_candidates_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxopt import probe
+    from tests.conftest import Untouched
+
+    monkeypatch.setattr(probe, "_command", _crashing_probe("static_u8s8_compute"))
+    src = models.conv_net(tmp_path / "c.onnx")
+    data = _data(tmp_path / "d.npz", "x", (3, 32, 32))
+    step = {
+        "mode": "auto",
+        "tolerance": {"min_cosine": 0.9},
+        "auto": {
+            "candidates": ["static_u8s8_compute", "static_u8s8"],
+            "runs": 5,
+            "trials": 1,
+            "rescue": False,
+        },
+    }
+    with Untouched(src, data):
+        entry = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]
+    rows = {c["recipe"]: c for c in entry["report"]["candidates"]}
+    crashed = rows["static_u8s8_compute"]
+    assert crashed["status"] == "failed" and crashed["failed_at"] == "build", crashed
+    assert crashed["reason"].startswith(
+        "ONNX Runtime crashed running static_u8s8_compute (signal 11 (SIGSEGV))"
+    ), crashed
+    assert rows["static_u8s8"]["status"] == "verified" and "verdict" in rows["static_u8s8"]
+
+
+def test_a_runtime_crash_in_an_explicit_mode_fails_the_step_without_an_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxopt import probe
+    from tests.conftest import error_line, run_cli
+
+    monkeypatch.setattr(probe, "_command", _crashing_probe("*"))
+    src = models.conv_net(tmp_path / "c.onnx")
+    data = _data(tmp_path / "d.npz", "x", (3, 32, 32))
+    out = tmp_path / "q.onnx"
+    proc = run_cli("quantize", src, "-o", out, "-m", "static", "--calibration", data)
+    assert proc.returncode == 1, proc.stderr
+    line = error_line(proc)
+    assert "ONNX Runtime crashed running the static-quantized model (signal 11" in line, line
+    assert "probe-" not in line and "scratch" not in line
+    assert not out.exists()
+
+
+def test_compute_inside_if_bodies_gets_the_recipes_that_reach_them(tmp_path: Path) -> None:
+    """Static QDQ cannot reach If bodies (a fact about this model: not tried, said why); the
+    dynamic recipes, which quantize a body's own weights, are tried and measured."""
+    src = all_in_if(tmp_path / "m.onnx", width=64)
+    data = _data(tmp_path / "d.npz", "x", (64,), n=32)
+    step = {"mode": "auto", "auto": {"runs": 5, "trials": 1, "rescue": False}}
+    entry = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]
+    report = entry["report"]
+    for name in ("static_u8s8_compute", "static_u8s8", "static_s8s8"):
+        assert "inside If/Loop/Scan bodies" in report["not_tried"][name], report["not_tried"]
+    rows = {c["recipe"]: c for c in report["candidates"]}
+    dynamic = rows["dynamic"]
+    assert dynamic["status"] == "verified", dynamic["reason"]
+    assert dynamic["quantized_ops"].get("MatMulInteger", 0) >= 2, dynamic  # both branches
+    assert "verdict" in dynamic
+
+
+def test_candidate_rules_are_facts_about_the_model() -> None:
+    from collections import Counter
+
+    from onnxopt.config.quantize import QuantizeStep
+    from onnxopt.steps.quantize.auto import choose_candidates
+    from onnxopt.steps.quantize.backend import OpCounts
+
+    cfg = QuantizeStep(type="quantize", mode="auto")
+    # a recurrent VAD: Conv1d front end and an LSTM, all inside If bodies
+    vad = OpCounts(Counter({"Conv": 6, "LSTM": 1, "If": 1}), Counter({"If": 1}))
+    chosen, skipped = choose_candidates(cfg, vad, "cpu", data=True, saturating=False)
+    names = {r.name for r in chosen}
+    assert {"dynamic", "dynamic_conv", "fp16"} <= names, skipped
+    assert not {n for n in names if n.startswith("static")}
+    assert "dynamic_no_rnn" in skipped  # nothing beside the LSTM to quantize
+    # a plain conv net: every int8 recipe that applies, dynamic convolutions included
+    cnn = OpCounts(Counter({"Conv": 20, "Relu": 20, "Gemm": 1}))
+    chosen, skipped = choose_candidates(cfg, cnn, "cpu", data=True, saturating=False)
+    assert {"static_u8s8_compute", "static_s8s8", "dynamic", "dynamic_conv"} <= {
+        r.name for r in chosen
+    }
+    assert all("slower" not in why for why in skipped.values()), skipped

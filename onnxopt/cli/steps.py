@@ -206,7 +206,10 @@ class StaticFlags:
         typer.Option("--calibration-callable", help="static: module:function yielding dicts."),
     ] = None
     calibration_samples: Annotated[
-        int | None, typer.Option("--calibration-samples", help="static: samples to use (16).")
+        int | None,
+        typer.Option(
+            "--calibration-samples", help="static: samples to read at most (all; synthetic: 16)."
+        ),
     ] = None
     allow_synthetic_calibration: Annotated[
         bool,

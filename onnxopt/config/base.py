@@ -219,6 +219,29 @@ class Tolerance(StrictModel):
         description="Lowest top-1 agreement accepted for classifier-like outputs "
         "(rank 2, more than one class).",
     )
+    max_slice_error: float | None = Field(
+        None,
+        gt=0,
+        description="Largest relative error ||candidate - reference|| / ||reference|| of any "
+        "slice of an output along its small axes (<= 128 entries past the first), e.g. one "
+        "class row of a detector's boxes-and-scores output (default: 2 * sqrt(2 * (1 - "
+        "min_cosine)); judged where no atol/rtol is checked).",
+    )
+    max_score_change: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Class-score outputs (a Softmax, or logits a Softmax reads): the largest "
+        "mean change of the reference's top class probability (default 0.1); they are judged "
+        "by it and top-1 agreement (min_top1_agreement, default 0.98) instead of the cosine.",
+    )
+    max_decision_flips: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Decision outputs (a Sigmoid): the largest share of decisions at 0.5 that "
+        "may flip (default 0.001); they are judged by it instead of the cosine.",
+    )
     outputs: list[str] | None = Field(
         None,
         min_length=1,

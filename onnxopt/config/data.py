@@ -29,6 +29,10 @@ class ImagePreprocessing(StrictModel):
     channels: Literal["rgb", "bgr"] = Field("rgb", description="Channel order.")
 
 
+#: the memory the user's samples may take by default (bytes)
+MAX_BYTES = 2 * 2**30
+
+
 def folder_or_file_source(path: Path) -> Literal["npz", "images"]:
     """How a data path reads: a folder without .npz files is a folder of images; anything
     else (an .npz file, a folder of .npz samples) is npz."""
@@ -61,7 +65,17 @@ class DataConfig(StrictModel):
     preprocessing: ImagePreprocessing = Field(
         default_factory=ImagePreprocessing, description="For source images."
     )
-    samples: int = Field(64, ge=1, description="Samples to read at most.")
+    samples: int | None = Field(
+        None,
+        ge=1,
+        description="Samples to read at most (default: all of them, up to max_bytes).",
+    )
+    max_bytes: int = Field(
+        MAX_BYTES,
+        ge=1,
+        description="Memory the samples may take (2 GiB): reading stops at the last whole "
+        "sample within it, with a warning.",
+    )
     holdout: float = Field(
         0.25,
         gt=0,

@@ -141,8 +141,9 @@ def print_pipeline(console: Console, manifest: dict[str, Any]) -> None:
     if inputs.get("data") and not inputs.get("synthetic"):
         data = inputs["data"]
         console.print(
-            f"verified on {data['held_out']} held-out samples of {data['from']} "
-            f"(calibration: {data['calibration']}, split seed {data['split_seed']})",
+            f"verified on {data['held_out']} held-out samples of {data['from']} (timed at "
+            f"their shapes): {data['samples']} samples read, {data['calibration']} to "
+            f"calibrate and train (split seed {data['split_seed']})",
             highlight=False,
         )
     elif inputs.get("synthetic"):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
 
 from onnxopt.config import StepBase
 from onnxopt.records import Comparison, OutputRow
+from onnxopt.verify.kinds import OutputKind
+from onnxopt.verify.rules import add_counts, count, judge_counts
+
+#: the top-1 agreement a class-score output needs unless the tolerance says otherwise
+DEFAULT_CLASS_TOP1 = 0.98
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,32 @@ class Tol:
     outputs: tuple[str, ...] | None = None
     #: the step set its own tolerance (with a task metric, the outputs are then judged too)
     explicit: bool = True
+    #: the largest relative error of any slice along a small axis (None: from min_cosine)
+    max_slice_error: float | None = None
+    #: class-score outputs: the mean change of the reference's top class probability
+    max_score_change: float = 0.1
+    #: decision (Sigmoid) outputs: the share of decisions at 0.5 that may flip
+    max_decision_flips: float = 0.001
+    #: output name -> what it is (onnxopt.verify.kinds); absent: values
+    kinds: Mapping[str, OutputKind] = field(default_factory=dict)
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether elementwise bounds are checked (they see every element already)."""
+        return not (math.isinf(self.atol) or math.isinf(self.rtol))
+
+    @property
+    def slice_bound(self) -> float:
+        """The worst slice's relative error accepted: given, or twice what the cosine bound
+        allows an error of the reference's own size (2 * sqrt(2 * (1 - min_cosine)))."""
+        if self.max_slice_error is not None:
+            return self.max_slice_error
+        return 2.0 * math.sqrt(2.0 * max(1.0 - self.min_cosine, 1e-8))
+
+    @property
+    def class_top1(self) -> float:
+        """The top-1 agreement a class-score output needs."""
+        return DEFAULT_CLASS_TOP1 if self.min_top1 is None else self.min_top1
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for reports (unchecked bounds as None)."""
@@ -34,6 +65,12 @@ class Tol:
             "min_cosine": self.min_cosine,
             "min_top1_agreement": self.min_top1,
         }
+        if not self.elementwise:
+            result["max_slice_error"] = round(self.slice_bound, 6)
+        if self.kinds:
+            result["rules"] = {name: kind.describe() for name, kind in self.kinds.items()}
+            result["max_score_change"] = self.max_score_change
+            result["max_decision_flips"] = self.max_decision_flips
         if self.outputs is not None:
             result["outputs"] = list(self.outputs)
         return result
@@ -46,6 +83,11 @@ def resolve_tolerance(step: StepBase, mode: str | None = None) -> Tol:
 
     atol, rtol, cos = registry.default_bounds(step, mode)
     override = step.tolerance
+    optional: dict[str, Any] = {
+        key: getattr(override, key)
+        for key in ("max_score_change", "max_decision_flips")
+        if getattr(override, key) is not None
+    }
     return Tol(
         atol=override.atol if override.atol is not None else atol,
         rtol=override.rtol if override.rtol is not None else rtol,
@@ -53,6 +95,8 @@ def resolve_tolerance(step: StepBase, mode: str | None = None) -> Tol:
         min_top1=override.min_top1_agreement,
         outputs=tuple(override.outputs) if override.outputs is not None else None,
         explicit=bool(override.model_fields_set),
+        max_slice_error=override.max_slice_error,
+        **optional,
     )
 
 
@@ -69,9 +113,22 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_outputs(
-    reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str], tol: Tol
+    reference: list[np.ndarray],
+    candidate: list[np.ndarray],
+    names: list[str],
+    tol: Tol,
+    deferred: bool = False,
 ) -> Comparison:
     """Compare candidate outputs to the reference, output by output.
+
+    Each output is judged by the rule that fits what it is (``tol.kinds``): class scores by
+    top-1 agreement and the top score's change, decisions by the share that flip, values by
+    the cosine; without elementwise bounds every output's worst slice along its small axes
+    is judged too (a whole-tensor cosine is ruled by the largest values: a part of small
+    range can be destroyed under a cosine of 0.99).
+
+    ``deferred``: one sample of several; the rules that count over samples (agreement,
+    flips, slices) are left to :func:`merge_samples`, which gets the counts.
 
     Returns:
         ``{"passed": bool, "outputs": [{name, max_abs_err, max_rel_err, cosine, passed, ...}]}``;
@@ -101,6 +158,9 @@ def compare_outputs(
         _compare_one(name, ref, got, tol)
         for name, ref, got in zip(names, reference, candidate, strict=True)
     ]
+    if not deferred:
+        for row in rows:
+            judge_counts(row, tol)
     if tol.outputs is not None:
         for row in rows:
             if row["name"] not in tol.outputs:
@@ -109,13 +169,18 @@ def compare_outputs(
 
 
 def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tol) -> OutputRow:
-    """One output's row: shape, errors, cosine, top-k agreement, and the verdict."""
+    """One output's row: shape, errors, cosine, top-k agreement, the counts its rule needs,
+    and the verdict on what one sample shows."""
     row: OutputRow = {"name": name, "shape": list(got.shape)}
     if ref.shape != got.shape:
         row["passed"] = False
         row["problem"] = f"shape {list(got.shape)} != {list(ref.shape)}"
     elif ref.dtype.kind in "fc" or got.dtype.kind in "fc":
-        _compare_floats(row, ref.astype(np.float64), got.astype(np.float64), tol)
+        kind = tol.kinds.get(name)
+        ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+        _compare_floats(row, ref64, got64, tol, kind)
+        if "problem" not in row:
+            count(row, ref64, got64, tol, kind)
     else:
         mismatched = int(np.count_nonzero(ref != got))
         row["mismatched"] = mismatched
@@ -125,10 +190,12 @@ def _compare_one(name: str, ref: np.ndarray, got: np.ndarray, tol: Tol) -> Outpu
     return row
 
 
-def _compare_floats(row: OutputRow, ref64: np.ndarray, got64: np.ndarray, tol: Tol) -> None:
+def _compare_floats(
+    row: OutputRow, ref64: np.ndarray, got64: np.ndarray, tol: Tol, kind: OutputKind | None
+) -> None:
     """A float output judged into ``row``: NaN/inf where the reference has numbers fail at
-    once, then the elementwise bounds, the cosine and (classifier-like outputs) top-1
-    agreement."""
+    once, then the elementwise bounds, the cosine (values only: class scores and decisions
+    have rules of their own) and (classifier-like outputs) top-1 agreement."""
     ref_nan, got_nan = np.isnan(ref64), np.isnan(got64)
     if np.any(got_nan & ~ref_nan):
         row["passed"] = False
@@ -160,10 +227,13 @@ def _compare_floats(row: OutputRow, ref64: np.ndarray, got64: np.ndarray, tol: T
             top5 = np.argsort(-got64, axis=1)[:, :5]
             hits = (top5 == np.argmax(ref64, axis=1)[:, None]).any(axis=1)
             row["top5_agreement"] = float(np.mean(hits))
-    row["passed"] = within and cos >= tol.min_cosine and top1_ok
+    by_rule = kind is not None and kind.kind != "values"
+    cos_ok = by_rule or cos >= tol.min_cosine
+    top1_ok = by_rule or top1_ok
+    row["passed"] = within and cos_ok and top1_ok
     if not within:
         row["problem"] = f"max abs error {max_abs:.3g} beyond atol {tol.atol} + rtol {tol.rtol}"
-    elif cos < tol.min_cosine:
+    elif not cos_ok:
         row["problem"] = f"cosine {cos:.6f} below {tol.min_cosine}"
     elif not top1_ok:
         row["problem"] = f"top-1 agreement {row['top1_agreement']:.4f} below {tol.min_top1}"
@@ -187,10 +257,11 @@ def failure_text(result: Comparison) -> str:
     return "mismatch"
 
 
-def merge_samples(results: list[Comparison]) -> Comparison:
+def merge_samples(results: list[Comparison], tol: Tol | None = None) -> Comparison:
     """One comparison from the comparisons of several samples: per output its worst figures
     (lowest cosine and top-1 agreement, largest errors), failing where any sample failed
-    (the first such sample named in the problem)."""
+    (the first such sample named in the problem); with ``tol``, the rules that count over
+    the samples (compare_outputs ``deferred``) judged on their added-up counts."""
     if any(r.get("problem") and not r["outputs"] for r in results):
         first = next(r for r in results if r.get("problem") and not r["outputs"])
         return {
@@ -222,6 +293,11 @@ def merge_samples(results: list[Comparison]) -> Comparison:
         row["passed"] = not failing
         if failing:
             row["problem"] = f"{rows[failing[0]].get('problem', 'mismatch')} (sample {failing[0]})"
+        counts = add_counts(list(rows))
+        for one in rows:
+            cast("dict[str, Any]", one).pop("_counts", None)
+        if tol is not None and counts:
+            judge_counts(row, tol, counts)
         merged.append(row)
     return {"passed": _judged_pass(merged), "outputs": merged, "samples": len(results)}
 

@@ -176,7 +176,7 @@ def _data_warnings(data_facts: dict[str, Any]) -> list[str]:
     if data_facts["source"] == "data" and data_facts["train"] < SMALL_TRAINING_SET:
         warnings.append(
             f"trained on {data_facts['train']} samples only: a student generalizes better "
-            "from more of them (data.samples reads at most 64 unless raised)"
+            "from more of them (give more samples in --data)"
         )
     if data_facts["source"] == "synthetic":
         warnings.append(

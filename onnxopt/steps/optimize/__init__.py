@@ -15,9 +15,10 @@ from typing import Any
 from onnxopt.config import OptimizeStep
 from onnxopt.modelio import copy_model
 from onnxopt.steps.base import StepContext, StepResult
+from onnxopt.steps.candidates import speed_of
 from onnxopt.steps.optimize import report as files
 from onnxopt.steps.optimize.search import Row, Search
-from onnxopt.steps.optimize.stages import STAGES, choose
+from onnxopt.steps.optimize.stages import STAGES, choose, singles
 
 
 def work_dir(cfg: OptimizeStep, ctx: StepContext) -> Path:
@@ -39,6 +40,8 @@ def run(src: Path | None, dst: Path, cfg: OptimizeStep, ctx: StepContext) -> Ste
             "no data: candidates were judged and timed on generated inputs, which prove the "
             "graph, not the task; give --data (and --evaluate) to judge the task"
         )
+    if "structure" in cfg.stages:
+        singles(search)  # on the source first; the structure stage's models after it
     for stage in cfg.stages:
         if search.out_of_time():
             search.skip(stage, stage, search.source, search.stopped or "")
@@ -56,15 +59,7 @@ def run(src: Path | None, dst: Path, cfg: OptimizeStep, ctx: StepContext) -> Ste
             report["serving_plan"] = _serving_plan(dst, cfg, ctx)
     written = _companions(dst, report, search, winner)
     verification = None if winner is None else search.verifications[winner["id"]]
-    speed = None
-    if winner is not None:
-        speed = {
-            "parent_median_ms": winner["source_median_ms"],
-            "median_ms": winner["median_ms"],
-            "ratio": winner["median_ms"] / winner["source_median_ms"],
-            "ratio_ci": winner["ratio_ci"],
-            "speedup": winner["speedup"],
-        }
+    speed = None if winner is None else speed_of(winner)
     return StepResult(
         report=report, verification=verification, warnings=warnings, files=written, speed=speed
     )

@@ -14,15 +14,16 @@ from onnxopt.steps.optimize.search import Row
 
 #: row fields the report keeps (the chain is shown by its labels, the YAML pins it)
 FIELDS = (
-    "id", "stage", "label", "parent", "status", "reason", "recipe", "cached", "seconds",
-    "cosine", "task_score", "task_drop", "score", "median_ms", "source_median_ms", "speedup",
+    "id", "stage", "label", "parent", "status", "failed_at", "reason", "recipe", "cached",
+    "seconds",
+    "cosine", "task_score", "task_drop", "score", "median_ms", "baseline_median_ms", "speedup",
     "ratio_ci", "verdict", "first_speedup", "retimed", "pareto",
 )  # fmt: skip
 
 
 def public(row: Row) -> dict[str, Any]:
     """A row as the report records it."""
-    out = {k: row[k] for k in FIELDS if k in row}
+    out = {k: v for k, v in row.items() if k in FIELDS}
     out["chain"] = [s["type"] for s in row.get("chain", [])]
     return out
 

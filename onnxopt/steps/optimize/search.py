@@ -21,14 +21,16 @@ from typing import Any
 
 from onnxopt import _fs
 from onnxopt.config import OptimizeStep, PipelineConfig
-from onnxopt.errors import OnnxoptError, VerificationError
 from onnxopt.modelio import model_digest
+from onnxopt.records import CandidateRow
 from onnxopt.steps.base import StepContext
+from onnxopt.steps.candidates import judge, record_failure, time_rows
+from onnxopt.steps.optimize.space import STEP_RULES
 from onnxopt.verify import Reference, Verification, resolve_tolerance
 
 log = logging.getLogger("onnxopt")
 
-Row = dict[str, Any]
+Row = CandidateRow
 
 
 def _slug(text: str) -> str:
@@ -68,14 +70,17 @@ class Search:
         self.verifications: dict[str, Verification] = {}
         self.stopped: str | None = None
         self.refused_structure: str | None = None
+        #: (stage, parent id) pairs already expanded
+        self.expanded: set[tuple[str, str]] = set()
         self.reference: Reference = ctx.reference(src)
         self.source = self._source_row()
 
     # ------------------------------------------------------------------ bookkeeping
 
     def _source_row(self) -> Row:
-        row: Row = {"id": "source", "stage": "source", "label": "source", "chain": []}
-        row.update(status="verified", speedup=1.0, cosine=1.0)
+        row: Row = {"id": "source", "stage": "source", "label": "source", "chain": [],
+                    "status": "verified"}  # fmt: skip
+        row.update({"status": "verified", "speedup": 1.0, "cosine": 1.0})
         if self.ctx.evaluator is not None:
             scores = self.ctx.evaluator.scores(self.src)
             primary = self.ctx.evaluator.cfg.primary or next(iter(scores))
@@ -105,8 +110,9 @@ class Search:
 
     def skip(self, stage: str, label: str, parent: Row, why: str) -> Row:
         """A candidate the search did not try, with the reason."""
-        row: Row = {"id": f"c{len(self.rows):02d}", "stage": stage, "label": label}
-        row.update(parent=parent["id"], chain=parent["chain"], status="not tried", reason=why)
+        row: Row = {"id": f"c{len(self.rows):02d}", "stage": stage, "label": label,
+                    "parent": parent["id"], "chain": parent["chain"], "status": "not tried",
+                    "reason": why}  # fmt: skip
         self.rows.append(row)
         return row
 
@@ -114,11 +120,12 @@ class Search:
 
     def candidate(self, stage: str, label: str, parent: Row, step: dict[str, Any]) -> Row:
         """Run ``step`` on ``parent``'s model as a cached one-step pipeline, then judge it."""
-        row: Row = {"id": f"c{len(self.rows):02d}", "stage": stage, "label": label}
-        row.update(parent=parent["id"], chain=[*parent["chain"], step], status="running")
+        row: Row = {"id": f"c{len(self.rows):02d}", "stage": stage, "label": label,
+                    "parent": parent["id"], "chain": [*parent["chain"], step],
+                    "status": "running"}  # fmt: skip
         self.rows.append(row)
         if self.out_of_time():
-            row.update(status="not tried", reason=self.stopped)
+            row.update({"status": "not tried", "reason": self.stopped or ""})
             return row
         self._progress(f"{stage}: {label}")
         parent_path = self.paths[parent["id"]]
@@ -129,31 +136,38 @@ class Search:
         started = time.monotonic()
         try:
             manifest = self._run(parent_path, step, folder, f"{stage}: {label}")
-        except OnnxoptError as err:
-            outside = isinstance(err, VerificationError)
-            row.update(status="outside budget" if outside else "failed", reason=err.message)
-            row["seconds"] = round(time.monotonic() - started, 2)
+        except Exception as err:  # noqa: BLE001 - one candidate never ends the search
+            self._failed(row, "build", err, started)
             return row
         row["seconds"] = round(time.monotonic() - started, 2)
         entry = manifest["steps"][-1]
         row["cached"] = entry.get("status") == "cached"
         if entry.get("kept_parent"):
-            row.update(status="kept its parent", reason=entry.get("kept_parent_reason"))
+            row.update({"status": "kept its parent", "reason": entry.get("kept_parent_reason", "")})
             return row
         report = entry.get("report") or {}
-        if report.get("chosen_config"):  # quantize auto: the recipe it chose, pinned
+        if STEP_RULES[step["type"]].pins_choice and report.get("chosen_config"):
             row["chain"] = [*parent["chain"], {"type": "quantize", **report["chosen_config"]}]
-            row["recipe"] = report.get("chosen")
-        self.paths[row["id"]] = folder / manifest["final_artifact"]
-        self._judge(row)
+            row["recipe"] = str(report.get("chosen"))
+        path = folder / manifest["final_artifact"]
+        try:
+            self._judge(row, path)
+        except Exception as err:  # noqa: BLE001 - recorded; the search goes on
+            self._failed(row, "verify", err, started)
+            return row
+        self.paths[row["id"]] = path
         return row
+
+    def _failed(self, row: Row, where: str, err: Exception, started: float) -> None:
+        """Record a candidate that raised (``where``: build or verify) and go on; only the
+        user's own errors (a bad config, a missing extra) end the search."""
+        record_failure(row, where, err, self.work)
+        row["seconds"] = round(time.monotonic() - started, 2)
 
     def _run(self, parent: Path, step: dict[str, Any], folder: Path, what: str) -> Any:
         assert self.ctx.run_pipeline is not None, "the engine runs optimize's candidates"
         base = self.ctx.config.model_dump(mode="json", exclude_defaults=True)
-        if step["type"] != "quantize":
-            # judged against the source by the search, not against the parent by the engine:
-            # a pruned model that misses the task is still the start of its distillation
+        if not STEP_RULES[step["type"]].keeps_evaluate:
             base.pop("evaluate", None)
         base.update(
             name="optimize-candidate", model={"path": str(parent)}, steps=[step],
@@ -171,45 +185,21 @@ class Search:
                 config, self.ctx.base_dir, out_dir=folder, on_event=on_event
             )
 
-    def _judge(self, row: Row) -> None:
-        """Verify the candidate against the source on the held-out inputs."""
-        path = self.paths[row["id"]]
+    def _judge(self, row: Row, path: Path) -> None:
+        """Verify the candidate at ``path`` against the source on the held-out inputs."""
         verification = self.ctx.verify(path, self.reference, self.tol)
-        row["cosine"] = verification.min_cosine
-        if verification.task is not None:
-            row["task_score"] = verification.task["score"]
-            row["task_drop"] = verification.task["drop"]
-        row["score"] = row.get("task_score", row["cosine"])
         self.verifications[row["id"]] = verification
-        if verification.passed:
-            row["status"] = "verified"
-        else:
-            row.update(status="outside budget", reason=verification.first_failure())
+        judge(row, verification, self.tol)
 
     # ------------------------------------------------------------------ timing
 
     def time(self, rows: list[Row], trials: int | None = None) -> None:
         """Time ``rows`` interleaved with the source (fresh sessions, the held-out inputs);
         a candidate not faster beyond the noise is marked so (it stays in the report)."""
-        from onnxopt.bench.compare import time_candidates
-
-        todo = [(r["id"], self.paths[r["id"]]) for r in rows if r["id"] in self.paths]
-        if not todo:
-            return
+        todo = [(r, self.paths[r["id"]]) for r in rows if r["id"] in self.paths]
         timing = self.cfg.timing
-        timed, failed = time_candidates(
-            self.src, todo, self.ctx.inputs, self.ctx.target,
+        time_rows(
+            self.src, todo, self.ctx,
             warmup=timing.warmup, runs=timing.runs, trials=trials or timing.trials,
+            scratch=self.work,
         )  # fmt: skip
-        for row in rows:
-            if row["id"] in failed:
-                row.update(status="failed", reason=f"timing: {failed[row['id']]}")
-            elif row["id"] in timed:
-                cmp_ = timed[row["id"]]
-                row.update(
-                    median_ms=cmp_["median_ms"],
-                    source_median_ms=cmp_["parent_median_ms"],
-                    speedup=cmp_["speedup"],
-                    ratio_ci=cmp_["ratio_ci"],
-                    verdict=cmp_["verdict"],
-                )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,29 @@ from onnxopt.config import OptimizeStep
 from onnxopt.graph import iter_graphs
 from onnxopt.modelio import load_model
 from onnxopt.steps.base import StepContext
+
+
+@dataclass(frozen=True)
+class StepRule:
+    """How the search runs candidates of one step type."""
+
+    #: the step keeps the run's task metric (quantize auto judges its recipes by it);
+    #: otherwise the search alone judges against the source (a pruned model that misses
+    #: the task is still the start of its distillation, not a failed step)
+    keeps_evaluate: bool = False
+    #: the step reports the configuration it chose (``chosen_config``), which the chain pins
+    pins_choice: bool = False
+    #: the stage the step belongs to (the stages compose structure -> graph -> precision)
+    stage: str = ""
+
+
+#: step type -> its rule; every step a stage runs is here (tested)
+STEP_RULES: dict[str, StepRule] = {
+    "prune": StepRule(stage="structure"),
+    "distill": StepRule(stage="structure"),
+    "simplify": StepRule(stage="graph"),
+    "quantize": StepRule(keeps_evaluate=True, pins_choice=True, stage="precision"),
+}
 
 #: op types whose presence marks an attention model (onnxruntime.transformers' fusions apply)
 ATTENTION_OPS = frozenset({"Softmax"})

@@ -7,6 +7,7 @@ from typing import Any
 
 from onnxopt.steps.optimize import space
 from onnxopt.steps.optimize.search import Row, Search, pareto
+from onnxopt.steps.optimize.space import STEP_RULES
 
 
 def structure(search: Search) -> None:
@@ -49,10 +50,20 @@ def structure(search: Search) -> None:
 
 def _expand(search: Search, stage: str, step_of: Callable[[Row], dict[str, Any]]) -> None:
     """Apply the stage's step to the Pareto front's fastest ``beam`` models, and to the
-    source (the most faithful parent: what the step alone buys is always in the running)."""
-    parents = pareto(search.verified())[: search.cfg.beam]
+    source (the most faithful parent: what the step alone buys is always in the running);
+    a parent this stage already expanded is not expanded again."""
+    # the steps that compose at or after this one (structure -> graph -> precision)
+    order = list(STAGES)
+    at = order.index(STEP_RULES[stage].stage)
+    later = {t for t, rule in STEP_RULES.items() if order.index(rule.stage) >= at}
+    front = [
+        r for r in pareto(search.verified()) if not any(s["type"] in later for s in r["chain"])
+    ]
+    parents = front[: search.cfg.beam]
     if search.source not in parents:
         parents.append(search.source)
+    parents = [p for p in parents if (stage, p["id"]) not in search.expanded]
+    search.expanded.update((stage, p["id"]) for p in parents)
     new = []
     for parent in parents:
         label = stage if parent["id"] == "source" else f"{parent['label']} > {stage}"
@@ -71,6 +82,16 @@ def precision(search: Search) -> None:
     by it against the candidate's parent; the search then judges it against the source."""
     options = search.cfg.step_options("quantize")
     _expand(search, "quantize", lambda parent: options)
+
+
+def singles(search: Search) -> None:
+    """The graph and precision steps on the source alone, first: they are cheap and what
+    they buy is known before the structure stage spends its time (the time budget then
+    never leaves the search without them); the stages after expand the rest."""
+    if "graph" in search.cfg.stages:
+        graph(search)
+    if "precision" in search.cfg.stages and not search.out_of_time():
+        precision(search)
 
 
 STAGES: dict[str, Callable[[Search], None]] = {

@@ -34,13 +34,24 @@ def _set(analysis: ChannelAnalysis, name: str, value: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
 
 
-def _input_axis(node: onnx.NodeProto) -> int:
-    """Axis of a consumer's weight that indexes its input channels."""
+def _input_axis(node: onnx.NodeProto, rank: int = 2) -> int:
+    """Axis of a consumer's weight (of ``rank``) that indexes its input channels: 1 for a
+    Conv of any rank ([M, C/g, *kernel]) and a Gemm with transB, the second-last for a
+    MatMul (a batched [..., K, N] weight too), 0 for a plain Gemm."""
     if node.op_type == "Conv":
         return 1
-    if node.op_type == "Gemm" and attr(node, "transB", 0):
-        return 1
-    return 0
+    if node.op_type == "Gemm":
+        return 1 if attr(node, "transB", 0) else 0
+    return max(rank - 2, 0)
+
+
+def _output_axis(node: onnx.NodeProto, rank: int) -> int:
+    """Axis of a consumer's weight that indexes its output channels (see _input_axis)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    return rank - 1
 
 
 def _apply(
@@ -91,7 +102,8 @@ def _apply(
             name = node.input[1]
             w = a.weight(node, 1)
             assert w is not None
-            mask = pending.setdefault(name, np.ones(w.shape[_input_axis(node)], dtype=bool))
+            axis = _input_axis(node, w.ndim)
+            mask = pending.setdefault(name, np.ones(w.shape[axis], dtype=bool))
             removed = np.setdiff1d(np.arange(group.size), keep)
             mask[int(extra) + removed] = False
         elif kind == "reshape":
@@ -108,10 +120,7 @@ def _keep_weight_rows(a: ChannelAnalysis, node: onnx.NodeProto, rows: np.ndarray
     """Keep the input rows ``rows`` of a MatMul/Gemm weight (its columns under transB)."""
     w = a.weight(node, 1)
     assert w is not None
-    if node.op_type == "Gemm" and attr(node, "transB", 0):
-        _set(a, node.input[1], w[:, rows])
-    else:
-        _set(a, node.input[1], w[rows])
+    _set(a, node.input[1], np.take(w, rows, axis=_input_axis(node, w.ndim)))
 
 
 def _keep_count(size: int, ratio: float, min_channels: int, round_to: int) -> int:
@@ -225,6 +234,23 @@ def _matmul_bias(a: ChannelAnalysis, node: onnx.NodeProto, size: int) -> str | N
     return others[0]
 
 
+def _removed_contribution(
+    node: onnx.NodeProto, w: np.ndarray, idx: np.ndarray, mean: np.ndarray
+) -> np.ndarray | None:
+    """What the removed input channels ``idx`` (at their mean activations) add to each output
+    channel of a consumer: a vector over its output channels, for weights of any rank (a Conv
+    of any spatial rank sums its kernel too); None where no per-output-channel bias can hold
+    it (a batched MatMul weight gives one vector per batch)."""
+    axis = _input_axis(node, w.ndim)
+    if w.ndim < 2 or (node.op_type == "MatMul" and w.ndim > 2):
+        return None
+    part = np.tensordot(np.take(w, idx, axis=axis), mean, axes=([axis], [0]))
+    out = _output_axis(node, w.ndim)
+    out = out if out < axis else out - 1  # the contracted axis is gone
+    others = tuple(i for i in range(part.ndim) if i != out)
+    return np.asarray(part.sum(axis=others) if others else part)
+
+
 def _compensate(
     group: Group,
     keep: np.ndarray,
@@ -249,12 +275,9 @@ def _compensate(
             idx = int(extra) + removed
         else:
             idx = removed
-        if node.op_type == "Conv":
-            delta = np.einsum("mckl,c->m", w[:, idx], mean[idx])
-        elif attr(node, "transB", 0):
-            delta = w[:, idx] @ mean[idx]
-        else:
-            delta = mean[idx] @ w[idx]
+        delta = _removed_contribution(node, w, idx, mean[idx])
+        if delta is None:
+            continue
         if node.op_type == "MatMul":  # the bias is the Add after it (a Linear's export)
             name = _matmul_bias(a, node, delta.shape[0])
         else:
@@ -324,6 +347,6 @@ def channel_prune(
         node = consumers[name]
         w = analysis.weight(node, 1)
         assert w is not None
-        _set(analysis, name, np.compress(mask, w, axis=_input_axis(node)))
+        _set(analysis, name, np.compress(mask, w, axis=_input_axis(node, w.ndim)))
     del model.graph.value_info[:]  # intermediate shapes changed; let tools re-infer them
     return {"groups": report_groups, "pruned": pruned_any}

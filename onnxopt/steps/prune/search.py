@@ -9,9 +9,10 @@ from typing import Any
 import onnx
 
 from onnxopt.config import PruneStep
-from onnxopt.errors import StepError
 from onnxopt.modelio import save_model
+from onnxopt.records import CandidateRow
 from onnxopt.steps.base import StepContext
+from onnxopt.steps.candidates import record_failure, verify_candidate
 from onnxopt.steps.prune.analysis import load_float
 from onnxopt.steps.prune.channels import channel_prune
 from onnxopt.steps.prune.magnitude import magnitude_prune
@@ -60,15 +61,20 @@ def search_ratio(
                 else:
                     magnitude_prune(trial, cfg, ratio)
                 save_model(trial, probe)
-                verification = ctx.verify(probe, reference, tol)
-            except StepError as err:
-                trail.append({"ratio": ratio, "passed": False, "note": err.message})
+            except Exception as err:  # noqa: BLE001 - this ratio's failure, not the search's
+                row: CandidateRow = {"label": f"ratio {ratio:g}", "status": "running"}
+                record_failure(row, "build", err, Path(tmp))
+                trail.append({"ratio": ratio, "passed": False, "note": row.get("reason", "")})
                 hi = ratio
                 continue
-            trail.append(
-                {"ratio": ratio, "passed": verification.passed, "cosine": verification.min_cosine}
-            )
-            if verification.passed:
+            row = {"label": f"ratio {ratio:g}", "status": "running"}
+            if verify_candidate(row, probe, ctx, reference, tol) is None:
+                trail.append({"ratio": ratio, "passed": False, "note": row.get("reason", "")})
+                hi = ratio
+                continue
+            passed = row["status"] == "verified"
+            trail.append({"ratio": ratio, "passed": passed, "cosine": row["cosine"]})
+            if passed:
                 lo = ratio
                 if step == 0:
                     break

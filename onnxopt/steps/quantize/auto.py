@@ -20,11 +20,12 @@ from typing import Any
 from onnxopt.config import QuantizeStep
 from onnxopt.config.quantize import MODE_SECTIONS
 from onnxopt.cpu import Int8Facts
-from onnxopt.errors import GateError, OnnxoptError, first_line
-from onnxopt.graph import iter_graphs
+from onnxopt.errors import GateError, failure_reason
 from onnxopt.modelio import check_model, load_model, move_model
+from onnxopt.records import CandidateRow
 from onnxopt.steps.base import StepContext, StepResult
-from onnxopt.steps.quantize.backend import Recipe, backend, backends
+from onnxopt.steps.candidates import record_failure, speed_of, time_rows, verify_candidate
+from onnxopt.steps.quantize.backend import OpCounts, Recipe, backend, backends
 from onnxopt.steps.quantize.core import on_cpu, quantize_once, saturates
 from onnxopt.verify import Reference, Verification, resolve_tolerance
 
@@ -89,79 +90,46 @@ def _build(
     sub: QuantizeStep,
     ctx: StepContext,
     reference: Reference,
-    row: dict[str, Any],
+    row: CandidateRow,
 ) -> Verification | None:
     """Write, check and verify one candidate, filling its row; None when it failed.
 
-    A candidate that cannot be written, loaded or run on the target is recorded with its
-    error and dropped: one recipe's failure (an ONNX Runtime kernel that rejects what its
-    own quantizer wrote) never ends the search.
+    A candidate that cannot be written, loaded or run on the target (a crash of the runtime
+    included: the first run is in a child process) is recorded with its error and dropped:
+    one recipe's failure never ends the search.
     """
     stage = "build"
     try:
-        produced = quantize_once(src, path, sub, ctx)
+        produced = quantize_once(src, path, sub, ctx, label=row["recipe"])
         row["quantized_ops"] = produced["new_quantized_ops"]
         for key in ("reduce_range", "weight_type"):
             if key in produced:
                 row[key] = produced[key]
         stage = "load"
         check_model(path)
-        stage = "run"
-        tol = resolve_tolerance(sub)
-        verification = ctx.verify(path, reference, tol)
     except Exception as err:  # noqa: BLE001 - recorded; the search goes on
-        log.debug("quantize auto: candidate %s failed", row["recipe"], exc_info=True)
-        message = err.message if isinstance(err, OnnxoptError) else first_line(err)
-        row.update(status="failed", stage=stage, reason=_scrub(message, path))
+        record_failure(row, stage, err, path.parent)
         return None
-    compared = verification.main is not None and verification.main["outputs"]
-    row["cosine"] = verification.min_cosine if compared else None
-    row["min_cosine"] = tol.min_cosine
-    if verification.task is not None:
-        row["task_score"] = verification.task["score"]
-        row["task_drop"] = verification.task["drop"]
-    if not verification.passed:
-        row.update(status="outside budget", reason=verification.first_failure())
-        return None
-    row["status"] = "verified"
-    return verification
-
-
-def _scrub(message: str, path: Path) -> str:
-    """A candidate's error without the scratch folder it was written in."""
-    return message.replace(str(path.parent) + "/", "").replace(str(path.parent), "")
+    verification = verify_candidate(row, path, ctx, reference, resolve_tolerance(sub))
+    return verification if row["status"] == "verified" else None
 
 
 def _time(
-    src: Path, candidates: list[tuple[str, Path]], cfg: QuantizeStep, ctx: StepContext
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Time candidates with the parent, interleaved (see time_candidates)."""
-    from onnxopt.bench.compare import time_candidates
-
-    timed, failed = time_candidates(
+    src: Path, rows: list[CandidateRow], work: Path, cfg: QuantizeStep, ctx: StepContext
+) -> None:
+    """Time the candidates of ``rows`` with the parent, interleaved, into the rows."""
+    time_rows(
         src,
-        candidates,
-        ctx.inputs,
-        ctx.target,
+        [(row, work / f"{row['recipe']}.onnx") for row in rows],
+        ctx,
         warmup=cfg.auto.warmup,
         runs=cfg.auto.runs,
         trials=cfg.auto.trials,
-    )
-    paths = dict(candidates)
-    return timed, {label: _scrub(message, paths[label]) for label, message in failed.items()}
-
-
-def _apply_timing(row: dict[str, Any], cmp_: dict[str, Any]) -> None:
-    row.update(
-        median_ms=cmp_["median_ms"],
-        parent_median_ms=cmp_["parent_median_ms"],
-        speedup=cmp_["speedup"],
-        ratio_ci=cmp_["ratio_ci"],
-        verdict=cmp_["verdict"],
+        scratch=work,
     )
 
 
-def within_reach(rows: list[dict[str, Any]], data: bool, task: bool) -> str:
+def within_reach(rows: list[CandidateRow], data: bool, task: bool) -> str:
     """What the candidates outside the budget would have bought, and the flag that judges
     the task instead ('' when none ran)."""
     near = [r for r in rows if r.get("status") == "outside budget"]
@@ -190,7 +158,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     from onnxopt.cpu import int8_facts
 
     model = load_model(src, load_weights=False)
-    ops: Counter[str] = Counter(n.op_type for g in iter_graphs(model.graph) for n in g.node)
+    ops = OpCounts.of(model.graph)
     del model
     saturating = saturates(ctx.target.provider)
     recipes, skipped = choose_candidates(
@@ -199,7 +167,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     names = [r.name for r in recipes]
     reference = ctx.reference(src)
     work = Path(tempfile.mkdtemp(prefix="auto-", dir=ctx.scratch))
-    rows: list[dict[str, Any]] = []
+    rows: list[CandidateRow] = []
     survivors: list[tuple[str, Path]] = []
     verifications: dict[str, Verification] = {}
     configs: dict[str, dict[str, Any]] = {}  # what an explicit step makes the same way
@@ -209,7 +177,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
             sub = candidate_config(base, recipe.overrides)
             configs[recipe.name] = sub.model_dump(mode="json", exclude_defaults=True)
             path = work / f"{recipe.name}.onnx"
-            row: dict[str, Any] = {"recipe": recipe.name, "mode": sub.mode}
+            row: CandidateRow = {"recipe": recipe.name, "status": "running", "mode": sub.mode}
             rows.append(row)
             verification = _build(src, path, sub, ctx, reference, row)
             if verification is not None:
@@ -225,15 +193,13 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
                     "nodes_to_exclude": row["nodes_to_exclude"],
                 }
         by_name = {r["recipe"]: r for r in rows}
-        timed, failed = _time(src, survivors, cfg, ctx)
-        for name, message in failed.items():
-            by_name[name].update(status="failed", stage="timing", reason=message)
+        _time(src, [by_name[name] for name, _ in survivors], work, cfg, ctx)
         chosen: str | None = None
-        best_ratio = 1.0
-        for name, cmp_ in timed.items():
-            _apply_timing(by_name[name], cmp_)
-            if cmp_["verdict"] == "faster" and cmp_["ratio"] < best_ratio:
-                best_ratio, chosen = cmp_["ratio"], name
+        for name, _ in survivors:
+            row = by_name[name]
+            faster = row["status"] == "verified" and row.get("verdict") == "faster"
+            if faster and row["speedup"] > (by_name[chosen]["speedup"] if chosen else 1.0):
+                chosen = name
         report: dict[str, Any] = {
             "mode": "auto",
             "candidates": rows,
@@ -246,7 +212,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
             return _keep_parent(src, work, rows, survivors, report, names, cfg, ctx)
         report["chosen_config"] = configs[chosen]
         move_model(dict(survivors)[chosen], dst)
-        speed = {k: v for k, v in timed[chosen].items() if k != "verdict"}
+        speed = speed_of(by_name[chosen])
         return StepResult(report=report, verification=verifications[chosen], speed=speed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -264,7 +230,7 @@ def _decided_by(facts: Int8Facts, names: list[str]) -> dict[str, Any]:
     }
 
 
-def by_status(rows: list[dict[str, Any]], name: str) -> str | None:
+def by_status(rows: list[CandidateRow], name: str) -> str | None:
     """The status of candidate ``name``."""
     return next((r.get("status") for r in rows if r["recipe"] == name), None)
 
@@ -272,7 +238,7 @@ def by_status(rows: list[dict[str, Any]], name: str) -> str | None:
 def _keep_parent(
     src: Path,
     work: Path,
-    rows: list[dict[str, Any]],
+    rows: list[CandidateRow],
     survivors: list[tuple[str, Path]],
     report: dict[str, Any],
     names: list[str],
@@ -285,9 +251,14 @@ def _keep_parent(
     outside = [(r["recipe"], work / f"{r['recipe']}.onnx") for r in rows]
     outside = [(n, p) for n, p in outside if by_status(rows, n) == "outside budget" and p.exists()]
     if not survivors and outside:
-        timed, _ = _time(src, outside, cfg, ctx)
-        for name, cmp_ in timed.items():
-            _apply_timing(next(r for r in rows if r["recipe"] == name), cmp_)
+        # their rows get a speed-up but keep their status
+        missed = [next(r for r in rows if r["recipe"] == name) for name, _ in outside]
+        status = [(r["status"], r.get("reason")) for r in missed]
+        _time(src, missed, work, cfg, ctx)
+        for row, (was, why) in zip(missed, status, strict=True):
+            if row["status"] == "failed":  # a timing failure does not hide the budget miss
+                row.pop("failed_at", None)
+            row["status"], row["reason"] = was, why or ""
     if survivors:
         why = "no candidate was faster than the parent beyond the noise"
     elif any(r.get("status") == "outside budget" for r in rows):
@@ -317,7 +288,7 @@ def _rescue(
     src: Path,
     work: Path,
     base: dict[str, Any],
-    rows: list[dict[str, Any]],
+    rows: list[CandidateRow],
     recipes: list[Recipe],
     ctx: StepContext,
 ) -> list[tuple[str, Path, Verification]]:
@@ -329,7 +300,7 @@ def _rescue(
     deadline = time.monotonic() + cfg.auto.rescue_seconds
     by_name = {r.name: r for r in recipes}
 
-    def repairable(row: dict[str, Any]) -> bool:
+    def repairable(row: CandidateRow) -> bool:
         spec = backend(by_name[row["recipe"]].overrides.get("mode", ""))
         return row.get("status") == "outside budget" and spec.diagnosable and spec.int8
 
@@ -354,8 +325,7 @@ def _rescue(
         try:
             report, verification = diagnose(src, path, sub, ctx, reference, deadline)
         except Exception as err:  # noqa: BLE001 - recorded; the search goes on
-            message = err.message if isinstance(err, OnnxoptError) else first_line(err)
-            row["rescue"] = f"failed: {_scrub(message, path)}"
+            row["rescue"] = f"failed: {failure_reason(err, path.parent)}"
             continue
         excluded = report["nodes_to_exclude"]
         if verification is None:
@@ -373,7 +343,7 @@ def _rescue(
                 "nodes_to_exclude": excluded,
                 "yaml": report["yaml"],
                 "cosine": verification.min_cosine,
-                "min_cosine": row.get("min_cosine"),
+                "min_cosine": row["min_cosine"],
                 "status": "verified",
             }
         )

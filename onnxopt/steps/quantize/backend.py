@@ -28,6 +28,23 @@ def _quantized_nothing(facts: dict[str, Any], counts: dict[str, Any]) -> bool:
     return not counts["new_quantized_ops"]
 
 
+class OpCounts(Counter[str]):
+    """Op types counted over the graph and its control-flow bodies; ``main``: those of the
+    top graph alone (what a quantizer that skips If/Loop/Scan bodies can reach)."""
+
+    def __init__(self, every: Counter[str], main: Counter[str] | None = None) -> None:
+        super().__init__(every)
+        self.main: Counter[str] = Counter(every if main is None else main)
+
+    @classmethod
+    def of(cls, graph: Any) -> OpCounts:
+        """The counts of an ONNX graph (its bodies included)."""
+        from onnxopt.graph import iter_graphs
+
+        every = Counter(n.op_type for g in iter_graphs(graph) for n in g.node)
+        return cls(every, Counter(n.op_type for n in graph.node))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A configuration ``auto`` may try, and when it does not fit.

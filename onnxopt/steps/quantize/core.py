@@ -23,7 +23,8 @@ from onnxopt.graph import (
     opset_of,
     topological_sort,
 )
-from onnxopt.modelio import load_graph, load_model, model_size, save_model
+from onnxopt.modelio import load_graph, load_model, model_size, remove_model, save_model
+from onnxopt.probe import first_run_in_child
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.quantize.backend import Backend, backend
 
@@ -168,10 +169,10 @@ def preflight(cfg: QuantizeStep, spec: Backend, provider: str, model: onnx.Model
             hint="try mode fp16, or dynamic / static format qoperator (they quantize a body's "
             "own weights)",
         )
-    if in_subgraphs:
+    if in_subgraphs and cfg.mode != "dynamic":
         warnings.append(
             f"{in_subgraphs} compute nodes sit inside control-flow subgraphs (If/Loop/Scan); "
-            "ONNX Runtime's quantizers leave them float"
+            f"{cfg.mode} quantization leaves them float (dynamic quantization reaches them)"
         )
     return warnings
 
@@ -258,8 +259,14 @@ def big(path: Path) -> bool:
     return model_size(path) >= 2**31 - 2**26
 
 
-def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> dict[str, Any]:
-    """Quantize ``src`` into ``dst`` with one concrete mode; return the report."""
+def quantize_once(
+    src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext, label: str | None = None
+) -> dict[str, Any]:
+    """Quantize ``src`` into ``dst`` with one concrete mode; return the report.
+
+    The written model is loaded and run once in a child process first (``label`` names it
+    in the error): a runtime that crashes on it fails this call, not the process.
+    """
     notes: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="quantize-", dir=ctx.scratch))
     try:
@@ -306,6 +313,13 @@ def quantize_once(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> 
             )
         save_model(result, dst, external_data=ctx.config.external_data)
         del result
+        try:
+            first_run_in_child(
+                dst, ctx.inputs, ctx.target, label or f"the {cfg.mode}-quantized model", work
+            )
+        except StepError:
+            remove_model(dst)
+            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"mode": cfg.mode, **facts, **counts, "notes": notes, "warnings": warnings}

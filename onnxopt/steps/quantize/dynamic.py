@@ -58,7 +58,12 @@ def _write(
         use_external_data_format=big(src),
         # after transformer fusions (com.microsoft ops) ONNX shape inference cannot type every
         # tensor; the values there are float activations
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        extra_options={
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+            # into If/Loop/Scan bodies too (recurrent models keep their LSTM and convolutions
+            # there); off by default in ONNX Runtime, a no-op without bodies
+            "EnableSubgraph": True,
+        },
     )
     return {
         "engine": "onnxruntime",
@@ -121,11 +126,18 @@ EIGHT_BIT = {"weight_type": "int8", "reduce_range": False}
 
 
 def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
-    if ops["MatMul"] + ops["Gemm"] > 0:
+    """Whether the default op types are there (in control-flow bodies too: the dynamic
+    quantizer reaches them)."""
+    if any(ops[op] for op in DYNAMIC_DEFAULT_OPS):
         return None
-    if ops["Conv"] + ops["ConvTranspose"] > 0:
-        return "dynamic quantization of convolutions is measured 4-5x slower"
-    return "the model has no MatMul or Gemm"
+    conv = " (its convolutions: dynamic_conv)" if ops["Conv"] else ""
+    return f"the model has no {', '.join(DYNAMIC_DEFAULT_OPS)}: it would quantize nothing{conv}"
+
+
+def _unfit_conv(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
+    """Convolutions too (ConvInteger): measured, not assumed slower (a conv classifier ran
+    1.95x faster with dynamic int8 on a VNNI CPU, a ResNet 0.19x on another)."""
+    return None if ops["Conv"] else "the model has no Conv (the same as dynamic)"
 
 
 def _unfit_fused(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
@@ -137,7 +149,9 @@ def _unfit_fused(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool
 def _unfit_no_rnn(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
     if ops["LSTM"] + ops["GRU"] == 0:
         return "the model has no LSTM or GRU (the same as dynamic)"
-    return _unfit(ops, cfg, provider, data)
+    if ops["MatMul"] + ops["Gemm"] + ops["Attention"] == 0:
+        return "the model has no MatMul, Gemm or Attention beside its LSTM/GRU (nothing to do)"
+    return None
 
 
 BACKEND = Backend(
@@ -152,6 +166,12 @@ BACKEND = Backend(
     stream_producer="onnxopt's streaming dynamic quantizer",
     recipes=(
         Recipe("dynamic", {"mode": "dynamic", "dynamic": EIGHT_BIT}, _unfit),
+        # convolutions as well, at the weight range that suits the target's kernel
+        Recipe(
+            "dynamic_conv",
+            {"mode": "dynamic", "op_types_to_quantize": [*DYNAMIC_DEFAULT_OPS, "Conv"]},
+            _unfit_conv,
+        ),
         # transformer fusions first: measured 2.9-3.1x against 2.65-2.8x unfused on MiniLM
         Recipe(
             "dynamic_fused",

@@ -160,9 +160,9 @@ def _cpu_note(provider: str) -> str | None:
 
 
 def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
-    if provider.lower() in GPU_PROVIDERS:
-        return None
-    return "float16 does not pay on the CPU provider (measured 0.90-0.94x)"
+    """Always tried (last on the CPU provider, where it usually loses: measured, not
+    assumed, on each model)."""
+    return None
 
 
 BACKEND = Backend(

@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import first_line
 from onnxopt.steps.base import StepContext
@@ -51,6 +53,10 @@ def _write(
     if opts.preprocess:
         src = preprocess(src, src.with_name("preprocessed.onnx"), notes)
     samples = calibration_samples(cfg, ctx)
+    kept_float = mixed_range_joins(src, samples[:RANGE_SAMPLES], cfg, ctx)
+    for name, why in kept_float.items():
+        notes.append(f"kept in float: {name} ({why})")
+    excluded = [*cfg.nodes_to_exclude, *(n for n in kept_float if n not in cfg.nodes_to_exclude)]
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -77,7 +83,7 @@ def _write(
             reduce_range=reduce_range,
             activation_type=quant_type(opts.activation_type),
             weight_type=quant_type(opts.weight_type),
-            nodes_to_exclude=cfg.nodes_to_exclude or None,
+            nodes_to_exclude=excluded or None,
             calibrate_method=methods[opts.method],
             use_external_data_format=big(src),
             extra_options=options,
@@ -103,6 +109,7 @@ def _write(
         "per_channel": opts.per_channel,
         "reduce_range": reduce_range,
         "reduce_range_why": why,
+        **({"kept_float": kept_float} if kept_float else {}),
         "calibration": {
             "method": opts.method,
             "source": opts.calibration.source,
@@ -125,6 +132,52 @@ U8S8 = {
 S8S8 = {**U8S8, "activation_type": "int8"}
 
 
+#: calibration samples the inputs of joins (Concat) are measured on
+RANGE_SAMPLES = 8
+#: inputs of one Concat whose peaks differ by more than this share no int8 scale
+MIXED_RANGE = 32.0
+
+
+def mixed_range_joins(
+    src: Path, samples: list[Any], cfg: QuantizeStep, ctx: StepContext
+) -> dict[str, str]:
+    """Concat nodes whose inputs differ in range by more than MIXED_RANGE x, measured on
+    calibration samples: name -> why. One int8 scale for such a join (QDQ gives a Concat
+    one) erases the small-range part: a detector's class scores (0..1) concatenated to its
+    boxes (0..320) all became 0 or one quantization step while the output's cosine stayed
+    0.994. They are left in float."""
+    import onnx
+
+    from onnxopt.runtime import run_exposing
+
+    types = cfg.op_types_to_quantize
+    if not samples or (types is not None and "Concat" not in types):
+        return {}
+    model = onnx.load(str(src))
+    joins = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Concat" and len(n.input) > 1 and n.name not in cfg.nodes_to_exclude
+    ]
+    if not joins:
+        return {}
+    names = sorted({i for n in joins for i in n.input if i})
+    values = run_exposing(model, names, samples, target=ctx.target, work_dir=ctx.scratch)
+    peaks = {
+        name: max(float(np.max(np.abs(v[name]), initial=0.0)) for v in values) for name in names
+    }
+    found = {}
+    for node in joins:
+        tops = [peaks[i] for i in node.input if i and i in peaks]
+        low, high = min(tops, default=0.0), max(tops, default=0.0)
+        if low > 0 and high / low > MIXED_RANGE:
+            found[node.name] = (
+                f"a Concat whose inputs peak at {low:.3g} and {high:.3g}: one int8 scale "
+                "would erase the smaller part"
+            )
+    return found
+
+
 def _in_bias_adjustment(err: BaseException) -> bool:
     """Whether ``err`` was raised inside ONNX Runtime's int32-bias weight adjustment."""
     frame = err.__traceback__
@@ -136,8 +189,15 @@ def _in_bias_adjustment(err: BaseException) -> bool:
 
 
 def _unfit(ops: Counter[str], cfg: QuantizeStep, provider: str, data: bool) -> str | None:
-    if ops["Conv"] + ops["ConvTranspose"] + ops["MatMul"] + ops["Gemm"] == 0:
+    every = sum(ops[op] for op in COMPUTE)
+    if every == 0:
         return "the model has no Conv, ConvTranspose, MatMul or Gemm"
+    main = getattr(ops, "main", ops)
+    if not any(main[op] for op in COMPUTE) and cfg.static.format == "qdq":
+        return (
+            f"it would quantize nothing: all {every} compute nodes sit inside If/Loop/Scan "
+            "bodies, which static QDQ leaves in float (the dynamic recipes reach them)"
+        )
     synthetic = cfg.static.calibration.source == "synthetic" and not data
     if synthetic and not cfg.static.allow_synthetic_calibration:
         return (
@@ -169,13 +229,7 @@ BACKEND = Backend(
             {"mode": "static", "op_types_to_quantize": list(COMPUTE), "static": S8S8},
             _unfit,
         ),
-        Recipe(
-            "static_s8s8",
-            {"mode": "static", "static": S8S8},
-            lambda *args: (
-                "tried only when named in auto.candidates (U8S8 and the compute-only S8S8 cover it)"
-            ),
-        ),
+        Recipe("static_s8s8", {"mode": "static", "static": S8S8}, _unfit),
         # where the U8S8 kernel saturates (x86-64 without VNNI): 7-bit weights, or uint8
         # weights (the U8U8 kernel, which does not saturate)
         Recipe(

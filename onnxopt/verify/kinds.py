@@ -1,0 +1,103 @@
+"""What each output of a model is, read from the graph, so it is judged by a rule that fits.
+
+- ``classes``: class scores: the output of a Softmax/LogSoftmax, or logits a Softmax reads.
+  Judged by the top-1 agreement over the class axis on the held-out samples and by how far
+  the reference's top class's probability moved (a whole-tensor cosine of probabilities is
+  too strict: it refuses candidates that keep every label).
+- ``decisions``: the output of a Sigmoid: yes/no decisions at 0.5, judged by the share that
+  flip (a cosine of 1.0000 can hide changed word boundaries).
+- ``values``: anything else (boxes, embeddings, regressions): the whole-tensor cosine and
+  the worst slice along the small axes (see :mod:`onnxopt.verify.compare`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import onnx
+
+Kind = Literal["classes", "decisions", "values"]
+#: ops an output may pass through unchanged in kind
+PASS_THROUGH = ("Identity", "Cast")
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What an output is: its kind, its class axis (classes) and how it was recognised."""
+
+    kind: Kind
+    axis: int = -1
+    #: "probabilities", "log-probabilities" or "logits" (classes)
+    scores: str = "probabilities"
+    #: the Softmax flattens from ``axis`` (opset < 13): only a last axis is a class axis
+    coerced: bool = False
+    how: str = ""
+
+    def describe(self) -> str:
+        """The rule's name for reports."""
+        if self.kind == "classes":
+            return f"class scores ({self.how}, axis {self.axis})"
+        if self.kind == "decisions":
+            return f"decisions at 0.5 ({self.how})"
+        return "values"
+
+
+def _softmax_kind(node: onnx.NodeProto, opset: int, scores: str, how: str) -> OutputKind:
+    default = -1 if opset >= 13 else 1
+    axis = next((a.i for a in node.attribute if a.name == "axis"), default)
+    return OutputKind("classes", int(axis), scores, coerced=opset < 13, how=how)
+
+
+def kinds_of(model: onnx.ModelProto) -> dict[str, OutputKind]:
+    """Output name -> its kind, for the outputs that are not plain values."""
+    from onnxopt.graph import opset_of
+
+    opset = opset_of(model)
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    kinds: dict[str, OutputKind] = {}
+    for output in graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in PASS_THROUGH:
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+            log = node.op_type == "LogSoftmax"
+            scores = "log-probabilities" if log else "probabilities"
+            kinds[output.name] = _softmax_kind(node, opset, scores, node.op_type)
+            continue
+        if node is not None and node.op_type == "Sigmoid":
+            kinds[output.name] = OutputKind("decisions", how="Sigmoid")
+            continue
+        reader = next(
+            (
+                n
+                for n in consumers.get(output.name, [])
+                if n.op_type == "Softmax" and n.input[0] == output.name
+            ),
+            None,
+        )
+        if reader is not None:
+            kinds[output.name] = _softmax_kind(reader, opset, "logits", "logits read by Softmax")
+    return kinds
+
+
+_CACHE: dict[tuple[str, int, int], dict[str, OutputKind]] = {}
+
+
+def output_kinds(path: Path | None) -> dict[str, OutputKind]:
+    """:func:`kinds_of` of a model file (weights left on disk), cached by path and mtime."""
+    if path is None or not Path(path).is_file():
+        return {}
+    stat = Path(path).stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _CACHE:
+        from onnxopt.modelio import load_model
+
+        _CACHE[key] = kinds_of(load_model(Path(path), load_weights=False))
+    return _CACHE[key]

@@ -1,0 +1,210 @@
+"""Each output judged by what it is: the worst slice of a mixed-range output, class scores
+by agreement, decisions by flips; and static int8 keeps a mixed-range Concat in float."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.config import Target
+from onnxopt.verify import InputSet, Tol, verify_against_parent
+from tests.conftest import Untouched
+
+OPSET = [helper.make_opsetid("", 17)]
+ANCHORS, FEATURES, CLASSES = 100, 16, 18
+
+
+def _save(nodes: list, inits: dict, inputs: list, outputs: list, path: Path) -> Path:
+    graph = helper.make_graph(
+        nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def detector(path: Path, qdq: str = "none") -> Path:
+    """A detection head: boxes (Conv * 100, range about +-300) and class scores (Sigmoid,
+    0..1) concatenated on axis 1, as YOLO exports write [N, 4 + classes, anchors].
+
+    ``qdq``: "none"; "joined": one int8 scale after the Concat (what static QDQ gives a
+    Concat); "parts": each part its own scale before the Concat (the float-kept join)."""
+    rng = np.random.default_rng(5)
+    inits = {
+        "wb": (rng.standard_normal((4, FEATURES, 1)) / 4).astype(np.float32),
+        "ws": (rng.standard_normal((CLASSES, FEATURES, 1)) / 2).astype(np.float32),
+        "hundred": np.array(100.0, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wb"], ["b0"], name="box_conv"),
+        helper.make_node("Mul", ["b0", "hundred"], ["boxes"], name="box_scale"),
+        helper.make_node("Conv", ["x", "ws"], ["s0"], name="score_conv"),
+        helper.make_node("Sigmoid", ["s0"], ["scores"], name="score_sigmoid"),
+    ]
+
+    def qdq_pair(src: str, dst: str, scale: float, zero: int) -> None:
+        inits[f"{dst}_s"] = np.array(scale, np.float32)
+        inits[f"{dst}_z"] = np.array(zero, np.uint8)
+        nodes.append(
+            helper.make_node("QuantizeLinear", [src, f"{dst}_s", f"{dst}_z"], [f"{dst}_q"])
+        )
+        nodes.append(
+            helper.make_node("DequantizeLinear", [f"{dst}_q", f"{dst}_s", f"{dst}_z"], [dst])
+        )
+
+    parts = ["boxes", "scores"]
+    if qdq == "parts":
+        qdq_pair("boxes", "boxes_dq", 640 / 255, 128)
+        qdq_pair("scores", "scores_dq", 1 / 255, 0)
+        parts = ["boxes_dq", "scores_dq"]
+    joined = "y" if qdq != "joined" else "y_float"
+    nodes.append(helper.make_node("Concat", parts, [joined], name="head_concat", axis=1))
+    if qdq == "joined":
+        qdq_pair("y_float", "y", 640 / 255, 128)
+    return _save(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEATURES, ANCHORS])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4 + CLASSES, ANCHORS])],
+        path,
+    )
+
+
+def _held_out(feeds: list[dict[str, np.ndarray]]) -> InputSet:
+    return InputSet(main=feeds[0], dims={}, samples=feeds, synthetic=False)
+
+
+def _features(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, FEATURES, ANCHORS)).astype(np.float32)} for _ in range(n)]
+
+
+INT8 = Tol(atol=math.inf, rtol=math.inf, min_cosine=0.99)
+
+
+def test_a_small_range_part_destroyed_under_a_high_cosine_is_rejected(tmp_path: Path) -> None:
+    parent = detector(tmp_path / "float.onnx")
+    broken = detector(tmp_path / "joined.onnx", qdq="joined")
+    kept = detector(tmp_path / "parts.onnx", qdq="parts")
+    inputs = _held_out(_features(16))
+    bad = verify_against_parent(parent, broken, INT8, inputs, Target())
+    row = bad.main["outputs"][0]
+    assert row["cosine"] >= 0.99  # what a whole-tensor cosine sees: nothing wrong
+    assert not bad.passed
+    assert row["worst_slice"]["axis"] == 1 and row["worst_slice"]["index"] >= 4, row
+    assert row["problem"].startswith(f"slice [:, {row['worst_slice']['index']}]: relative")
+    assert bad.first_failure().startswith("output 'y': slice [:, ")
+    good = verify_against_parent(parent, kept, INT8, inputs, Target())
+    assert good.passed, good.first_failure()
+    assert good.main["outputs"][0]["worst_slice"]["relative_error"] < INT8.slice_bound
+
+
+def test_static_int8_keeps_a_mixed_range_concat_in_float(tmp_path: Path) -> None:
+    import onnxopt
+
+    src = detector(tmp_path / "det.onnx")
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(1)
+    np.savez(data, x=rng.standard_normal((64, FEATURES, ANCHORS)).astype(np.float32))
+    with Untouched(src, data):
+        manifest = onnxopt.quantize(
+            src, tmp_path / "q.onnx", "static", data=data, measure_speed=False
+        )
+    entry = manifest["steps"][0]
+    assert "head_concat" in entry["report"]["kept_float"], entry["report"]
+    assert entry["verification"]["passed"]
+    row = entry["verification"]["main"]["outputs"][0]
+    assert row["worst_slice"]["relative_error"] < 0.28, row
+
+
+def classifier(path: Path, w: np.ndarray, head: str = "Softmax") -> Path:
+    inits = {"w": w.astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"])]
+    out = "logits"
+    if head:
+        axis = {"axis": -1} if head != "Sigmoid" else {}
+        nodes.append(helper.make_node(head, ["logits"], ["p"], **axis))
+        out = "p"
+    return _save(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", w.shape[1]])],
+        path,
+    )
+
+
+def _rows(n: int, seed: int = 2) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def test_class_scores_are_judged_by_top1_and_the_top_score_not_the_cosine(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 5)) * 1.5
+    parent = classifier(tmp_path / "p.onnx", w)
+    inputs = _held_out(_rows(64))
+    # every label kept, probabilities a little softer: the cosine refuses, the rule accepts
+    softer = classifier(tmp_path / "soft.onnx", w * 0.7)
+    result = verify_against_parent(parent, softer, INT8, inputs, Target())
+    row = result.main["outputs"][0]
+    assert row["cosine"] < 0.99 and row["top1_agreement"] == 1.0, row
+    assert row["judged_by"].startswith("top-1 agreement")
+    assert result.passed, result.first_failure()
+    assert "class scores" in result.tolerance["rules"]["p"]
+    # labels swapped for two classes: refused by the agreement
+    swapped = w.copy()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    wrong = verify_against_parent(
+        parent, classifier(tmp_path / "w.onnx", swapped), INT8, inputs, Target()
+    )
+    assert not wrong.passed and "top-1 agreement" in wrong.first_failure()
+    # logits without a Softmax are values: the cosine judges them
+    plain = verify_against_parent(
+        classifier(tmp_path / "l.onnx", w, head=""),
+        classifier(tmp_path / "l2.onnx", w * 0.9, head=""),
+        INT8,
+        inputs,
+        Target(),
+    )
+    assert plain.passed  # a uniform scale keeps the cosine at 1
+    assert "rules" not in plain.tolerance
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.02])
+def test_sigmoid_decisions_that_flip_are_refused_under_a_perfect_cosine(
+    tmp_path: Path, shift: float
+) -> None:
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((8, 40)) * 0.05).astype(np.float32)  # scores close to 0.5
+    parent = classifier(tmp_path / "p.onnx", w, head="Sigmoid")
+    bias = np.full(40, shift, np.float32)
+    inits = {"w": w, "b": bias}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["p"]),
+    ]
+    child = _save(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 40])],
+        tmp_path / "c.onnx",
+    )
+    result = verify_against_parent(parent, child, INT8, _held_out(_rows(32)), Target())
+    row = result.main["outputs"][0]
+    assert row["cosine"] > 0.999, row
+    if shift == 0.0:
+        assert result.passed and row["decision_flips"] == 0
+    else:
+        assert not result.passed and row["decision_flips"] > 0, row
+        assert "decisions at 0.5 flipped" in result.first_failure()
