@@ -214,26 +214,32 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
-    """Turn top-level ``Constant`` nodes holding tensors into initializers; return how many.
+    """Turn ``Constant`` nodes holding tensors into initializers of their own graph (the main
+    graph and every If/Loop/Scan body); return how many.
 
     Exporters such as Paddle's and spox keep weights in Constant nodes, which ONNX Runtime's
-    quantizers do not accept ("Expected ... to be an initializer").
+    quantizers do not accept ("Expected ... to be an initializer"); spox-built recurrent
+    models keep them inside the bodies of an If.
     """
-    graph = model.graph
-    keep, moved = [], 0
-    for node in graph.node:
-        attr = {a.name: a for a in node.attribute}
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in attr:
+    moved = 0
+    # deepest bodies first, each Constant deleted in place: rebuilding a graph's node list
+    # copies its nodes, which would leave references to the bodies below them stale
+    for graph in reversed(list(iter_graphs(model.graph))):
+        found = [
+            index
+            for index, node in enumerate(graph.node)
+            if node.op_type == "Constant"
+            and node.domain in ("", "ai.onnx")
+            and any(a.name == "value" for a in node.attribute)
+        ]
+        for index in reversed(found):
+            node = graph.node[index]
             tensor = onnx.TensorProto()
-            tensor.CopyFrom(attr["value"].t)
+            tensor.CopyFrom(next(a.t for a in node.attribute if a.name == "value"))
             tensor.name = node.output[0]
             graph.initializer.append(tensor)
-            moved += 1
-        else:
-            keep.append(node)
-    if moved:
-        del graph.node[:]
-        graph.node.extend(keep)
+            del graph.node[index]
+        moved += len(found)
     return moved
 
 

@@ -498,3 +498,66 @@ def batched_weights(path: Path, heads: int = 4, width: int = 64) -> Path:
         [numpy_helper.from_array(w, "w")],
     )
     return _save(helper.make_model(graph, opset_imports=OPSET), path)
+
+
+def recurrent_in_if(path: Path, channels: int = 8, hidden: int = 32) -> Path:
+    """A spox-style recurrent VAD: y = If(sum(x) > 0, body_a, body_b), each body a Conv1d
+    front end and an LSTM inside a nested If, as silero-vad's export is made.
+
+    Every weight is a Constant node inside a body; the LSTM's W and R are Unsqueeze(Constant)
+    in the outer body, read by the nested body: where ONNX Runtime's quantizers do not look.
+    """
+    rng = np.random.default_rng(9)
+
+    def const(name: str, values: np.ndarray) -> onnx.NodeProto:
+        tensor = numpy_helper.from_array(values.astype(values.dtype), name)
+        return helper.make_node("Constant", [], [name], value=tensor)
+
+    def weights(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+
+    def body(tag: str) -> onnx.GraphProto:
+        lstm = helper.make_graph(
+            [helper.make_node("LSTM", [f"{tag}_seq", f"{tag}_W", f"{tag}_R"], ["", f"{tag}_h"],
+                              hidden_size=hidden, name=f"{tag}_lstm")],
+            f"{tag}_lstm_body",
+            [],
+            [helper.make_tensor_value_info(f"{tag}_h", TensorProto.FLOAT, None)],
+        )  # fmt: skip
+        idle = helper.make_graph(
+            [helper.make_node("Identity", [f"{tag}_h0"], [f"{tag}_idle"])],
+            f"{tag}_idle_body",
+            [],
+            [helper.make_tensor_value_info(f"{tag}_idle", TensorProto.FLOAT, None)],
+        )
+        nodes = [
+            const(f"{tag}_cw", weights(2 * channels, channels, 3)),
+            const(f"{tag}_cb", weights(2 * channels)),
+            helper.make_node("Conv", ["x", f"{tag}_cw", f"{tag}_cb"], [f"{tag}_c"], pads=[1, 1],
+                             name=f"{tag}_conv"),
+            helper.make_node("Relu", [f"{tag}_c"], [f"{tag}_r"]),
+            helper.make_node("Transpose", [f"{tag}_r"], [f"{tag}_seq"], perm=[2, 0, 1]),
+            const(f"{tag}_axes", np.array([0], np.int64)),
+            const(f"{tag}_w2", weights(4 * hidden, 2 * channels)),
+            helper.make_node("Unsqueeze", [f"{tag}_w2", f"{tag}_axes"], [f"{tag}_W"]),
+            const(f"{tag}_r2", weights(4 * hidden, hidden)),
+            helper.make_node("Unsqueeze", [f"{tag}_r2", f"{tag}_axes"], [f"{tag}_R"]),
+            const(f"{tag}_h0", np.zeros((1, 1, hidden), np.float32)),
+            helper.make_node("If", ["cond"], [f"{tag}_out"], then_branch=lstm, else_branch=idle),
+        ]  # fmt: skip
+        return helper.make_graph(
+            nodes, tag, [], [helper.make_tensor_value_info(f"{tag}_out", TensorProto.FLOAT, None)]
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            helper.make_node("Greater", ["total", "zero"], ["cond"]),
+            helper.make_node("If", ["cond"], ["y"], then_branch=body("a"), else_branch=body("b")),
+        ],
+        "recurrent_in_if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, "time"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, hidden])],
+        [numpy_helper.from_array(np.array(-1e9, np.float32), "zero")],  # the LSTM branch always
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

@@ -377,3 +377,52 @@ def test_candidate_rules_are_facts_about_the_model() -> None:
         r.name for r in chosen
     }
     assert all("slower" not in why for why in skipped.values()), skipped
+
+
+def _lstm_weights_visible(model: onnx.ModelProto) -> list[bool]:
+    """For each LSTM: whether W and R are initializers of the LSTM's own graph."""
+    from onnxopt.graph import iter_graphs
+
+    seen = []
+    for graph in iter_graphs(model.graph):
+        own = {t.name for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "LSTM":
+                seen.append(node.input[1] in own and node.input[2] in own)
+    return seen
+
+
+def test_weights_in_bodies_are_moved_where_the_quantizers_see_them_exactly(
+    tmp_path: Path,
+) -> None:
+    import onnxruntime as ort
+
+    from onnxopt.graph import iter_graphs
+    from onnxopt.steps.quantize.weights import prepare_weights
+
+    src = models.recurrent_in_if(tmp_path / "vad.onnx")
+    model = onnx.load(str(src))
+    assert _lstm_weights_visible(model) == [False, False]
+    notes = prepare_weights(model)
+    assert len(notes) == 3, notes  # constants, folded Unsqueezes, sunk into the LSTM bodies
+    onnx.checker.check_model(model)
+    assert _lstm_weights_visible(model) == [True, True]
+    assert not any(n.op_type == "Constant" for g in iter_graphs(model.graph) for n in g.node)
+    x = np.random.default_rng(0).standard_normal((1, 8, 40)).astype(np.float32)
+    before = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(before, after)
+
+
+def test_dynamic_int8_reaches_convolutions_and_lstms_inside_nested_if_bodies(
+    tmp_path: Path,
+) -> None:
+    src = models.recurrent_in_if(tmp_path / "vad.onnx")
+    data = _data(tmp_path / "d.npz", "x", (8, 40), n=24)
+    step = {"mode": "dynamic", "op_types_to_quantize": ["Conv", "LSTM"], "guard": None}
+    entry = _run(src, tmp_path / "o", step, data={"path": str(data)})["steps"][0]
+    produced = onnx.load(str(tmp_path / "o" / entry["output"]["path"]))
+    ops = entry["report"]["new_quantized_ops"]
+    assert ops.get("ConvInteger") == 2 and ops.get("DynamicQuantizeLSTM") == 2, ops
+    assert any(o.domain == "com.microsoft" for o in produced.opset_import)
+    assert entry["verification"]["passed"], entry["verification"]

@@ -198,7 +198,8 @@ class QuantizeStep(TimedStep):
     op_types_to_quantize: list[str] | None = Field(
         None,
         description="Op types to quantize (dynamic default: MatMul, Gemm, Attention, LSTM, "
-        "GRU: dynamic Conv measured 5x slower).",
+        "GRU; dynamic Conv is often slower on CPUs, so auto measures it as its own recipe, "
+        "dynamic_conv).",
     )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description="Node names left in float."

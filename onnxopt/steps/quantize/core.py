@@ -17,7 +17,6 @@ import onnx
 from onnxopt.config import QuantizeStep
 from onnxopt.errors import ConfigError, InputError, StepError, first_line
 from onnxopt.graph import (
-    constants_to_initializers,
     external_locations,
     iter_graphs,
     opset_of,
@@ -27,6 +26,7 @@ from onnxopt.modelio import load_graph, load_model, model_size, remove_model, sa
 from onnxopt.probe import first_run_in_child
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.quantize.backend import Backend, backend
+from onnxopt.steps.quantize.weights import prepare_weights
 
 log = logging.getLogger("onnxopt")
 
@@ -212,32 +212,64 @@ def upgrade_for_per_channel(
 
 
 def _load_produced(raw: Path, producer: str, notes: list[str]) -> onnx.ModelProto:
-    """Load the quantizer's output; repair it when only its node order is wrong.
+    """Load the quantizer's output; repair it when only its node order or imports are wrong.
 
     ONNX Runtime's quantizers append the nodes they create in their own order and do not
     see what If/Loop bodies read from the enclosing graph, so a body can come to read a
-    value produced after it ("Nodes in a graph must be topologically sorted"). A
-    topological sort that counts those reads repairs it; anything else is that library's
-    failure (exit 1), named as such.
+    value produced after it ("Nodes in a graph must be topologically sorted"); a topological
+    sort that counts those reads repairs it. Quantizing a body adds ``com.microsoft`` ops
+    (DynamicQuantizeLSTM) without importing the domain in the model; the import repairs it.
+    Anything else is that library's failure (exit 1), named as such.
     """
+    repairs: list[str] = []
+    for _ in range(3):
+        try:
+            model = load_model(raw, produced_by=producer)
+            notes.extend(repairs)
+            return model
+        except StepError as err:
+            if "topologically sorted" in err.message:
+                fix, note = (
+                    _sort_topologically,
+                    (
+                        f"{producer} wrote its nodes out of order (a control-flow body reads a "
+                        "value made after it); onnxopt re-sorted the graph topologically"
+                    ),
+                )
+            elif "No opset import for domain" in err.message:
+                fix, note = (
+                    _import_used_domains,
+                    (
+                        f"{producer} used ops of a domain it did not import (in a control-flow "
+                        "body); onnxopt added the import"
+                    ),
+                )
+            else:
+                raise
+        if note in repairs:
+            raise StepError(f"{producer} wrote an invalid model that onnxopt could not repair")
+        graph_only = load_graph(raw)
+        fix(graph_only, producer)
+        onnx.save_model(graph_only, str(raw))
+        del graph_only
+        repairs.append(note)
+    raise StepError(f"{producer} wrote an invalid model that onnxopt could not repair")
+
+
+def _sort_topologically(model: onnx.ModelProto, producer: str) -> None:
     try:
-        return load_model(raw, produced_by=producer)
-    except StepError as err:
-        if "topologically sorted" not in err.message:
-            raise
-    graph_only = load_graph(raw)
-    try:
-        topological_sort(graph_only.graph)
+        topological_sort(model.graph)
     except InputError:
         raise StepError(f"{producer} wrote a graph with a cycle") from None
-    onnx.save_model(graph_only, str(raw))
-    del graph_only
-    model = load_model(raw, produced_by=producer)
-    notes.append(
-        f"{producer} wrote its nodes out of order (a control-flow body reads a value made "
-        "after it); onnxopt re-sorted the graph topologically"
-    )
-    return model
+
+
+def _import_used_domains(model: onnx.ModelProto, producer: str) -> None:
+    """Import every op domain a node in any graph uses (ONNX Runtime's sub-quantizers add
+    ``com.microsoft`` ops to bodies without importing the domain in the model)."""
+    imported = {o.domain for o in model.opset_import}
+    used = {n.domain for g in iter_graphs(model.graph) for n in g.node}
+    for domain in sorted(used - imported - {"", "ai.onnx"}):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
 
 def _save_prepared(model: onnx.ModelProto, src: Path, prepared: Path) -> None:
@@ -275,10 +307,8 @@ def quantize_once(
         before = op_counts(model)
         spec = backend(cfg.mode)
         warnings = preflight(cfg, spec, ctx.target.provider, model)
-        moved = constants_to_initializers(model)
+        notes.extend(prepare_weights(model))
         name_nodes(model)
-        if moved:
-            notes.append(f"{moved} Constant-node weights turned into initializers")
         model = upgrade_for_per_channel(model, cfg, notes)
         raw = work / "quantized.onnx"
         root = logging.getLogger()

@@ -71,6 +71,11 @@ def _write(
         extra["CalibPercentile"] = opts.percentile
     if opts.num_bins is not None:
         extra["CalibNumBins"] = opts.num_bins
+    if opts.method == "minmax":
+        # merge the ranges every few samples instead of holding every activation of every
+        # sample (ONNX Runtime: the same ranges); at 736x736 a detector's activations for
+        # 192 samples outgrow the machine's memory
+        extra["CalibMaxIntermediateOutputs"] = MERGE_EVERY
 
     def run(options: dict[str, Any]) -> None:
         quantize_static(
@@ -120,6 +125,8 @@ def _write(
     }
 
 
+#: MinMax calibration merges its ranges after this many samples' activations
+MERGE_EVERY = 8
 #: the op types of the compute-only recipes
 COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: the recipes' type pairs (all 8 bits of int8 weights; auto adds 7-bit ones where it matters)
