@@ -426,3 +426,26 @@ def test_dynamic_int8_reaches_convolutions_and_lstms_inside_nested_if_bodies(
     assert ops.get("ConvInteger") == 2 and ops.get("DynamicQuantizeLSTM") == 2, ops
     assert any(o.domain == "com.microsoft" for o in produced.opset_import)
     assert entry["verification"]["passed"], entry["verification"]
+
+
+def test_a_spent_search_budget_stops_auto_after_its_first_recipe_and_is_not_cached(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from onnxopt import deadline
+
+    src = all_in_if(tmp_path / "m.onnx", width=32)
+    step = {"mode": "auto", "auto": {"runs": 3, "trials": 1, "rescue": False}}
+    with deadline.until(time.monotonic()):  # spent before the step starts
+        first = _run(src, tmp_path / "o", step)["steps"][0]
+        again = _run(src, tmp_path / "o", step)["steps"][0]
+    rows = first["report"]["candidates"]
+    assert rows[0]["status"] != "not tried"
+    assert len(rows) > 1 and all(r["status"] == "not tried" for r in rows[1:]), rows
+    assert all(r["reason"] == deadline.REASON for r in rows[1:])
+    assert first["report"]["cut_short"] is True
+    assert again["status"] != "cached"  # a later run with more time may do more
+    done = _run(src, tmp_path / "o", step)["steps"][0]  # no deadline: every recipe
+    assert "cut_short" not in done["report"] and done["status"] != "cached"
+    assert all(r["status"] != "not tried" for r in done["report"]["candidates"])

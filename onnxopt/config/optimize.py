@@ -91,7 +91,8 @@ class OptimizeStep(StepBase):
         1800.0,
         gt=0,
         description="Seconds (or '30m', '90s') the search may take; it then stops with the "
-        "best so far (a candidate already running finishes). null: no limit.",
+        "best so far (a candidate already running finishes the recipe it is on; a quantize auto "
+        "candidate starts no further recipe). null: no limit.",
     )
     timing: SearchTiming = Field(default_factory=SearchTiming, description="Timing.")
     latency_budget: float | None = Field(

@@ -166,6 +166,8 @@ class StepRun:
         for entry in self.manifest.previous_entries(index, key):
             if entry.get("status") not in ("ok", "cached"):
                 return None
+            if (entry.get("report") or {}).get("cut_short"):
+                return None  # a search's deadline stopped it: a later run may do more
             if cache.intact(entry, self.out_dir):
                 return self.manifest.reuse(entry)
             return None

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from onnxopt import _fs
+from onnxopt import _fs, deadline
 from onnxopt.config import OptimizeStep, PipelineConfig
 from onnxopt.modelio import model_digest
 from onnxopt.records import CandidateRow
@@ -180,7 +180,9 @@ class Search:
                 self.ctx.report_progress(f"{what}: {data['text']}")
 
         # from the folder the run started from: the user's code (evaluate) runs there
-        with _fs.user_cwd(self.ctx.invocation_dir):
+        budget = self.cfg.time_budget
+        ends = None if budget is None else self.started + budget
+        with _fs.user_cwd(self.ctx.invocation_dir), deadline.until(ends):
             return self.ctx.run_pipeline(
                 config, self.ctx.base_dir, out_dir=folder, on_event=on_event
             )

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from onnxopt import deadline
 from onnxopt.config import QuantizeStep
 from onnxopt.config.quantize import MODE_SECTIONS
 from onnxopt.cpu import Int8Facts
@@ -173,17 +174,22 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
     configs: dict[str, dict[str, Any]] = {}  # what an explicit step makes the same way
     base = cfg.model_dump(mode="json")
     try:
+        cut_short = False
         for recipe in recipes:
             sub = candidate_config(base, recipe.overrides)
             configs[recipe.name] = sub.model_dump(mode="json", exclude_defaults=True)
             path = work / f"{recipe.name}.onnx"
             row: CandidateRow = {"recipe": recipe.name, "status": "running", "mode": sub.mode}
             rows.append(row)
+            if rows[:-1] and deadline.passed():  # the first recipe always runs
+                row.update({"status": "not tried", "reason": deadline.REASON})
+                cut_short = True
+                continue
             verification = _build(src, path, sub, ctx, reference, row)
             if verification is not None:
                 survivors.append((recipe.name, path))
                 verifications[recipe.name] = verification
-        if cfg.auto.rescue and ctx.calibration is not None:
+        if cfg.auto.rescue and ctx.calibration is not None and not deadline.passed():
             for name, path, verification in _rescue(src, work, base, rows, recipes, ctx):
                 survivors.append((name, path))
                 verifications[name] = verification
@@ -205,6 +211,7 @@ def run_auto(src: Path, dst: Path, cfg: QuantizeStep, ctx: StepContext) -> StepR
             "candidates": rows,
             "not_tried": skipped,
             "chosen": chosen,
+            **({"cut_short": True} if cut_short else {}),
         }
         if on_cpu(ctx.target.provider) and not cfg.auto.candidates:
             report["cpu_decision"] = _decided_by(int8_facts(), names)
