@@ -449,3 +449,22 @@ def test_a_spent_search_budget_stops_auto_after_its_first_recipe_and_is_not_cach
     done = _run(src, tmp_path / "o", step)["steps"][0]  # no deadline: every recipe
     assert "cut_short" not in done["report"] and done["status"] != "cached"
     assert all(r["status"] != "not tried" for r in done["report"]["candidates"])
+
+
+def test_static_calibration_holds_its_samples_to_the_memory_their_activations_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxopt.steps.quantize import static
+
+    src = models.compute_model(tmp_path / "m.onnx")
+    data = _data(tmp_path / "d.npz", "x", (3, 8, 8), n=64)
+    step = {"mode": "static", "tolerance": {"min_cosine": 0.5}, "guard": None}
+    whole = _run(src, tmp_path / "a", step, data={"path": str(data)})["steps"][0]["report"]
+    assert whole["calibration"]["samples"] == 48  # every calibration sample (16 held out)
+    assert not any("calibrated on" in n for n in whole["notes"])
+    # one sample's activations: the Conv, Flatten, Gemm and MatMul outputs, float32
+    per_sample = 4 * (8 * 6 * 6 * 2 + 16 + 5)
+    monkeypatch.setattr(static, "CALIBRATION_MEMORY", per_sample * 20)
+    held = _run(src, tmp_path / "b", step, data={"path": str(data)})["steps"][0]["report"]
+    assert held["calibration"]["samples"] == 20
+    assert any("calibrated on 20 of the 48 calibration samples" in n for n in held["notes"])

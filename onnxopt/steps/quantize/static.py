@@ -52,7 +52,7 @@ def _write(
     )
     if opts.preprocess:
         src = preprocess(src, src.with_name("preprocessed.onnx"), notes)
-    samples = calibration_samples(cfg, ctx)
+    samples = fit_in_memory(src, calibration_samples(cfg, ctx), ctx, notes)
     kept_float = mixed_range_joins(src, samples[:RANGE_SAMPLES], cfg, ctx)
     for name, why in kept_float.items():
         notes.append(f"kept in float: {name} ({why})")
@@ -71,11 +71,6 @@ def _write(
         extra["CalibPercentile"] = opts.percentile
     if opts.num_bins is not None:
         extra["CalibNumBins"] = opts.num_bins
-    if opts.method == "minmax":
-        # merge the ranges every few samples instead of holding every activation of every
-        # sample (ONNX Runtime: the same ranges); at 736x736 a detector's activations for
-        # 192 samples outgrow the machine's memory
-        extra["CalibMaxIntermediateOutputs"] = MERGE_EVERY
 
     def run(options: dict[str, Any]) -> None:
         quantize_static(
@@ -125,8 +120,12 @@ def _write(
     }
 
 
-#: MinMax calibration merges its ranges after this many samples' activations
-MERGE_EVERY = 8
+#: ONNX Runtime's calibrators hold every activation of every calibration sample until the
+#: end (its CalibMaxIntermediateOutputs, meant to merge ranges as it goes, discards them
+#: instead in onnxruntime 1.32: "No data is collected"); the samples are held to this much
+CALIBRATION_MEMORY = 3 << 30
+#: calibration keeps at least this many samples whatever their size
+MIN_CALIBRATION = 16
 #: the op types of the compute-only recipes
 COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: the recipes' type pairs (all 8 bits of int8 weights; auto adds 7-bit ones where it matters)
@@ -137,6 +136,31 @@ U8S8 = {
     "reduce_range": False,
 }
 S8S8 = {**U8S8, "activation_type": "int8"}
+
+
+def fit_in_memory(src: Path, samples: list[Any], ctx: StepContext, notes: list[str]) -> list[Any]:
+    """The calibration samples whose activations fit in CALIBRATION_MEMORY, evenly spread
+    over ``samples`` (every one when they fit), measured on the first sample: at 736x736 a
+    text detector's activations for 192 samples outgrow a 24 GiB machine."""
+    import onnx
+
+    from onnxopt.runtime import run_exposing
+
+    if len(samples) <= MIN_CALIBRATION:
+        return samples
+    model = onnx.load(str(src))
+    names = [o for node in model.graph.node for o in node.output if o]
+    first = run_exposing(model, names, samples[:1], target=ctx.target, work_dir=ctx.scratch)
+    per_sample = sum(int(np.asarray(v).nbytes) for v in first[0].values())
+    keep = max(MIN_CALIBRATION, CALIBRATION_MEMORY // max(per_sample, 1))
+    if keep >= len(samples):
+        return samples
+    picked = np.linspace(0, len(samples) - 1, keep).round().astype(int)
+    notes.append(
+        f"calibrated on {keep} of the {len(samples)} calibration samples: their activations "
+        f"take {per_sample / 2**20:.0f} MiB a sample, held to {CALIBRATION_MEMORY >> 30} GiB"
+    )
+    return [samples[i] for i in picked]
 
 
 #: calibration samples the inputs of joins (Concat) are measured on
