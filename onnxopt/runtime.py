@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,10 +156,27 @@ def run_exposing(
 
     ``model`` (an onnx.ModelProto) is modified: the extra outputs are appended; pass a copy
     to keep the original. Graph optimizations are disabled so tensors keep their names.
+    Every sample's values are held at once: for many samples or many tensors, iterate
+    :func:`iter_exposing` instead.
 
     Returns:
         One ``{name: value}`` dict of the requested tensors per feeds in ``feeds_list``.
     """
+    return list(
+        iter_exposing(model, names, feeds_list, target=target, work_dir=work_dir, where=where)
+    )
+
+
+def iter_exposing(
+    model: Any,
+    names: list[str],
+    feeds_list: list[dict[str, np.ndarray]],
+    *,
+    target: Target | None = None,
+    work_dir: Path | None = None,
+    where: str = "model",
+) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`run_exposing` one sample at a time: only one sample's values are held."""
     import tempfile
 
     from onnxopt.modelio import save_model
@@ -169,14 +187,9 @@ def run_exposing(
         probe = save_model(model, Path(tmp) / "probe.onnx")
         session = make_session(probe, target, level="disable")
         outs = [o.name for o in session.get_outputs()]
-        return [
-            {
-                n: v
-                for n, v in zip(outs, run_session(session, feeds, where), strict=True)
-                if n in wanted
-            }
-            for feeds in feeds_list
-        ]
+        for feeds in feeds_list:
+            values = run_session(session, feeds, where)
+            yield {n: v for n, v in zip(outs, values, strict=True) if n in wanted}
 
 
 def require_feeds(

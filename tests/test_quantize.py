@@ -440,3 +440,33 @@ def test_an_invalid_file_from_a_library_is_its_failure_and_names_no_scratch_path
     assert str(scratch) not in str(err.value) and "quantized.onnx" in str(err.value)
     with pytest.raises(InputError), _ours_to_blame(scratch):  # the user's own file: exit 2
         load_model(tmp_path / "missing.onnx")
+
+
+def test_intermediate_values_are_read_one_sample_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float16 overflow scan reads every tensor of every sample: held all at once they
+    outgrew the machine on a real recogniser, so iter_exposing runs a sample only when the
+    previous one's values have been taken, and gives what run_exposing gives."""
+    from onnxopt import runtime
+
+    src = models.fp16_overflow(tmp_path / "f.onnx")
+    model = onnx.load(str(src))
+    names = [o for node in model.graph.node for o in node.output]
+    x = model.graph.input[0]
+    dims = [d.dim_value or 2 for d in x.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    feeds = [{x.name: rng.standard_normal(dims).astype(np.float32)} for _ in range(3)]
+    calls = []
+    real = runtime.run_session
+    monkeypatch.setattr(runtime, "run_session", lambda *a: calls.append(1) or real(*a))
+    lazy = runtime.iter_exposing(onnx.load(str(src)), names, feeds)
+    first = next(lazy)
+    assert len(calls) == 1
+    rest = list(lazy)
+    assert len(calls) == 3
+    whole = runtime.run_exposing(onnx.load(str(src)), names, feeds)
+    for got, want in zip([first, *rest], whole, strict=True):
+        assert set(got) == set(names)
+        for name in names:
+            np.testing.assert_array_equal(got[name], want[name])
