@@ -4,6 +4,7 @@ preparing the graph, and loading (and repairing) what the backend wrote."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import shutil
@@ -352,6 +353,9 @@ def quantize_once(
             raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        # ONNX Runtime's quantizers leave sessions (and their arenas) in reference cycles: a
+        # search that quantizes many times would hold each one's memory until much later
+        gc.collect()
     return {"mode": cfg.mode, **facts, **counts, "notes": notes, "warnings": warnings}
 
 
