@@ -208,3 +208,56 @@ def test_sigmoid_decisions_that_flip_are_refused_under_a_perfect_cosine(
     else:
         assert not result.passed and row["decision_flips"] > 0, row
         assert "decisions at 0.5 flipped" in result.first_failure()
+
+
+def written_out_softmax(path: Path, w: np.ndarray) -> Path:
+    """Softmax as tf2onnx and JAX exports write it: Exp over a ReduceSum of itself, the sum
+    reshaped and expanded back over the classes."""
+    classes = w.shape[1]
+    inits = {
+        "w": w.astype(np.float32),
+        "axes": np.array([1], np.int64),
+        "column": np.array([-1, 1], np.int64),
+        "wide": np.array([1, classes], np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["logits"]),
+        helper.make_node("Exp", ["logits"], ["e"]),
+        helper.make_node("ReduceSum", ["e", "axes"], ["total"], keepdims=0),
+        helper.make_node("Reshape", ["total", "column"], ["total_column"]),
+        helper.make_node("Expand", ["total_column", "wide"], ["denominator"]),
+        helper.make_node("Div", ["e", "denominator"], ["p"]),
+    ]
+    return _save(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", classes])],
+        path,
+    )
+
+
+def test_a_softmax_written_out_by_other_exporters_is_judged_as_class_scores(
+    tmp_path: Path,
+) -> None:
+    from onnxopt.verify.kinds import kinds_of
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((8, 5)) * 1.5
+    parent = written_out_softmax(tmp_path / "p.onnx", w)
+    kind = kinds_of(onnx.load(str(parent)))["p"]
+    assert (kind.kind, kind.axis % 2) == ("classes", 1), kind
+    result = verify_against_parent(
+        parent,
+        written_out_softmax(tmp_path / "soft.onnx", w * 0.7),
+        INT8,
+        _held_out(_rows(64)),
+        Target(),
+    )
+    row = result.main["outputs"][0]
+    assert row["cosine"] < 0.99 and row["judged_by"].startswith("top-1 agreement"), row
+    assert result.passed, result.first_failure()
+    swapped = w.copy()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    wrong = written_out_softmax(tmp_path / "w.onnx", swapped)
+    assert not verify_against_parent(parent, wrong, INT8, _held_out(_rows(64)), Target()).passed

@@ -21,6 +21,8 @@ import onnx
 Kind = Literal["classes", "decisions", "values"]
 #: ops an output may pass through unchanged in kind
 PASS_THROUGH = ("Identity", "Cast")
+#: ops that only reshape or broadcast a sum back over the classes
+SHAPE_ONLY = ("Identity", "Reshape", "Expand", "Unsqueeze", "Squeeze")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ def kinds_of(model: onnx.ModelProto) -> dict[str, OutputKind]:
             scores = "log-probabilities" if log else "probabilities"
             kinds[output.name] = _softmax_kind(node, opset, scores, node.op_type)
             continue
+        axis = _decomposed_softmax(node, producers, graph)
+        if axis is not None:
+            how = "Exp / ReduceSum(Exp): a Softmax written out"
+            kinds[output.name] = OutputKind("classes", axis, "probabilities", how=how)
+            continue
         if node is not None and node.op_type == "Sigmoid":
             kinds[output.name] = OutputKind("decisions", how="Sigmoid")
             continue
@@ -85,6 +92,36 @@ def kinds_of(model: onnx.ModelProto) -> dict[str, OutputKind]:
         if reader is not None:
             kinds[output.name] = _softmax_kind(reader, opset, "logits", "logits read by Softmax")
     return kinds
+
+
+def _decomposed_softmax(
+    node: onnx.NodeProto | None, producers: dict[str, onnx.NodeProto], graph: onnx.GraphProto
+) -> int | None:
+    """The class axis of a Softmax written out as Div(Exp(x), ReduceSum(Exp(x), axes=[a]))
+    (tf2onnx, Keras and JAX exports; the sum possibly reshaped and expanded back), or None."""
+    if node is None or node.op_type != "Div" or len(node.input) != 2:
+        return None
+    top, bottom = (producers.get(name) for name in node.input)
+    while bottom is not None and bottom.op_type in SHAPE_ONLY:  # JAX: Expand(Reshape(sum))
+        bottom = producers.get(bottom.input[0])
+    if top is None or bottom is None or top.op_type != "Exp" or bottom.op_type != "ReduceSum":
+        return None
+    if bottom.input[0] != top.output[0]:
+        return None
+    axes = next((list(a.ints) for a in bottom.attribute if a.name == "axes"), None)
+    if axes is None and len(bottom.input) > 1:
+        from onnx import numpy_helper
+
+        init = next((t for t in graph.initializer if t.name == bottom.input[1]), None)
+        axes = None if init is None else numpy_helper.to_array(init).reshape(-1).tolist()
+        if init is None:
+            constant = producers.get(bottom.input[1])
+            if constant is not None and constant.op_type == "Constant":
+                value = onnx.helper.get_attribute_value(constant.attribute[0])
+                axes = numpy_helper.to_array(value).reshape(-1).tolist()
+    if axes is None or len(axes) != 1:
+        return None
+    return int(axes[0])
 
 
 _CACHE: dict[tuple[str, int, int], dict[str, OutputKind]] = {}
