@@ -347,21 +347,21 @@ def test_activation_criterion_reads_the_last_axis_of_channels_last_matmuls(
 
 
 def test_unsupported_pattern_is_left_intact_and_reported(tmp_path: Path) -> None:
-    wa, wb = w(8, 3, 1, 1), w(4, 8, 1, 1)
+    wa, wb = w(8, 3, 1, 1), w(4, 2, 1, 1)
     src = build(
         tmp_path / "m.onnx",
         [
             helper.make_node("Conv", ["x", "wa"], ["a"], name="A"),
-            helper.make_node("Transpose", ["a"], ["t"], perm=[0, 1, 3, 2]),
+            helper.make_node("DepthToSpace", ["a"], ["t"], blocksize=2),
             helper.make_node("Conv", ["t", "wb"], ["y"], name="B"),
         ],
         {"wa": wa, "wb": wb},
         ["N", 3, 4, 4],
-        ["N", 4, 4, 4],
+        ["N", 4, 8, 8],
     )
     with pytest.raises(StepError, match="removed nothing") as info:
         prune(src, tmp_path / "o", ratio=0.5)
-    assert "Transpose is not understood" in str(info.value)
+    assert "DepthToSpace is not understood" in str(info.value)
     cfg = write_yaml(
         tmp_path / "p.yaml",
         {

@@ -19,9 +19,7 @@ makes that group unprunable, reported with the reason, so the graph is never bro
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -29,6 +27,10 @@ from onnx import numpy_helper
 
 from onnxopt.graph import constants_to_initializers
 from onnxopt.modelio import load_model
+from onnxopt.steps.prune.groups import Group, attr, norm_axis
+from onnxopt.steps.prune.layout import LayoutRules
+
+__all__ = ["ChannelAnalysis", "Group", "attr", "load_float", "producer_size"]
 
 PASS_OPS = {
     "Relu",
@@ -58,43 +60,34 @@ POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpP
 BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"}
 #: onnxruntime's fused activations whose second input is a per-channel bias (com.microsoft)
 BIAS_ACTIVATION_OPS = {"BiasGelu", "FastGelu"}
-REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin"}
-
-
-@dataclass
-class Group:
-    """Channels that must be pruned together."""
-
-    size: int
-    producers: list[onnx.NodeProto] = field(default_factory=list)
-    members: list[tuple[str, onnx.NodeProto, Any]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-        return ra
-
-
-def attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    """A node attribute's value, or ``default``."""
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+#: reductions that lose nothing when a channel of zeros is dropped from the reduced axes
+SUM_REDUCE_OPS = {"ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare"}
+REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceMin"} | SUM_REDUCE_OPS
+#: ops whose rule applies when a group reaches their first (data) input: the method to call
+FIRST_INPUT_RULES = {
+    "BatchNormalization": "_norm",
+    "InstanceNormalization": "_norm",
+    "Conv": "_conv",
+    "ConvTranspose": "_conv_transpose",
+    "MatMul": "_dense",
+    "Gemm": "_dense",
+    "LSTM": "_recurrent",
+    "GRU": "_recurrent",
+    "RNN": "_recurrent",
+    "Reshape": "_reshape",
+    "Flatten": "_flatten",
+    "Shape": "_shape",
+    "Softmax": "_softmax",
+    "LogSoftmax": "_softmax",
+    "Pad": "_pad",
+    "Transpose": "_transpose",
+    "Squeeze": "_squeeze",
+    "Unsqueeze": "_unsqueeze",
+    "Slice": "_slice",
+    "Split": "_split",
+    "Resize": "_resize",
+    "Upsample": "_resize",
+}
 
 
 def producer_size(
@@ -106,6 +99,8 @@ def producer_size(
         return None
     if node.op_type == "Conv" and w.ndim >= 3 and attr(node, "group", 1) == 1:
         return int(w.shape[0])
+    if node.op_type == "ConvTranspose" and w.ndim >= 3 and attr(node, "group", 1) == 1:
+        return int(w.shape[1])
     if node.op_type == "MatMul" and w.ndim == 2:
         return int(w.shape[1])
     if node.op_type == "Gemm" and w.ndim == 2 and not attr(node, "transA", 0):
@@ -113,57 +108,8 @@ def producer_size(
     return None
 
 
-class ChannelAnalysis:
+class ChannelAnalysis(LayoutRules):
     """Dependency analysis of a float model's channels."""
-
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
-        self.model = model
-        self.graph = model.graph
-        self.shapes = shapes
-        self.inits = {t.name: t for t in self.graph.initializer}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.uses = {name: len(users) for name, users in self.consumers.items()}
-        self.outputs = {o.name for o in self.graph.output}
-        self.uf = _UnionFind()
-        self.groups: dict[int, Group] = {}
-        self.tensor_space: dict[str, int] = {}
-        self.axis: dict[str, int] = {}
-        self.next_id = 0
-
-    # -- helpers ----------------------------------------------------------
-
-    def weight(self, node: onnx.NodeProto, index: int) -> np.ndarray | None:
-        """The initializer at input ``index`` of ``node`` as an array, or None."""
-        if len(node.input) <= index or node.input[index] not in self.inits:
-            return None
-        return numpy_helper.to_array(self.inits[node.input[index]])
-
-    def _shared(self, node: onnx.NodeProto, index: int) -> bool:
-        return len(node.input) > index and self.uses.get(node.input[index], 0) > 1
-
-    def _group(self, space: int) -> Group:
-        return self.groups[self.uf.find(space)]
-
-    def _fail(self, space: int, reason: str) -> None:
-        group = self._group(space)
-        if reason not in group.problems:
-            group.problems.append(reason)
-
-    def _merge(self, a: int, b: int, where: str) -> int:
-        ra, rb = self.uf.find(a), self.uf.find(b)
-        if ra == rb:
-            return ra
-        ga, gb = self.groups[ra], self.groups.pop(rb)
-        self.uf.parent[rb] = ra
-        if ga.size != gb.size:
-            ga.problems.append(f"{where}: joins groups of {ga.size} and {gb.size} channels")
-        ga.producers += gb.producers
-        ga.members += gb.members
-        ga.problems += [p for p in gb.problems if p not in ga.problems]
-        return ra
 
     # -- analysis ---------------------------------------------------------
 
@@ -181,61 +127,109 @@ class ChannelAnalysis:
                 self.groups[space] = Group(size=size, producers=[node])
                 if self._shared(node, 1):
                     self._fail(space, f"{node.name}: weight shared with other nodes")
-                if node.op_type == "Conv" and len(node.input) > 2 and self._shared(node, 2):
+                conv = node.op_type in ("Conv", "ConvTranspose")
+                if conv and len(node.input) > 2 and self._shared(node, 2):
                     self._fail(space, f"{node.name}: bias shared with other nodes")
-                self._carry(node.output[0], space, 1 if node.op_type == "Conv" else -1)
+                self._carry(node.output[0], space, 1 if conv else -1)
         for tensor, space in self.tensor_space.items():
             if tensor in self.outputs:
                 self._fail(space, f"reaches the graph output {tensor!r} (outputs keep their shape)")
         return {self.uf.find(k): g for k, g in self.groups.items()}
 
-    def _carry(self, tensor: str, space: int, axis: int) -> None:
-        """Record that ``tensor`` carries the channels of ``space`` on ``axis``."""
-        existing = self.tensor_space.get(tensor)
-        if existing is not None and self.uf.find(existing) != self.uf.find(space):
-            self._merge(existing, space, tensor)
-        self.tensor_space[tensor] = space
-        self.axis[tensor] = axis
-
     def _consume(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
         op = node.op_type
-        if op in PASS_OPS or (op in POOL_OPS and node.input[0] == tensor):
+        first = node.input[0] == tensor
+        if op in PASS_OPS or (first and (op in POOL_OPS or op == "LpNormalization")):
             self._carry(node.output[0], space, axis)
-        elif op == "BatchNormalization" and node.input[0] == tensor:
-            if any(self._shared(node, i) or node.input[i] not in self.inits for i in (1, 2, 3, 4)):
-                self._fail(space, f"{node.name}: BatchNormalization parameters not prunable")
-            self._group(space).members.append(("bn", node, None))
-            self._carry(node.output[0], space, axis)
+        elif op in BINARY_OPS or (first and op in BIAS_ACTIVATION_OPS | {"PRelu"}):
+            self._binary(node, tensor, space, axis)
         elif op == "Concat":
             self._concat(node, tensor, space, axis)
-        elif op == "Reshape" and node.input[0] == tensor:
-            self._reshape(node, tensor, space, axis)
-        elif op in REDUCE_OPS and node.input[0] == tensor:
+        elif first and op in REDUCE_OPS:
             self._reduce(node, tensor, space, axis)
-        elif op in BINARY_OPS or (op in BIAS_ACTIVATION_OPS and node.input[0] == tensor):
-            self._binary(node, tensor, space, axis)
-        elif op == "Conv" and node.input[0] == tensor and axis == 1:
-            w = self.weight(node, 1)
-            groups = attr(node, "group", 1)
-            if w is None or self._shared(node, 1):
-                self._fail(space, f"{node.name}: Conv weight is not a private initializer")
-            elif groups == 1:
-                self._group(space).members.append(("conv_in", node, None))
-            elif groups == self._group(space).size and w.shape[1] == 1:  # depthwise
-                self._group(space).members.append(("dw", node, None))
-                self._carry(node.output[0], space, axis)
-            else:
-                self._fail(space, f"{node.name}: grouped Conv (group={groups})")
-        elif op in ("MatMul", "Gemm") and node.input[0] == tensor and axis == -1:
-            w = self.weight(node, 1)
-            if w is None or self._shared(node, 1) or (op == "Gemm" and attr(node, "transA", 0)):
-                self._fail(space, f"{node.name}: {op} weight is not a private initializer")
-            else:
-                self._group(space).members.append(("mm_in", node, None))
-        elif op == "Flatten" and axis == 1 and attr(node, "axis", 1) == 1:
-            self._flatten(node, tensor, space)
+        elif first and op in FIRST_INPUT_RULES:
+            getattr(self, FIRST_INPUT_RULES[op])(node, tensor, space, axis)
         else:
-            self._fail(space, f"{node.name or op}: {op} is not understood for channel pruning")
+            self._fail(space, f"{self.name(node)}: {op} is not understood for channel pruning")
+
+    def _norm(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        """BatchNormalization / InstanceNormalization: per-channel parameters are sliced."""
+        indices = (1, 2, 3, 4) if node.op_type == "BatchNormalization" else (1, 2)
+        if axis != 1:
+            self._fail(space, f"{self.name(node)}: {node.op_type} of channels on axis {axis}")
+        elif not all(self._private(node, i) for i in indices):
+            self._fail(space, f"{self.name(node)}: {node.op_type} parameters not prunable")
+        else:
+            self._group(space).members.append(("params", node, indices))
+            self._carry(node.output[0], space, axis)
+
+    def _softmax(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        rank = self._ranked(node, tensor, space)
+        if rank is not None and attr(node, "axis", -1) % rank == axis % rank:
+            self._fail(space, f"{self.name(node)}: {node.op_type} over the channel axis")
+        elif rank is not None:
+            self._carry(node.output[0], space, axis)
+
+    def _conv(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        w = self.weight(node, 1)
+        groups = attr(node, "group", 1)
+        if axis != 1:
+            self._fail(space, f"{self.name(node)}: Conv reads channels on axis {axis}")
+        elif w is None or self._shared(node, 1):
+            self._fail(space, f"{self.name(node)}: Conv weight is not a private initializer")
+        elif groups == 1:
+            self._group(space).members.append(("conv_in", node, None))
+        elif groups == self._group(space).size and w.shape[1] == 1:  # depthwise
+            self._group(space).members.append(("dw", node, None))
+            self._carry(node.output[0], space, axis)
+        else:
+            self._fail(space, f"{self.name(node)}: grouped Conv (group={groups})")
+
+    def _conv_transpose(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        """A ConvTranspose reads its input channels on its weight's first axis."""
+        if axis != 1 or attr(node, "group", 1) != 1 or not self._private(node, 1):
+            self._fail(space, f"{self.name(node)}: ConvTranspose (grouped, or a shared weight)")
+        else:
+            self._group(space).members.append(("convT_in", node, None))
+
+    def _dense(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        if axis != -1:
+            self._fail(space, f"{self.name(node)}: {node.op_type} reads channels on axis {axis}")
+        elif not self._private(node, 1) or (node.op_type == "Gemm" and attr(node, "transA", 0)):
+            self._fail(
+                space, f"{self.name(node)}: {node.op_type} weight is not a private initializer"
+            )
+        else:
+            self._group(space).members.append(("mm_in", node, None))
+
+    def _recurrent(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        """An LSTM/GRU/RNN reads its input features on the last axis of W ([dirs, gates, in])."""
+        if axis != -1 or not self._private(node, 1):
+            self._fail(space, f"{self.name(node)}: {node.op_type} input (a shared W, or not last)")
+        elif len(node.input) > 3 and node.input[3] and not self._private(node, 3):
+            self._fail(space, f"{self.name(node)}: {node.op_type} bias is not private")
+        else:
+            self._group(space).members.append(("rnn_in", node, None))
+
+    def _shape(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        """Shape read only for other dims (a batch size for a Reshape) leaves the channels."""
+        rank = self._ranked(node, tensor, space)
+        if rank is None:
+            return
+        channel = axis % rank
+        for user in self.consumers.get(node.output[0], []):
+            picked = None
+            if user.op_type == "Gather" and user.input[0] == node.output[0]:
+                picked = {i % rank for i in self.constant(user, 1, "indices") or [channel]}
+            elif user.op_type == "Slice" and user.input[0] == node.output[0]:
+                starts, ends = self.constant(user, 1, "starts"), self.constant(user, 2, "ends")
+                if starts and ends and len(starts) == 1:
+                    picked = set(range(rank)[starts[0] : ends[0]])
+            if picked is None or channel in picked:
+                self._fail(space, f"{self.name(node)}: the channel count of {tensor!r} is read")
+                return
+        if node.output[0] in self.outputs:
+            self._fail(space, f"{self.name(node)}: the shape of {tensor!r} is a graph output")
 
     def _concat(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
         """Concat on the channel axis read directly by Conv/MatMul/Gemm: channel offsets."""
@@ -271,49 +265,62 @@ class ChannelAnalysis:
             self._group(space).members.append(("in_at", user, offset))
 
     def _reshape(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
-        """Only [..., C, 1, 1] -> [..., C]: dropping unit dims after the channels."""
-        shape_in = self.shapes.get(tensor)
-        shape_out = self.shapes.get(node.output[0])
+        """[..., C, 1, 1] -> [..., C] (dropping unit dims after the channels), or flattening
+        [N, C, *S] / [N, *S, C] into one dense layer's input (see :meth:`_into_dense`)."""
+        shape_in, shape_out = self.shapes.get(tensor), self.shapes.get(node.output[0])
         size = self._group(space).size
-        target = node.input[1] if len(node.input) > 1 else ""
+        if shape_in is None or shape_out is None or not self._private(node, 1):
+            self._fail(space, f"{self.name(node)}: Reshape to a shape computed at run time")
+            return
+        spec = numpy_helper.to_array(self.inits[node.input[1]])
+        channel = axis % len(shape_in)
+        if len(shape_out) == 2 and len(shape_in) > 2 and shape_out[0] == shape_in[0]:
+            if self._into_dense(node, tensor, space, axis) and spec[-1] != -1:
+                self._group(space).members.append(("reshape_flat", node, size))
+            return
         ok = (
-            shape_in is not None
-            and shape_out is not None
-            and target in self.inits
-            and not self._shared(node, 1)
-            and shape_in[axis] == size
-            and int(np.prod(shape_in[axis % len(shape_in) + 1 :])) == 1
+            shape_in[channel] == size
+            and int(np.prod(shape_in[channel + 1 :])) == 1
             and shape_out[-1] == size
         )
         if not ok:
-            self._fail(space, f"{node.name}: Reshape other than dropping unit dims after channels")
+            self._fail(
+                space,
+                f"{self.name(node)}: Reshape neither drops unit dims after the channels nor "
+                "flattens them into a dense layer",
+            )
             return
-        spec = numpy_helper.to_array(self.inits[target])
         if spec[-1] == size:
             self._group(space).members.append(("reshape", node, None))
         elif spec[-1] != -1:
-            self._fail(space, f"{node.name}: Reshape target {spec.tolist()} is not understood")
+            self._fail(
+                space, f"{self.name(node)}: Reshape target {spec.tolist()} is not understood"
+            )
             return
         self._carry(node.output[0], space, -1)
 
     def _reduce(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
-        """Reductions over other axes (e.g. global pooling as ReduceMean) keep the channels."""
+        """Reductions over other axes (e.g. global pooling as ReduceMean) keep the channels;
+        a sum-like reduction over the channel axis (ReduceSum, ReduceL2: an L2 norm) ends the
+        group there (a removed channel of zeros adds nothing to it); others cannot lose one."""
         rank = len(self.shapes.get(tensor, []))
-        axes = attr(node, "axes", None)
-        if axes is None and len(node.input) > 1 and node.input[1] in self.inits:
-            axes = numpy_helper.to_array(self.inits[node.input[1]]).tolist()
+        axes = self.constant(node, 1, "axes")
         if not rank or axes is None:
-            self._fail(space, f"{node.name}: {node.op_type} over unknown axes")
-            return
+            noop = attr(node, "noop_with_empty_axes", 0)
+            if not rank or noop:
+                self._fail(space, f"{self.name(node)}: {node.op_type} over unknown axes")
+                return
+            axes = list(range(rank))  # no axes: every axis
         axes = sorted(a % rank for a in axes)
         channel = axis % rank
         if channel in axes:
-            self._fail(space, f"{node.name}: {node.op_type} reduces the channel axis")
+            if node.op_type not in SUM_REDUCE_OPS:
+                self._fail(space, f"{self.name(node)}: {node.op_type} reduces the channel axis")
             return
         keepdims = attr(node, "keepdims", 1)
         new_rank = rank if keepdims else rank - len(axes)
         new_axis = channel if keepdims else channel - sum(1 for a in axes if a < channel)
-        self._carry(node.output[0], space, -1 if new_axis == new_rank - 1 else new_axis)
+        self._carry(node.output[0], space, norm_axis(new_axis, new_rank))
 
     def _binary(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
         for i, other in enumerate(node.input[:2]):
@@ -344,29 +351,54 @@ class ChannelAnalysis:
                 if self.axis[other] != axis:
                     self._fail(space, f"{node.name}: joins channels on different axes")
                 space = self._merge(self.tensor_space[other], space, node.name or node.op_type)
-            else:
+            elif not self._broadcast(node, other, axis):
                 self._fail(
                     space, f"{node.name or node.op_type}: joins a tensor of unknown channels"
                 )
         self._carry(node.output[0], space, axis)
 
-    def _flatten(self, node: onnx.NodeProto, tensor: str, space: int) -> None:
+    def _broadcast(self, node: onnx.NodeProto, other: str, axis: int) -> bool:
+        """``other`` holds one value along the channel axis (a norm over the channels, a
+        per-sample scale), so it broadcasts over whichever channels remain."""
+        shape, out_rank = self.shapes.get(other), self.rank(node.output[0])
+        if shape is None or out_rank is None:
+            return False
+        from_end = axis - out_rank if axis >= 0 else axis
+        return len(shape) < -from_end or shape[from_end] == 1
+
+    def _flatten(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> None:
+        if attr(node, "axis", 1) != 1:
+            self._fail(space, f"{self.name(node)}: Flatten at axis {attr(node, 'axis', 1)}")
+        else:
+            self._into_dense(node, tensor, space, axis)
+
+    def _into_dense(self, node: onnx.NodeProto, tensor: str, space: int, axis: int) -> bool:
+        """``node`` flattens [N, C, *S] (channel-major rows) or [N, *S, C] (channel-minor, as
+        Keras and TF exports do after a Transpose) into a single Gemm/MatMul's input: its
+        weight's rows are sliced in blocks of prod(S), or every C-th row."""
         shape = self.shapes.get(tensor)
         users = self.consumers.get(node.output[0], [])
         if shape is None or len(shape) < 2:
-            self._fail(space, f"{node.name}: Flatten of a tensor with unknown shape")
-            return
-        spatial = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+            self._fail(space, f"{self.name(node)}: flattens a tensor of unknown shape")
+            return False
+        channel = axis % len(shape)
+        if channel not in (1, len(shape) - 1):
+            self._fail(space, f"{self.name(node)}: flattens channels on axis {channel}")
+            return False
+        spatial = int(np.prod(shape[1:])) // self._group(space).size
+        kind = "flatten_in" if channel == 1 else "flatten_last_in"
         if len(users) != 1 or users[0].op_type not in ("Gemm", "MatMul"):
-            self._fail(space, f"{node.name}: Flatten not followed by a single Gemm/MatMul")
-            return
-        gemm = users[0]
-        if self.weight(gemm, 1) is None or self._shared(gemm, 1):
-            self._fail(space, f"{gemm.name}: weight is not a private initializer")
-            return
-        self._group(space).members.append(("flatten_in", gemm, spatial))
+            self._fail(space, f"{self.name(node)}: flattened into other than one Gemm/MatMul")
+            return False
+        dense = users[0]
+        if dense.input[0] != node.output[0] or not self._private(dense, 1):
+            self._fail(space, f"{self.name(dense)}: weight is not a private initializer")
+            return False
         if node.output[0] in self.outputs:
-            self._fail(space, "Flatten output is a graph output")
+            self._fail(space, f"{self.name(node)}: the flattened channels are a graph output")
+            return False
+        self._group(space).members.append((kind, dense, spatial))
+        return True
 
 
 def load_float(src: Path) -> onnx.ModelProto:

@@ -12,6 +12,11 @@ from onnxopt.config import PruneStep
 from onnxopt.steps.base import StepContext
 from onnxopt.steps.prune.analysis import ChannelAnalysis, Group, attr
 
+#: ops with a recurrent layer's weight layout ([directions, gates x hidden, input])
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+#: member kinds that read the group's channels through a weight (importance, compensation)
+READERS = ("conv_in", "convT_in", "mm_in", "rnn_in", "in_at", "flatten_in", "flatten_last_in")
+
 
 def _importance(group: Group, analysis: ChannelAnalysis, criterion: str) -> np.ndarray:
     total = np.zeros(group.size)
@@ -20,6 +25,8 @@ def _importance(group: Group, analysis: ChannelAnalysis, criterion: str) -> np.n
         assert w is not None
         if node.op_type == "Conv":
             per = w.reshape(w.shape[0], -1)
+        elif node.op_type == "ConvTranspose":
+            per = np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
         elif node.op_type == "Gemm" and attr(node, "transB", 0):
             per = w
         else:
@@ -37,9 +44,14 @@ def _set(analysis: ChannelAnalysis, name: str, value: np.ndarray) -> None:
 def _input_axis(node: onnx.NodeProto, rank: int = 2) -> int:
     """Axis of a consumer's weight (of ``rank``) that indexes its input channels: 1 for a
     Conv of any rank ([M, C/g, *kernel]) and a Gemm with transB, the second-last for a
-    MatMul (a batched [..., K, N] weight too), 0 for a plain Gemm."""
+    MatMul (a batched [..., K, N] weight too), 0 for a plain Gemm and a ConvTranspose
+    ([C, M/g, *kernel]), 2 for a recurrent layer's W ([directions, gates, C])."""
     if node.op_type == "Conv":
         return 1
+    if node.op_type == "ConvTranspose":
+        return 0
+    if node.op_type in RECURRENT_OPS:
+        return 2
     if node.op_type == "Gemm":
         return 1 if attr(node, "transB", 0) else 0
     return max(rank - 2, 0)
@@ -49,9 +61,24 @@ def _output_axis(node: onnx.NodeProto, rank: int) -> int:
     """Axis of a consumer's weight that indexes its output channels (see _input_axis)."""
     if node.op_type == "Conv":
         return 0
+    if node.op_type == "ConvTranspose":
+        return 1
     if node.op_type == "Gemm":
         return 0 if attr(node, "transB", 0) else 1
     return rank - 1
+
+
+def rows(kind: str, extra: Any, size: int, channels: np.ndarray) -> np.ndarray:
+    """The input rows of a consumer's weight that read ``channels`` of a group of ``size``:
+    blocks of ``extra`` rows after a channel-major flatten, every ``size``-th row after a
+    channel-minor one, shifted by a Concat's offset, or the channels themselves."""
+    if kind == "flatten_in":
+        return (channels[:, None] * int(extra) + np.arange(int(extra))[None, :]).ravel()
+    if kind == "flatten_last_in":
+        return (np.arange(int(extra))[:, None] * size + channels[None, :]).ravel()
+    if kind == "in_at":
+        return int(extra) + channels
+    return channels
 
 
 def _apply(
@@ -61,8 +88,8 @@ def _apply(
     for node in group.producers:
         w = a.weight(node, 1)
         assert w is not None
-        if node.op_type == "Conv":
-            _set(a, node.input[1], w[keep])
+        if node.op_type in ("Conv", "ConvTranspose"):
+            _set(a, node.input[1], w[keep] if node.op_type == "Conv" else w[:, keep])
             if len(node.input) > 2 and node.input[2] in a.inits:
                 _set(a, node.input[2], numpy_helper.to_array(a.inits[node.input[2]])[keep])
         elif node.op_type == "MatMul":
@@ -75,8 +102,8 @@ def _apply(
                 if c.ndim >= 1 and c.shape[-1] == group.size:
                     _set(a, node.input[2], c[..., keep])
     for kind, node, extra in group.members:
-        if kind == "bn":
-            for i in (1, 2, 3, 4):
+        if kind == "params":
+            for i in extra:
                 _set(a, node.input[i], numpy_helper.to_array(a.inits[node.input[i]])[keep])
         elif kind == "const":
             index, pos = extra
@@ -95,8 +122,8 @@ def _apply(
             for attribute in node.attribute:
                 if attribute.name == "group":
                     attribute.i = len(keep)
-        elif kind == "mm_in":
-            _keep_weight_rows(a, node, keep)
+        elif kind in ("mm_in", "convT_in", "rnn_in", "flatten_in", "flatten_last_in"):
+            _keep_weight_rows(a, node, rows(kind, extra, group.size, keep))
         elif kind == "in_at":
             # A Concat's consumer: several groups slice the same weight; apply once, later.
             name = node.input[1]
@@ -106,21 +133,22 @@ def _apply(
             mask = pending.setdefault(name, np.ones(w.shape[axis], dtype=bool))
             removed = np.setdiff1d(np.arange(group.size), keep)
             mask[int(extra) + removed] = False
-        elif kind == "reshape":
+        elif kind in ("reshape", "reshape_flat"):  # the last dim: C, or C x spatial
             spec = numpy_helper.to_array(a.inits[node.input[1]]).copy()
-            spec[-1] = len(keep)
+            spec[-1] = len(keep) * (spec[-1] // group.size if kind == "reshape_flat" else 1)
             _set(a, node.input[1], spec)
-        elif kind == "flatten_in":
-            spatial = int(extra)
-            rows = (keep[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
-            _keep_weight_rows(a, node, rows)
+        elif kind == "sizes":  # a Resize's output sizes
+            index, channel = extra
+            sizes = numpy_helper.to_array(a.inits[node.input[index]]).copy()
+            sizes[channel] = len(keep)
+            _set(a, node.input[index], sizes)
 
 
-def _keep_weight_rows(a: ChannelAnalysis, node: onnx.NodeProto, rows: np.ndarray) -> None:
-    """Keep the input rows ``rows`` of a MatMul/Gemm weight (its columns under transB)."""
+def _keep_weight_rows(a: ChannelAnalysis, node: onnx.NodeProto, kept: np.ndarray) -> None:
+    """Keep the input rows ``kept`` of a consumer's weight (see _input_axis)."""
     w = a.weight(node, 1)
     assert w is not None
-    _set(a, node.input[1], np.take(w, rows, axis=_input_axis(node, w.ndim)))
+    _set(a, node.input[1], np.take(w, kept, axis=_input_axis(node, w.ndim)))
 
 
 def _keep_count(size: int, ratio: float, min_channels: int, round_to: int) -> int:
@@ -184,11 +212,13 @@ def _activation_importance(
     total = np.zeros(group.size)
     found = False
     for kind, node, extra in group.members:
-        if kind not in ("conv_in", "mm_in", "in_at", "flatten_in") or node.input[0] not in stats:
+        if kind not in READERS or node.input[0] not in stats:
             continue
         magnitude = stats[node.input[0]][1]
         if kind == "flatten_in":
             total += magnitude.reshape(group.size, int(extra)).mean(axis=1)
+        elif kind == "flatten_last_in":
+            total += magnitude.reshape(int(extra), group.size).mean(axis=0)
         elif kind == "in_at":
             total += magnitude[int(extra) : int(extra) + group.size]
         else:
@@ -244,11 +274,37 @@ def _removed_contribution(
     axis = _input_axis(node, w.ndim)
     if w.ndim < 2 or (node.op_type == "MatMul" and w.ndim > 2):
         return None
+    if node.op_type == "ConvTranspose":  # a constant input's output varies with the stride
+        return None
     part = np.tensordot(np.take(w, idx, axis=axis), mean, axes=([axis], [0]))
     out = _output_axis(node, w.ndim)
     out = out if out < axis else out - 1  # the contracted axis is gone
     others = tuple(i for i in range(part.ndim) if i != out)
     return np.asarray(part.sum(axis=others) if others else part)
+
+
+def _compensate_recurrent(
+    a: ChannelAnalysis, node: onnx.NodeProto, w: np.ndarray, delta: np.ndarray
+) -> None:
+    """Fold ``delta`` ([directions, gates]) into a recurrent layer's input bias (the first
+    half of B; B is created, zero, when absent)."""
+    gates = w.shape[1]
+    if len(node.input) > 3 and node.input[3]:
+        name = node.input[3]
+    else:
+        name = f"{node.name or node.op_type}_compensation_bias"
+        zeros = np.zeros((w.shape[0], 2 * gates), w.dtype)
+        a.graph.initializer.append(numpy_helper.from_array(zeros, name))
+        a.inits[name] = a.graph.initializer[-1]
+        while len(node.input) < 3:
+            node.input.append("")
+        if len(node.input) == 3:
+            node.input.append(name)
+        else:
+            node.input[3] = name
+    bias = numpy_helper.to_array(a.inits[name]).copy()
+    bias[:, :gates] += delta.astype(bias.dtype)
+    _set(a, name, bias)
 
 
 def _compensate(
@@ -261,20 +317,16 @@ def _compensate(
     removed = np.setdiff1d(np.arange(group.size), keep)
     done = []
     for kind, node, extra in group.members:
-        if kind not in ("conv_in", "mm_in", "in_at", "flatten_in"):
-            continue
-        if node.input[0] not in stats:
+        if kind not in READERS or node.input[0] not in stats:
             continue
         mean = stats[node.input[0]][0]
         w = a.weight(node, 1)
         assert w is not None
-        if kind == "flatten_in":
-            spatial = int(extra)
-            idx = (removed[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
-        elif kind == "in_at":
-            idx = int(extra) + removed
-        else:
-            idx = removed
+        idx = rows(kind, extra, group.size, removed)
+        if node.op_type in RECURRENT_OPS:
+            _compensate_recurrent(a, node, w, np.take(w, idx, axis=2) @ mean[idx])
+            done.append(node.name or node.op_type)
+            continue
         delta = _removed_contribution(node, w, idx, mean[idx])
         if delta is None:
             continue
