@@ -261,3 +261,49 @@ def test_a_softmax_written_out_by_other_exporters_is_judged_as_class_scores(
     swapped[:, [0, 1]] = swapped[:, [1, 0]]
     wrong = written_out_softmax(tmp_path / "w.onnx", swapped)
     assert not verify_against_parent(parent, wrong, INT8, _held_out(_rows(64)), Target()).passed
+
+
+def sequence_reader(path: Path, w: np.ndarray, flip: np.ndarray | None = None) -> Path:
+    """A CTC-style reader: [N, T, 8] features -> Softmax over [N, T, classes]; ``flip`` adds
+    a large logit to class 1 at the positions it marks (T entries, broadcast over N)."""
+    inits = {"w": w.astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"])]
+    head = "logits"
+    if flip is not None:
+        bump = np.zeros((flip.size, w.shape[1]), np.float32)
+        bump[flip, 1] = 50.0
+        inits["bump"] = bump
+        nodes.append(helper.make_node("Add", ["logits", "bump"], ["bumped"]))
+        head = "bumped"
+    nodes.append(helper.make_node("Softmax", [head], ["p"], axis=-1))
+    return _save(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 40, 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 40, w.shape[1]])],
+        path,
+    )
+
+
+def test_a_label_sequence_is_judged_whole_not_position_by_position(tmp_path: Path) -> None:
+    # one changed position in 40 keeps 97.5% of positions but misreads every line
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((8, 12)) * 1.5
+    parent = sequence_reader(tmp_path / "p.onnx", w)
+    inputs = _held_out(
+        [{"x": rng.standard_normal((1, 40, 8)).astype(np.float32)} for _ in range(32)]
+    )
+    lenient = Tol(atol=math.inf, rtol=math.inf, min_cosine=0.0, min_top1=0.97)
+    one = np.zeros(40, bool)
+    one[17] = True
+    changed = sequence_reader(tmp_path / "c.onnx", w, flip=one)
+    result = verify_against_parent(parent, changed, lenient, inputs, Target())
+    row = result.main["outputs"][0]
+    assert row["top1_agreement"] > 0.97, row  # what a per-position rule sees: nothing wrong
+    assert not result.passed and "label sequences changed" in result.first_failure()
+    assert row["sequences_kept"] < 0.97
+    same = verify_against_parent(
+        parent, sequence_reader(tmp_path / "s.onnx", w * 0.8), lenient, inputs, Target()
+    )
+    assert same.passed, same.first_failure()
+    assert same.main["outputs"][0]["sequences_kept"] == 1.0

@@ -1,5 +1,7 @@
 """The rules that count over an output's values and over the held-out samples: per-slice
-errors along the small axes, class agreement, decision flips (see compare_outputs).
+errors along the small axes, class agreement (and, for a sequence of labels such as a CTC
+recogniser's [N, T, classes], the share of whole sequences kept: one changed position in
+forty misreads a line), decision flips (see compare_outputs).
 
 Each sample's counts stay on its row (``_counts``) so several samples add up before they
 are judged; :func:`judge_counts` then writes the figures and the verdict into the row.
@@ -77,6 +79,10 @@ def count(
                 np.take_along_axis(got_p, top, axis) - np.take_along_axis(ref_p, top, axis)
             )
             counts["classes"] = [int(agree.sum()), int(agree.size), float(change.sum())]
+            if agree.ndim == 2 and agree.size > 1:  # a sequence of labels: [N, T] or [T, N]
+                batch = 1 if agree.shape[0] > 1 and agree.shape[1] == 1 else 0
+                whole = agree.all(axis=1 - batch)
+                counts["sequences"] = [int(whole.sum()), int(whole.size)]
     if kind is not None and kind.kind == "decisions":
         flips = int(np.count_nonzero((ref0 > 0.5) != (got0 > 0.5)))
         counts["decisions"] = [flips, int(ref0.size)]
@@ -125,10 +131,23 @@ def judge_counts(row: OutputRow, tol: Tol, counts: dict[str, Any] | None = None)
         agreement, moved = agree / max(total, 1), change / max(total, 1)
         extra.update(top1_agreement=agreement, top_score_change=moved)
         extra["judged_by"] = "top-1 agreement and the top score's change"
+        if "sequences" in counts:
+            kept, sequences = counts["sequences"]
+            extra["sequences_kept"] = kept / max(sequences, 1)
+            extra["judged_by"] = "top-1 agreement, whole label sequences kept, the top score"
         if agreement < tol.class_top1:
             problems.append(
                 f"top-1 agreement {agreement:.4f} ({total - agree} of {total} changed) below "
                 f"{tol.class_top1}"
+            )
+        elif "sequences" in counts and counts["sequences"][0] < tol.class_top1 * max(
+            counts["sequences"][1], 1
+        ):
+            kept, sequences = counts["sequences"]
+            problems.append(
+                f"{sequences - kept} of {sequences} label sequences changed "
+                f"({kept / sequences:.4f} kept, below {tol.class_top1}; top-1 agreement per "
+                f"position {agreement:.4f})"
             )
         elif moved > tol.max_score_change:
             problems.append(
