@@ -29,7 +29,9 @@ def _save(nodes: list, inits: dict, inputs: list, outputs: list, path: Path) -> 
     return path
 
 
-def detector(path: Path, qdq: str = "none") -> Path:
+def detector(
+    path: Path, qdq: str = "none", score_op: str = "Sigmoid", score_bias: float = 0.0
+) -> Path:
     """A detection head: boxes (Conv * 100, range about +-300) and class scores (Sigmoid,
     0..1) concatenated on axis 1, as YOLO exports write [N, 4 + classes, anchors].
 
@@ -40,12 +42,14 @@ def detector(path: Path, qdq: str = "none") -> Path:
         "wb": (rng.standard_normal((4, FEATURES, 1)) / 4).astype(np.float32),
         "ws": (rng.standard_normal((CLASSES, FEATURES, 1)) / 2).astype(np.float32),
         "hundred": np.array(100.0, np.float32),
+        "score_bias": np.array(score_bias, np.float32),
     }
     nodes = [
         helper.make_node("Conv", ["x", "wb"], ["b0"], name="box_conv"),
         helper.make_node("Mul", ["b0", "hundred"], ["boxes"], name="box_scale"),
-        helper.make_node("Conv", ["x", "ws"], ["s0"], name="score_conv"),
-        helper.make_node("Sigmoid", ["s0"], ["scores"], name="score_sigmoid"),
+        helper.make_node("Conv", ["x", "ws"], ["s00"], name="score_conv"),
+        helper.make_node("Add", ["s00", "score_bias"], ["s0"], name="score_bias_add"),
+        helper.make_node(score_op, ["s0"], ["scores"], name="score_sigmoid"),
     ]
 
     def qdq_pair(src: str, dst: str, scale: float, zero: int) -> None:
@@ -88,18 +92,30 @@ def _features(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
 INT8 = Tol(atol=math.inf, rtol=math.inf, min_cosine=0.99)
 
 
-def test_a_small_range_part_destroyed_under_a_high_cosine_is_rejected(tmp_path: Path) -> None:
-    parent = detector(tmp_path / "float.onnx")
-    broken = detector(tmp_path / "joined.onnx", qdq="joined")
-    kept = detector(tmp_path / "parts.onnx", qdq="parts")
+@pytest.mark.parametrize("score_op", ["HardSigmoid", "Sigmoid"])
+def test_a_small_range_part_destroyed_under_a_high_cosine_is_rejected(
+    tmp_path: Path, score_op: str
+) -> None:
+    # a small-range part of values is judged by its worst slice; Sigmoid scores in the
+    # Concat are decisions, judged by their flips (not by relative errors near 0)
+    parent = detector(tmp_path / "float.onnx", score_op=score_op)
+    broken = detector(tmp_path / "joined.onnx", qdq="joined", score_op=score_op)
+    kept = detector(tmp_path / "parts.onnx", qdq="parts", score_op=score_op)
     inputs = _held_out(_features(16))
     bad = verify_against_parent(parent, broken, INT8, inputs, Target())
     row = bad.main["outputs"][0]
     assert row["cosine"] >= 0.99  # what a whole-tensor cosine sees: nothing wrong
     assert not bad.passed
-    assert row["worst_slice"]["axis"] == 1 and row["worst_slice"]["index"] >= 4, row
-    assert row["problem"].startswith(f"slice [:, {row['worst_slice']['index']}]: relative")
-    assert bad.first_failure().startswith("output 'y': slice [:, ")
+    if score_op == "HardSigmoid":  # 0..1 but no decisions: values
+        assert row["worst_slice"]["axis"] == 1 and row["worst_slice"]["index"] >= 4, row
+        assert row["problem"].startswith(f"slice [:, {row['worst_slice']['index']}]: relative")
+        assert bad.first_failure().startswith("output 'y': slice [:, ")
+    else:
+        assert "decisions at 0.5 in [:, 4:22]" in bad.tolerance["rules"]["y"]
+        assert row["decisions"] == 16 * CLASSES * ANCHORS and row["decision_flips"] > 0, row
+        assert "decisions at 0.5 flipped" in bad.first_failure()
+        worst = row["worst_slice"]  # the boxes' slices still judged by their error
+        assert not (worst["axis"] == 1 and worst["index"] >= 4), worst
     good = verify_against_parent(parent, kept, INT8, inputs, Target())
     assert good.passed, good.first_failure()
     assert good.main["outputs"][0]["worst_slice"]["relative_error"] < INT8.slice_bound
@@ -108,7 +124,7 @@ def test_a_small_range_part_destroyed_under_a_high_cosine_is_rejected(tmp_path: 
 def test_static_int8_keeps_a_mixed_range_concat_in_float(tmp_path: Path) -> None:
     import onnxopt
 
-    src = detector(tmp_path / "det.onnx")
+    src = detector(tmp_path / "det.onnx", score_bias=-8.0)  # scores near 0, as trained
     data = tmp_path / "d.npz"
     rng = np.random.default_rng(1)
     np.savez(data, x=rng.standard_normal((64, FEATURES, ANCHORS)).astype(np.float32))
@@ -307,3 +323,21 @@ def test_a_label_sequence_is_judged_whole_not_position_by_position(tmp_path: Pat
     )
     assert same.passed, same.first_failure()
     assert same.main["outputs"][0]["sequences_kept"] == 1.0
+
+
+def test_scores_that_never_fire_are_not_refused_for_their_relative_error(tmp_path: Path) -> None:
+    # scores near 0.02 (no class fires): moved to 0.04, a relative error of about 1 on their
+    # slices (refused as values), and no decision changes
+    parent = detector(tmp_path / "p.onnx", score_bias=-4.0)
+    shifted = detector(tmp_path / "c.onnx", score_bias=-3.3)
+    quiet = _held_out([{"x": f["x"] * 0.25} for f in _features(16)])
+    result = verify_against_parent(parent, shifted, INT8, quiet, Target())
+    row = result.main["outputs"][0]
+    assert row["decision_flips"] == 0, row
+    assert result.passed, result.first_failure()
+    worst = row["worst_slice"]  # the boxes' slices, judged by their error
+    assert not (worst["axis"] == 1 and worst["index"] >= 4), worst
+    as_values = detector(tmp_path / "vp.onnx", score_op="HardSigmoid", score_bias=-4.0)
+    moved = detector(tmp_path / "vc.onnx", score_op="HardSigmoid", score_bias=-3.3)
+    plain = verify_against_parent(as_values, moved, INT8, quiet, Target())
+    assert not plain.passed and "slice [:, " in plain.first_failure()

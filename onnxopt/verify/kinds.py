@@ -7,7 +7,10 @@
 - ``decisions``: the output of a Sigmoid: yes/no decisions at 0.5, judged by the share that
   flip (a cosine of 1.0000 can hide changed word boundaries).
 - ``values``: anything else (boxes, embeddings, regressions): the whole-tensor cosine and
-  the worst slice along the small axes (see :mod:`onnxopt.verify.compare`).
+  the worst slice along the small axes (see :mod:`onnxopt.verify.compare`). Where a values
+  output concatenates Sigmoid scores with other parts (a detector's [N, 4 + classes,
+  anchors]), the Sigmoid parts are decisions (``parts``): judged by their flips, not by
+  the relative error of scores near 0 that never fire.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class OutputKind:
     #: the Softmax flattens from ``axis`` (opset < 13): only a last axis is a class axis
     coerced: bool = False
     how: str = ""
+    #: values: [start, stop) ranges along ``axis`` that are Sigmoid decisions (a Concat's)
+    parts: tuple[tuple[int, int], ...] = ()
 
     def describe(self) -> str:
         """The rule's name for reports."""
@@ -43,6 +48,10 @@ class OutputKind:
             return f"class scores ({self.how}, axis {self.axis})"
         if self.kind == "decisions":
             return f"decisions at 0.5 ({self.how})"
+        if self.parts:
+            lead = ", ".join([":"] * self.axis)
+            ranges = ", ".join(f"[{lead}, {a}:{b}]" for a, b in self.parts)
+            return f"values; decisions at 0.5 in {ranges} ({self.how})"
         return "values"
 
 
@@ -81,6 +90,11 @@ def kinds_of(model: onnx.ModelProto) -> dict[str, OutputKind]:
         if node is not None and node.op_type == "Sigmoid":
             kinds[output.name] = OutputKind("decisions", how="Sigmoid")
             continue
+        if node is not None and node.op_type == "Concat":
+            parted = _sigmoid_parts(model, node, producers)
+            if parted is not None:
+                kinds[output.name] = parted
+                continue
         reader = next(
             (
                 n
@@ -92,6 +106,48 @@ def kinds_of(model: onnx.ModelProto) -> dict[str, OutputKind]:
         if reader is not None:
             kinds[output.name] = _softmax_kind(reader, opset, "logits", "logits read by Softmax")
     return kinds
+
+
+def _sigmoid_parts(
+    model: onnx.ModelProto, node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]
+) -> OutputKind | None:
+    """The Sigmoid inputs of a Concat output as decision ranges along its axis (their sizes
+    on it from shape inference), or None when there is none or a size is not known."""
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    sigmoid = []
+    for name in node.input:
+        producer = producers.get(name)
+        while producer is not None and producer.op_type in PASS_THROUGH:
+            producer = producers.get(producer.input[0])
+        sigmoid.append(producer is not None and producer.op_type == "Sigmoid")
+    if not any(sigmoid) or all(sigmoid):
+        return None
+    dims = _dims_on(model, list(node.input), axis)
+    if dims is None or axis < 0:
+        return None
+    parts, start = [], 0
+    for size, is_decision in zip(dims, sigmoid, strict=True):
+        if is_decision:
+            parts.append((start, start + size))
+        start += size
+    return OutputKind("values", axis=axis, parts=tuple(parts), how="Sigmoid scores in a Concat")
+
+
+def _dims_on(model: onnx.ModelProto, names: list[str], axis: int) -> list[int] | None:
+    """Each tensor's size on ``axis`` by shape inference (the model is read without its
+    weights, see output_kinds), or None."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an unknown size only means no parts
+        return None
+    shapes = {v.name: v.type.tensor_type.shape for v in inferred.graph.value_info}
+    dims = []
+    for name in names:
+        shape = shapes.get(name)
+        if shape is None or len(shape.dim) <= axis or not shape.dim[axis].HasField("dim_value"):
+            return None
+        dims.append(int(shape.dim[axis].dim_value))
+    return dims
 
 
 def _decomposed_softmax(

@@ -56,12 +56,19 @@ def count(
     ref0, got0 = np.where(ok, ref64, 0.0), np.where(ok, got64, 0.0)
     if not tol.elementwise and ref0.ndim >= 2:
         slices = {}
+        values = np.ones(ref0.shape, bool)  # decision parts are judged by their flips
+        if kind is not None and kind.parts and ref0.ndim > kind.axis:
+            for start, stop in kind.parts:
+                index = [slice(None)] * ref0.ndim
+                index[kind.axis] = slice(start, stop)
+                values[tuple(index)] = False
+        err, ref_values = np.where(values, got0 - ref0, 0.0), np.where(values, ref0, 0.0)
         for axis in range(1, ref0.ndim):
             size = ref0.shape[axis]
             if 2 <= size <= SMALL_AXIS and ref0.size // size >= MIN_SLICE:
                 others = tuple(i for i in range(ref0.ndim) if i != axis)
-                err2 = ((got0 - ref0) ** 2).sum(axis=others)
-                slices[axis] = [err2, (ref0**2).sum(axis=others), ref0.size // size]
+                err2 = (err**2).sum(axis=others)
+                slices[axis] = [err2, (ref_values**2).sum(axis=others), ref0.size // size]
         if slices:
             counts["slices"] = slices
     if kind is not None and kind.kind == "classes" and ref0.ndim >= 1:
@@ -86,6 +93,14 @@ def count(
     if kind is not None and kind.kind == "decisions":
         flips = int(np.count_nonzero((ref0 > 0.5) != (got0 > 0.5)))
         counts["decisions"] = [flips, int(ref0.size)]
+    if kind is not None and kind.parts and ref0.ndim > kind.axis:
+        flips = total = 0
+        for start, stop in kind.parts:
+            picked = np.arange(start, min(stop, ref0.shape[kind.axis]))
+            ref_part, got_part = (np.take(t, picked, axis=kind.axis) for t in (ref0, got0))
+            flips += int(np.count_nonzero((ref_part > 0.5) != (got_part > 0.5)))
+            total += int(ref_part.size)
+        counts["decisions"] = [flips, total]
     if counts:
         cast("dict[str, Any]", row)["_counts"] = counts
 
