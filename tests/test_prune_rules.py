@@ -401,6 +401,54 @@ def test_an_op_that_mixes_or_cuts_the_channels_ends_pruning_with_its_name(
     assert f"{node.name}: {reason}" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("op", "nodes", "inits", "y_shape", "reason"),
+    [
+        (
+            "Pad",
+            [
+                helper.make_node("Identity", ["axes_c"], ["axes_r"]),
+                helper.make_node("Pad", ["a", "pads", "", "axes_r"], ["p"], name="the_pad"),
+            ],
+            {"pads": np.array([1, 1, 1, 1], np.int64), "axes_c": np.array([2, 3], np.int64)},
+            ["N", 4, 6, 6],
+            "the_pad: Pad with axes computed at run time",
+        ),
+        (
+            "Slice",
+            [
+                helper.make_node("Identity", ["steps_c"], ["steps_r"]),
+                helper.make_node(
+                    "Slice", ["a", "s0", "s1", "axes", "steps_r"], ["p"], name="the_slice"
+                ),
+            ],
+            {
+                "s0": np.array([0], np.int64),
+                "s1": np.array([2], np.int64),
+                "axes": np.array([2], np.int64),
+                "steps_c": np.array([1], np.int64),
+            },
+            ["N", 4, 2, 4],
+            "the_slice: Slice with axes or steps computed at run time",
+        ),
+    ],
+)
+def test_an_operand_computed_at_run_time_is_not_guessed(
+    tmp_path: Path, op: str, nodes: list, inits: dict, y_shape: list, reason: str
+) -> None:
+    # a Pad's axes or a Slice's steps that only the runtime knows: the group stays whole
+    src = build(
+        tmp_path / "m.onnx",
+        [_conv("A", "x", "a", "wa"), *nodes, _conv("B", "p", "y", "wb")],
+        {"wa": w(C, 3, 1, 1), **inits, "wb": w(4, C, 1, 1)},
+        ["N", 3, 4, 4],
+        y_shape,
+    )
+    with pytest.raises(StepError, match="removed nothing") as info:
+        prune(src, tmp_path / "o", ratio=0.5)
+    assert reason in str(info.value)
+
+
 def test_compensation_folds_removed_features_into_an_lstm_input_bias(tmp_path: Path) -> None:
     # the removed channels' mean activations, through W, go into the first half of B
     case = conv1d_into_lstm()

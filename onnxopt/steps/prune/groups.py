@@ -86,6 +86,12 @@ class ChannelGraph:
         array = self.weight(node, index)
         return None if array is None else [int(v) for v in array.reshape(-1)]
 
+    def given(self, node: onnx.NodeProto, index: int, name: str) -> bool:
+        """An optional operand is there: as attribute ``name`` or as input ``index``."""
+        return attr(node, name, None) is not None or (
+            len(node.input) > index and bool(node.input[index])
+        )
+
     def rank(self, tensor: str) -> int | None:
         shape = self.shapes.get(tensor)
         return len(shape) if shape else None

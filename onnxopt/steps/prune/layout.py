@@ -37,8 +37,11 @@ class LayoutRules(ChannelGraph):
         if pads is None:
             self._fail(space, f"{self.name(node)}: Pad with pads computed at run time")
             return
-        axes = self.constant(node, 3, "axes") if len(node.input) > 3 and node.input[3] else None
-        axes = [a % rank for a in axes] if axes is not None else list(range(rank))
+        axes = self.constant(node, 3, "axes") if self.given(node, 3, "axes") else list(range(rank))
+        if axes is None:
+            self._fail(space, f"{self.name(node)}: Pad with axes computed at run time")
+            return
+        axes = [a % rank for a in axes]
         half = len(pads) // 2
         channel = axis % rank
         if channel in axes:
@@ -91,12 +94,14 @@ class LayoutRules(ChannelGraph):
         if starts is None or ends is None:
             self._fail(space, f"{self.name(node)}: Slice with bounds computed at run time")
             return
-        listed = attr(node, "axes", None) is not None or (len(node.input) > 3 and node.input[3])
-        axes = self.constant(node, 3, "axes") if listed else list(range(len(starts)))
-        steps = self.constant(node, 4, "steps") if len(node.input) > 4 and node.input[4] else None
-        if axes is None:
-            self._fail(space, f"{self.name(node)}: Slice with axes computed at run time")
+        axes = self.constant(node, 3, "axes") if self.given(node, 3, "axes") else None
+        steps = self.constant(node, 4, "steps") if self.given(node, 4, "steps") else None
+        if (axes is None and self.given(node, 3, "axes")) or (
+            steps is None and self.given(node, 4, "steps")
+        ):
+            self._fail(space, f"{self.name(node)}: Slice with axes or steps computed at run time")
             return
+        axes = list(range(len(starts))) if axes is None else axes
         channel = axis % rank
         for i, a in enumerate(axes):
             if a % rank != channel:
