@@ -287,6 +287,25 @@ def slice_and_split() -> Case:
     )
 
 
+def shape_read_for_the_batch() -> Case:
+    """Shape read only for the batch size (as exports scale or reshape by it)."""
+    return Case(
+        [
+            helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A"),
+            helper.make_node("Shape", ["a"], ["shape"]),
+            helper.make_node("Gather", ["shape", "zero"], ["n"]),
+            helper.make_node("Cast", ["n"], ["nf"], to=onnx.TensorProto.FLOAT),
+            _conv("B", "a", "b", "wb"),
+            helper.make_node("Mul", ["b", "nf"], ["y"]),
+        ],
+        {"wa": w(C, 3, 1, 1), "ba": w(C), "zero": np.array(0, np.int64), "wb": w(4, C, 1, 1)},
+        ["N", 3, 4, 4],
+        ["N", 4, 4, 4],
+        (2, 3, 4, 4),
+        {"wa": 0, "ba": 0, "wb": 1},
+    )
+
+
 CASES: dict[str, Callable[[], Case]] = {
     f.__name__: f
     for f in (
@@ -303,6 +322,7 @@ CASES: dict[str, Callable[[], Case]] = {
         conv1d_into_lstm,
         unsqueeze_conv2d_squeeze,
         slice_and_split,
+        shape_read_for_the_batch,
     )
 }
 

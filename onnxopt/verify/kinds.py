@@ -74,9 +74,7 @@ def kinds_of(model: onnx.ModelProto) -> dict[str, OutputKind]:
             consumers.setdefault(name, []).append(node)
     kinds: dict[str, OutputKind] = {}
     for output in graph.output:
-        node = producers.get(output.name)
-        while node is not None and node.op_type in PASS_THROUGH:
-            node = producers.get(node.input[0])
+        node = _source(output.name, producers)
         if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
             log = node.op_type == "LogSoftmax"
             scores = "log-probabilities" if log else "probabilities"
@@ -108,6 +106,14 @@ def kinds_of(model: onnx.ModelProto) -> dict[str, OutputKind]:
     return kinds
 
 
+def _source(name: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The node that computes ``name``, looking through ops that keep its kind."""
+    node = producers.get(name)
+    while node is not None and node.op_type in PASS_THROUGH:
+        node = producers.get(node.input[0])
+    return node
+
+
 def _sigmoid_parts(
     model: onnx.ModelProto, node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]
 ) -> OutputKind | None:
@@ -116,9 +122,7 @@ def _sigmoid_parts(
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
     sigmoid = []
     for name in node.input:
-        producer = producers.get(name)
-        while producer is not None and producer.op_type in PASS_THROUGH:
-            producer = producers.get(producer.input[0])
+        producer = _source(name, producers)
         sigmoid.append(producer is not None and producer.op_type == "Sigmoid")
     if not any(sigmoid) or all(sigmoid):
         return None

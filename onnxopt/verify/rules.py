@@ -46,6 +46,18 @@ def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return np.asarray(shifted / shifted.sum(axis=axis, keepdims=True))
 
 
+def _decision_parts(shape: tuple[int, ...], kind: OutputKind | None) -> np.ndarray | None:
+    """Where a values output holds Sigmoid decisions (``kind.parts``), as a mask; or None."""
+    if kind is None or not kind.parts or len(shape) <= kind.axis:
+        return None
+    mask = np.zeros(shape, bool)
+    for start, stop in kind.parts:
+        index = [slice(None)] * len(shape)
+        index[kind.axis] = slice(start, stop)
+        mask[tuple(index)] = True
+    return mask
+
+
 def count(
     row: OutputRow, ref64: np.ndarray, got64: np.ndarray, tol: Tol, kind: OutputKind | None
 ) -> None:
@@ -54,15 +66,15 @@ def count(
     counts: dict[str, Any] = {}
     ok = ~(np.isnan(ref64) | np.isnan(got64))
     ref0, got0 = np.where(ok, ref64, 0.0), np.where(ok, got64, 0.0)
+    decided = _decision_parts(ref0.shape, kind)  # judged by their flips, not their errors
+    if decided is not None:
+        flipped = (ref0 > 0.5) != (got0 > 0.5)
+        counts["decisions"] = [int(np.count_nonzero(flipped & decided)), int(decided.sum())]
     if not tol.elementwise and ref0.ndim >= 2:
         slices = {}
-        values = np.ones(ref0.shape, bool)  # decision parts are judged by their flips
-        if kind is not None and kind.parts and ref0.ndim > kind.axis:
-            for start, stop in kind.parts:
-                index = [slice(None)] * ref0.ndim
-                index[kind.axis] = slice(start, stop)
-                values[tuple(index)] = False
-        err, ref_values = np.where(values, got0 - ref0, 0.0), np.where(values, ref0, 0.0)
+        err, ref_values = got0 - ref0, ref0
+        if decided is not None:
+            err, ref_values = np.where(decided, 0.0, err), np.where(decided, 0.0, ref0)
         for axis in range(1, ref0.ndim):
             size = ref0.shape[axis]
             if 2 <= size <= SMALL_AXIS and ref0.size // size >= MIN_SLICE:
@@ -93,14 +105,6 @@ def count(
     if kind is not None and kind.kind == "decisions":
         flips = int(np.count_nonzero((ref0 > 0.5) != (got0 > 0.5)))
         counts["decisions"] = [flips, int(ref0.size)]
-    if kind is not None and kind.parts and ref0.ndim > kind.axis:
-        flips = total = 0
-        for start, stop in kind.parts:
-            picked = np.arange(start, min(stop, ref0.shape[kind.axis]))
-            ref_part, got_part = (np.take(t, picked, axis=kind.axis) for t in (ref0, got0))
-            flips += int(np.count_nonzero((ref_part > 0.5) != (got_part > 0.5)))
-            total += int(ref_part.size)
-        counts["decisions"] = [flips, total]
     if counts:
         cast("dict[str, Any]", row)["_counts"] = counts
 

@@ -175,7 +175,7 @@ class ChannelAnalysis(LayoutRules):
         groups = attr(node, "group", 1)
         if axis != 1:
             self._fail(space, f"{self.name(node)}: Conv reads channels on axis {axis}")
-        elif w is None or self._shared(node, 1):
+        elif w is None or not self._private(node, 1):
             self._fail(space, f"{self.name(node)}: Conv weight is not a private initializer")
         elif groups == 1:
             self._group(space).members.append(("conv_in", node, None))

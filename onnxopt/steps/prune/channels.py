@@ -238,13 +238,18 @@ def _bias(a: ChannelAnalysis, node: onnx.NodeProto, size: int) -> str | None:
         if name not in a.inits or a.uses.get(name, 0) > 1:
             return None
         return name
+    return _new_bias(a, node, 2, np.zeros(size, np.float32))
+
+
+def _new_bias(a: ChannelAnalysis, node: onnx.NodeProto, index: int, zeros: np.ndarray) -> str:
+    """Give ``node`` a private bias initializer ``zeros`` at input ``index`` (absent, or
+    given as ""); its name."""
     name = f"{node.name or node.op_type}_compensation_bias"
-    tensor = numpy_helper.from_array(np.zeros(size, np.float32), name)
-    a.graph.initializer.append(tensor)
+    a.graph.initializer.append(numpy_helper.from_array(zeros, name))
     a.inits[name] = a.graph.initializer[-1]
-    while len(node.input) < 2:
+    while len(node.input) <= index:
         node.input.append("")
-    node.input.append(name)
+    node.input[index] = name
     return name
 
 
@@ -292,16 +297,7 @@ def _compensate_recurrent(
     if len(node.input) > 3 and node.input[3]:
         name = node.input[3]
     else:
-        name = f"{node.name or node.op_type}_compensation_bias"
-        zeros = np.zeros((w.shape[0], 2 * gates), w.dtype)
-        a.graph.initializer.append(numpy_helper.from_array(zeros, name))
-        a.inits[name] = a.graph.initializer[-1]
-        while len(node.input) < 3:
-            node.input.append("")
-        if len(node.input) == 3:
-            node.input.append(name)
-        else:
-            node.input[3] = name
+        name = _new_bias(a, node, 3, np.zeros((w.shape[0], 2 * gates), w.dtype))
     bias = numpy_helper.to_array(a.inits[name]).copy()
     bias[:, :gates] += delta.astype(bias.dtype)
     _set(a, name, bias)
