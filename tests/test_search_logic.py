@@ -138,6 +138,29 @@ def test_a_stage_expands_the_front_and_the_source_once_and_never_a_later_step(
     ]
 
 
+def test_a_parent_is_not_pushed_off_the_front_by_a_model_that_cannot_be_a_parent(
+    src: Path,
+) -> None:
+    """The quantized source is faster and more faithful than the pruned model: the pruned
+    model is still the front of the models that may be quantized, so it is quantized."""
+    speeds = {"simplify": (1.0, 1.0), "simplify > quantize": (2.2, 1.0), "quantize": (2.2, 1.0)}
+
+    def verdict(label: str) -> tuple[str, float, float]:
+        speed, score = speeds.get(label, (3.0, 0.99))
+        return "verified", speed, score
+
+    search = FakeSearch(src, _cfg(beam=1), verdict)
+    stages.singles(search)
+    pruned = {"id": "p", "stage": "structure", "label": "prune 0.5", "status": "verified"}
+    pruned.update(chain=[{"type": "prune"}], speedup=2.0, score=0.995)
+    search.rows.append(pruned)
+    assert pruned not in pareto(search.verified())  # beaten by quantize on both counts
+    stages.graph(search)
+    stages.precision(search)
+    labels = [r["label"] for r in search.rows[search.rows.index(pruned) + 1 :]]
+    assert labels == ["prune 0.5 > simplify", "prune 0.5 > simplify > quantize"]
+
+
 def test_the_choice_is_the_fastest_verified_candidate_beyond_the_noise(src: Path) -> None:
     search = FakeSearch(src, _cfg(), lambda label: ("verified", 1.0, 1.0))
     rows = [

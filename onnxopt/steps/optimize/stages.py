@@ -49,16 +49,22 @@ def structure(search: Search) -> None:
 
 
 def _expand(search: Search, stage: str, step_of: Callable[[Row], dict[str, Any]]) -> None:
-    """Apply the stage's step to the Pareto front's fastest ``beam`` models, and to the
-    source (the most faithful parent: what the step alone buys is always in the running);
-    a parent this stage already expanded is not expanded again."""
+    """Apply the stage's step to the fastest ``beam`` models of the Pareto front of those
+    that may still take it, and to the source (the most faithful parent: what the step
+    alone buys is always in the running); a parent this stage already expanded is not
+    expanded again.
+
+    The front is taken among the possible parents only: a model that already holds this
+    stage's step (or a later one) cannot be its parent, so it must not push a parent off
+    the front either (a quantized source faster than the pruned model would otherwise
+    keep the pruned model from ever being quantized)."""
     # the steps that compose at or after this one (structure -> graph -> precision)
     order = list(STAGES)
     at = order.index(STEP_RULES[stage].stage)
     later = {t for t, rule in STEP_RULES.items() if order.index(rule.stage) >= at}
-    front = [
-        r for r in pareto(search.verified()) if not any(s["type"] in later for s in r["chain"])
-    ]
+    front = pareto(
+        [r for r in search.verified() if not any(s["type"] in later for s in r["chain"])]
+    )
     parents = front[: search.cfg.beam]
     if search.source not in parents:
         parents.append(search.source)
