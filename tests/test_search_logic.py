@@ -84,13 +84,28 @@ def test_the_ladder_stops_at_the_first_ratio_outside_the_budget(
             return "outside budget", 1.0 + ratio, 0.9
         return "verified", 1.0 + ratio, 0.995
 
-    search = FakeSearch(src, _cfg(recover="compensate"), verdict)
+    cfg = _cfg(recover="compensate", prune_ratios=[0.25, 0.5, 0.75])
+    search = FakeSearch(src, cfg, verdict)
     stages.structure(search)
     labels = [r["label"] for r in search.rows[1:]]
     assert labels == (tried or ["prune 0.25", "prune 0.5", "prune 0.75"])
     assert (search.refused_structure is None) == (fails_from is None)
     verified = [r["label"] for r in search.rows[1:] if r["status"] == "verified"]
     assert search.timed == [verified]
+
+
+def test_the_default_ladder_climbs_shares_of_the_macs(src: Path) -> None:
+    def verdict(label: str) -> tuple[str, float, float]:
+        share = float(label.split()[1].rstrip("%")) / 100
+        return ("verified" if share < 0.3 else "outside budget"), 1 + share, 0.99
+
+    search = FakeSearch(src, _cfg(recover="compensate"), verdict)
+    stages.structure(search)
+    rows = search.rows[1:]
+    assert [r["label"] for r in rows] == ["prune 10% MACs", "prune 20% MACs", "prune 35% MACs"]
+    assert [r["chain"][-1]["macs_target"] for r in rows] == [0.1, 0.2, 0.35]
+    assert all("ratio" not in r["chain"][-1] for r in rows)  # allocated, not uniform
+    assert search.refused_structure is not None and "35% MACs" in search.refused_structure
 
 
 def test_distillation_recovers_a_pruned_model_before_the_ladder_gives_up(src: Path) -> None:
@@ -104,7 +119,8 @@ def test_distillation_recovers_a_pruned_model_before_the_ladder_gives_up(src: Pa
 
     if importlib.util.find_spec("torch") is None:
         pytest.skip("distillation needs torch")
-    search = FakeSearch(src, _cfg(recover="auto", min_distill_samples=8), verdict, samples=32)
+    cfg = _cfg(recover="auto", min_distill_samples=8, prune_ratios=[0.25, 0.5, 0.75])
+    search = FakeSearch(src, cfg, verdict, samples=32)
     stages.structure(search)
     labels = [r["label"] for r in search.rows[1:]]
     assert labels == [

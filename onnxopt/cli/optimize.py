@@ -42,9 +42,19 @@ def optimize(
             "--stage", help="structure, graph or precision (repeatable; default: all three)."
         ),
     ] = None,
+    prune_target: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--prune-target",
+            help="A share of the MACs for channel pruning to remove, spent where it costs "
+            "least (repeatable; default 0.1 0.2 0.35 0.5 0.65 0.8).",
+        ),
+    ] = None,
     prune_ratio: Annotated[
         list[float] | None,
-        typer.Option("--prune-ratio", help="A channel-pruning ratio to try (repeatable)."),
+        typer.Option(
+            "--prune-ratio", help="A uniform channel-pruning ratio to try instead (repeatable)."
+        ),
     ] = None,
     recover: Annotated[
         str | None,
@@ -78,6 +88,7 @@ def optimize(
             latency_budget=latency_budget,
             percentile=percentile,
             stages=stage or None,
+            prune_targets=prune_target or None,
             prune_ratios=prune_ratio or None,
             recover=recover,
             beam=beam,

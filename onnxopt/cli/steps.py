@@ -335,6 +335,14 @@ def prune(
         list[str] | None,
         typer.Option("--layer-ratio", help="PATTERN=RATIO for producer names (repeatable)."),
     ] = None,
+    macs_target: Annotated[
+        str | None,
+        typer.Option(
+            "--macs-target",
+            help="channel: share of the MACs to remove (0.3), spent on the groups whose "
+            "measured output change costs least (instead of --ratio).",
+        ),
+    ] = None,
     criterion: Annotated[
         str | None, typer.Option("--criterion", help="l1 (default), l2 or activation.")
     ] = None,
@@ -381,6 +389,7 @@ def prune(
                 for k, v in parse_kv_json(layer_ratio, "--layer-ratio").items()
             }
             or None,
+            macs_target=None if macs_target is None else float_arg(macs_target, "--macs-target"),
             criterion=criterion,
             compensate=compensate or None,
             measure_speed=measure_speed,

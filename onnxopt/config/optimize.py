@@ -40,11 +40,17 @@ class OptimizeStep(StepBase):
         description="The stages searched, always composed in the order structure -> graph "
         "-> precision.",
     )
+    prune_targets: list[float] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.35, 0.5, 0.65, 0.8],
+        description="structure: shares of the model's MACs to remove, tried from the smallest "
+        "up, each spent on the groups whose measured output change costs least (prune "
+        "macs_target); the ladder stops at the first that misses the budget even after "
+        "recovery (the model's sensitivity decides how far it goes).",
+    )
     prune_ratios: list[float] = Field(
-        default_factory=lambda: [0.25, 0.5, 0.75],
-        description="structure: channel-pruning ratios tried from the smallest up; the ladder "
-        "stops at the first ratio that misses the budget even after recovery (the model's "
-        "sensitivity decides how far it goes).",
+        default_factory=list,
+        description="structure: uniform channel-pruning ratios to climb instead of "
+        "prune_targets (every group loses the same share), from the smallest up.",
     )
     recover: Literal["auto", "distill", "compensate", "none"] = Field(
         "auto",
@@ -114,12 +120,12 @@ class OptimizeStep(StepBase):
     _seconds = field_validator("time_budget", mode="before")(parse_seconds)
     _millis = field_validator("latency_budget", mode="before")(parse_millis)
 
-    @field_validator("prune_ratios")
+    @field_validator("prune_ratios", "prune_targets")
     @classmethod
     def _ratios(cls, value: list[float]) -> list[float]:
         bad = [v for v in value if not 0 < v < 1]
         if bad:
-            raise ValueError(f"prune ratios must be in (0, 1), found {bad}")
+            raise ValueError(f"prune ratios and targets must be in (0, 1), found {bad}")
         return sorted(set(value))
 
     @field_validator("stages")

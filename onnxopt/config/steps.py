@@ -230,6 +230,20 @@ class PruneStep(TimedStep):
         "{'layers.3.*': 0.7}; the first pattern matching a producer of the group wins.",
     )
 
+    macs_target: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="channel: remove this share of the model's MACs (0.3: 30%), spent where "
+        "it costs least: each group's output change when pruned alone is measured on the "
+        "calibration data at sensitivity_ratios, and per-group ratios are allocated (ratio "
+        "and layer_ratios are then not used).",
+    )
+    sensitivity_ratios: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75],
+        description="macs_target: the ratios each group's sensitivity is measured at; the "
+        "largest is the most any group loses.",
+    )
     auto_max_ratio: float = Field(0.9, gt=0, lt=1, description="Upper end of the auto search.")
     auto_steps: int = Field(6, ge=1, le=20, description="Bisection steps of the auto search.")
     criterion: Literal["l1", "l2", "activation"] = Field(
@@ -268,6 +282,23 @@ class PruneStep(TimedStep):
         if bad:
             raise ValueError(f"layer ratios must be in [0, 1), found {bad}")
         return value
+
+    @field_validator("sensitivity_ratios")
+    @classmethod
+    def _sensitivity(cls, value: list[float]) -> list[float]:
+        bad = [v for v in value if not 0 < v < 1]
+        if bad or not value:
+            raise ValueError(f"sensitivity ratios must be in (0, 1), found {bad or value}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _target_is_channel_pruning(self) -> PruneStep:
+        if self.macs_target is not None and (self.method != "channel" or self.ratio == "auto"):
+            raise ValueError(
+                "macs_target allocates channel pruning: use it with method channel and without "
+                "ratio auto"
+            )
+        return self
 
     @model_validator(mode="after")
     def _auto_needs_budget(self) -> PruneStep:

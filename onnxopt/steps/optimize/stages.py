@@ -5,15 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from onnxopt.config import OptimizeStep
 from onnxopt.steps.optimize import space
 from onnxopt.steps.optimize.search import Row, Search, pareto
 from onnxopt.steps.optimize.space import STEP_RULES
 
 
+def ladder(cfg: OptimizeStep) -> list[tuple[str, dict[str, Any]]]:
+    """The structure stage's rungs, (label, prune options): shares of the MACs to remove
+    (allocated by sensitivity), or uniform ratios when the config names them."""
+    if cfg.prune_ratios:
+        return [(f"prune {r:g}", {"ratio": r}) for r in cfg.prune_ratios]
+    return [(f"prune {t:.0%} MACs", {"macs_target": t}) for t in cfg.prune_targets]
+
+
 def structure(search: Search) -> None:
-    """Channel pruning up a ladder of ratios, each recovered (distillation from the source,
-    or compensation); the ladder stops at the first ratio that misses the budget even after
-    recovery, so the model's sensitivity decides how far it goes."""
+    """Channel pruning up a ladder (shares of the MACs, or ratios), each rung recovered
+    (distillation from the source, or compensation); the ladder stops at the first rung
+    that misses the budget even after recovery, so the model's sensitivity decides how far
+    it goes."""
     cfg, ctx = search.cfg, search.ctx
     ops = space.op_counts(search.src)
     if not space.PRUNABLE_OPS & set(ops):
@@ -22,10 +32,9 @@ def structure(search: Search) -> None:
     how, why = space.recovery(cfg, ctx)
     search.notes.append(f"structure: pruned models recovered by {how} ({why})")
     new: list[Row] = []
-    for ratio in cfg.prune_ratios:
-        label = f"prune {ratio:g}"
+    for label, rung in ladder(cfg):
         prune = cfg.step_options(
-            "prune", method="channel", ratio=ratio, compensate=how == "compensate",
+            "prune", method="channel", **rung, compensate=how == "compensate",
             measure_speed=False, guard=None,
         )  # fmt: skip
         row = search.candidate("structure", label, search.source, prune)
@@ -40,9 +49,7 @@ def structure(search: Search) -> None:
             failed = new[-1]
             if failed["status"] == "not tried":
                 break
-            search.notes.append(
-                f"structure: refused from ratio {ratio:g} up: {failed.get('reason')}"
-            )
+            search.notes.append(f"structure: refused from {label} up: {failed.get('reason')}")
             search.refused_structure = f"{failed['label']}: {failed.get('reason')}"
             break
     search.time([r for r in new if r["status"] == "verified"])

@@ -60,14 +60,17 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
                 ],
                 keep_parent=True,
             )
-    if cfg.method == "channel":
+    if cfg.method == "channel" and cfg.macs_target is not None:
+        facts = _allocated(src, model, cfg, ctx, macs_before)
+    elif cfg.method == "channel":
         facts = channel_prune(model, cfg, ctx, ratio)
+    if cfg.method == "channel":
         if not facts["pruned"]:
             reasons = [g.get("reasons") for g in facts["groups"] if not g["prunable"]]
             first = "; ".join(str(r) for r in (reasons[0] or [])[:3]) if reasons else ""
             raise StepError(
                 f"channel pruning removed nothing: {len(facts['groups'])} group(s) found, "
-                f"none prunable at ratio {ratio if ratio is not None else cfg.ratio}",
+                f"none prunable at {_asked(cfg, ratio)}",
                 hint=f"first reasons: {first}" if first else "raise the ratio",
             )
     else:
@@ -83,7 +86,10 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
     if search is not None:
         facts["auto"] = {"ratio": ratio, "search": search}
     if cfg.method == "channel" and cfg.compensate:
-        facts["cosine_without_compensation"] = cosine_without_compensation(src, cfg, ctx, ratio)
+        plain = facts.get("allocation", {}).get("ratios")
+        facts["cosine_without_compensation"] = cosine_without_compensation(
+            src, cfg, ctx, ratio, plain
+        )
     if not streaming:
         save_model(model, dst, external_data=ctx.config.external_data)
         del model  # models over 2 GB: do not hold two copies
@@ -103,3 +109,61 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
         report["compressed_size_before"] = len(gzip.compress(src.read_bytes(), 6))
         report["compressed_size_after"] = len(gzip.compress(dst.read_bytes(), 6))
     return StepResult(report=report, warnings=warnings)
+
+
+#: rounds of allocation asked for more when the pruned model's MACs fell short of the target
+ALLOCATION_ROUNDS = 4
+
+
+def _allocated(
+    src: Path, model: Any, cfg: PruneStep, ctx: StepContext, macs_before: int
+) -> dict[str, Any]:
+    """Channel pruning by allocation (:mod:`.allocate`): the least costly per-group ratios
+    whose pruned model removes ``macs_target`` of the MACs, checked on the pruned model."""
+    import onnx
+
+    from onnxopt.inspection import compute_macs
+    from onnxopt.steps.prune import allocate
+
+    assert cfg.macs_target is not None
+    costs, total = allocate.measured(src, model, cfg, ctx)
+    goal = cfg.macs_target
+    ask = goal
+    facts: dict[str, Any] = {}
+    ratios: dict[str, float] = {}
+    reached = 0.0
+    for _ in range(ALLOCATION_ROUNDS):
+        ratios = allocate.allocate(costs, total, ask, cfg)
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        facts = channel_prune(trial, cfg, ctx, ratios=ratios)
+        after = compute_macs(trial, ctx.dims)["macs"]
+        reached = 1.0 - after / macs_before if macs_before else 0.0
+        if reached >= goal - 0.005 or ask >= 1.0:
+            break
+        ask = min(1.0, ask + (goal - reached))  # interactions saved less than estimated
+    model.CopyFrom(trial)
+    estimated = allocate.estimated_saving(costs, ratios, cfg) / total if total else 0.0
+    facts["allocation"] = {
+        "macs_target": goal,
+        "macs_removed": round(reached, 4),
+        "estimated": round(estimated, 4),
+        "measured_on": _measured_on(ctx),
+        "ratios": ratios,
+        "groups": allocate.report(costs, ratios, cfg),
+    }
+    return facts
+
+
+def _measured_on(ctx: StepContext) -> str:
+    if not ctx.calibration:
+        return "the verification inputs (the run has no data to calibrate on)"
+    from onnxopt.steps.prune.allocate import SENSITIVITY_SAMPLES
+
+    return f"{min(len(ctx.calibration), SENSITIVITY_SAMPLES)} calibration samples"
+
+
+def _asked(cfg: PruneStep, ratio: float | None) -> str:
+    if cfg.macs_target is not None:
+        return f"macs_target {cfg.macs_target:g}"
+    return f"ratio {ratio if ratio is not None else cfg.ratio}"

@@ -18,6 +18,23 @@ RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 READERS = ("conv_in", "convT_in", "mm_in", "rnn_in", "in_at", "flatten_in", "flatten_last_in")
 
 
+def group_key(group: Group) -> str:
+    """A group's name across analyses of the same model: its producers, joined."""
+    return ",".join(p.name or p.op_type for p in group.producers)
+
+
+def channel_scores(
+    group: Group,
+    analysis: ChannelAnalysis,
+    criterion: str,
+    stats: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """Each channel's importance by ``criterion`` (the prune step keeps the highest)."""
+    if criterion == "activation":
+        return _activation_importance(group, stats)
+    return _importance(group, analysis, criterion)
+
+
 def _importance(group: Group, analysis: ChannelAnalysis, criterion: str) -> np.ndarray:
     total = np.zeros(group.size)
     for node in group.producers:
@@ -151,7 +168,7 @@ def _keep_weight_rows(a: ChannelAnalysis, node: onnx.NodeProto, kept: np.ndarray
     _set(a, node.input[1], np.take(w, kept, axis=_input_axis(node, w.ndim)))
 
 
-def _keep_count(size: int, ratio: float, min_channels: int, round_to: int) -> int:
+def keep_count(size: int, ratio: float, min_channels: int, round_to: int) -> int:
     keep = size * (1.0 - ratio)
     keep = int(np.ceil(keep / round_to) * round_to) if round_to > 1 else int(round(keep))
     return max(min(size, max(keep, min_channels, 1)), 1)
@@ -269,6 +286,20 @@ def _matmul_bias(a: ChannelAnalysis, node: onnx.NodeProto, size: int) -> str | N
     return others[0]
 
 
+def compensable(a: ChannelAnalysis, node: onnx.NodeProto, w: np.ndarray) -> bool:
+    """Whether compensation folds removed input channels into ``node``'s bias (what
+    :func:`_compensate` does, asked before it does it)."""
+    if node.op_type in RECURRENT_OPS:
+        return True
+    if w.ndim < 2 or node.op_type == "ConvTranspose" or (node.op_type == "MatMul" and w.ndim > 2):
+        return False
+    if node.op_type == "MatMul":
+        return _matmul_bias(a, node, w.shape[-1]) is not None
+    if len(node.input) > 2 and node.input[2]:
+        return node.input[2] in a.inits and a.uses.get(node.input[2], 0) <= 1
+    return True
+
+
 def _removed_contribution(
     node: onnx.NodeProto, w: np.ndarray, idx: np.ndarray, mean: np.ndarray
 ) -> np.ndarray | None:
@@ -338,10 +369,33 @@ def _compensate(
     return done
 
 
+def stats_names(
+    groups: dict[int, Group], analysis: ChannelAnalysis
+) -> tuple[list[str], dict[str, int]]:
+    """The tensors whose activation statistics importance and compensation read (the
+    producers' outputs and the members' inputs), and their channel axes: the one the
+    analysis followed (1 after a Conv, the last after a MatMul/Gemm, also on rank-4
+    channels-last tensors as in ConvNeXt's pointwise layers), the last for a Concat that a
+    MatMul/Gemm reads."""
+    wanted = {p.output[0] for g in groups.values() for p in g.producers}
+    wanted |= {n.input[0] for g in groups.values() for _, n, _ in g.members}
+    axes = {name: analysis.axis[name] for name in wanted if name in analysis.axis}
+    for group in groups.values():
+        for kind, node, _ in group.members:
+            if kind == "in_at" and node.op_type != "Conv":
+                axes[node.input[0]] = -1
+    return sorted(wanted), axes
+
+
 def channel_prune(
-    model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext, ratio_override: float | None = None
+    model: onnx.ModelProto,
+    cfg: PruneStep,
+    ctx: StepContext,
+    ratio_override: float | None = None,
+    ratios: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Prune channels of ``model`` in place; return the per-group report."""
+    """Prune channels of ``model`` in place; return the per-group report. ``ratios``
+    (:func:`group_key` -> ratio, an allocation) overrides every other ratio."""
     from onnxopt.inspection import static_shapes
 
     shapes = static_shapes(model, ctx.dims)
@@ -349,16 +403,8 @@ def channel_prune(
     groups = analysis.run()
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if cfg.criterion == "activation" or cfg.compensate:
-        wanted = {p.output[0] for g in groups.values() for p in g.producers}
-        wanted |= {n.input[0] for g in groups.values() for _, n, _ in g.members}
-        # the channel axis the analysis followed: 1 after a Conv, the last after a MatMul/Gemm
-        # (also on rank-4 channels-last tensors, as in ConvNeXt's pointwise layers)
-        axes = {name: analysis.axis[name] for name in wanted if name in analysis.axis}
-        for group in groups.values():
-            for kind, node, _ in group.members:
-                if kind == "in_at" and node.op_type != "Conv":
-                    axes[node.input[0]] = -1  # a Concat read by a MatMul/Gemm
-        stats = activation_stats(model, sorted(wanted), ctx, axes)
+        names, axes = stats_names(groups, analysis)
+        stats = activation_stats(model, names, ctx, axes)
     report_groups = []
     pruned_any = False
     pending: dict[str, np.ndarray] = {}
@@ -372,12 +418,12 @@ def channel_prune(
             entry.update(prunable=False, reasons=group.problems, channels_after=group.size)
             report_groups.append(entry)
             continue
-        if cfg.criterion == "activation":
-            scores = _activation_importance(group, stats)
+        scores = channel_scores(group, analysis, cfg.criterion, stats)
+        if ratios is not None:  # an allocation: the groups it names, the rest left whole
+            ratio = ratios.get(group_key(group), 0.0)
         else:
-            scores = _importance(group, analysis, cfg.criterion)
-        ratio = _group_ratio(names, cfg, ratio_override)
-        count = _keep_count(group.size, ratio, cfg.min_channels, cfg.round_to)
+            ratio = _group_ratio(names, cfg, ratio_override)
+        count = keep_count(group.size, ratio, cfg.min_channels, cfg.round_to)
         keep = np.sort(np.argsort(-scores, kind="stable")[:count])
         entry.update(
             prunable=True,

@@ -19,15 +19,19 @@ from onnxopt.steps.prune.magnitude import magnitude_prune
 
 
 def cosine_without_compensation(
-    src: Path, cfg: PruneStep, ctx: StepContext, ratio: float | None
+    src: Path,
+    cfg: PruneStep,
+    ctx: StepContext,
+    ratio: float | None,
+    ratios: dict[str, float] | None = None,
 ) -> float:
-    """Fidelity of the same pruning without compensation, for the report."""
+    """Fidelity of the same pruning (the same ratios) without compensation, for the report."""
     import tempfile
 
     from onnxopt.verify import resolve_tolerance
 
     plain = load_float(src)
-    channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio)
+    channel_prune(plain, cfg.model_copy(update={"compensate": False}), ctx, ratio, ratios)
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         probe = save_model(plain, Path(tmp) / "plain.onnx")
         tol = resolve_tolerance(cfg)
