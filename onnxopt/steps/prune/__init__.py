@@ -122,7 +122,6 @@ def _allocated(
     whose pruned model removes ``macs_target`` of the MACs, checked on the pruned model."""
     import onnx
 
-    from onnxopt.inspection import compute_macs
     from onnxopt.steps.prune import allocate
 
     assert cfg.macs_target is not None
@@ -137,7 +136,7 @@ def _allocated(
         trial = onnx.ModelProto()
         trial.CopyFrom(model)
         facts = channel_prune(trial, cfg, ctx, ratios=ratios)
-        after = compute_macs(trial, ctx.dims)["macs"]
+        after = _macs(trial, ctx)
         reached = 1.0 - after / macs_before if macs_before else 0.0
         if reached >= goal - 0.005 or ask >= 1.0:
             break
@@ -167,3 +166,16 @@ def _asked(cfg: PruneStep, ratio: float | None) -> str:
     if cfg.macs_target is not None:
         return f"macs_target {cfg.macs_target:g}"
     return f"ratio {ratio if ratio is not None else cfg.ratio}"
+
+
+def _macs(model: Any, ctx: StepContext) -> int:
+    """The MACs of ``model`` counted as the report counts them (shapes that inference
+    cannot tell read from one run)."""
+    import tempfile
+
+    from onnxopt.inspection import compute_macs
+    from onnxopt.modelio import save_model
+
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
+        path = save_model(model, Path(tmp) / "trial.onnx")
+        return int(compute_macs(model, ctx.dims, path)["macs"])

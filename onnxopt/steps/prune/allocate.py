@@ -217,6 +217,7 @@ def measure(
         for g in found.values()
         if not g.problems and not any(n in cfg.ignore for n in _names(g))
     }
+    _runtime_shapes(model, groups, shapes, ctx)
     macs = _node_macs(model, shapes)
     wanted, axes = stats_names(found, analysis)
     stats = activation_stats(model, wanted, ctx, axes)
@@ -237,6 +238,34 @@ def measure(
                 removed = np.array(sorted(cost.order[cost.size - count :]), dtype=np.int64)
                 cost.curve[ratio] = masked.change(group, removed, stats, cfg.compensate)
     return list(costs.values()), float(sum(macs.values()))
+
+
+def _runtime_shapes(
+    model: onnx.ModelProto, groups: dict[str, Group], shapes: dict[str, list[int]], ctx: Any
+) -> None:
+    """Fill the shapes shape inference could not tell (data-dependent reshapes, contrib
+    ops) of the tensors the costs and masks need, from one run on a calibration sample."""
+    from onnxopt.inspection import node_macs
+    from onnxopt.runtime import run_exposing
+
+    needed = set()
+    for group in groups.values():
+        needed |= {n.output[0] for n in group.producers}
+        needed |= {n.input[0] for kind, n, _ in group.members if kind in READERS}
+    for node in model.graph.node:
+        mac = node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+        if mac and node_macs(node, shapes) is None:
+            needed |= {node.input[0], node.output[0]}
+    computed = {o for n in model.graph.node for o in n.output}
+    missing = sorted(n for n in needed if n in computed and not shapes.get(n))
+    if not missing:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    feeds = (ctx.calibration or [ctx.inputs])[:1]
+    (values,) = run_exposing(probe, missing, feeds, target=ctx.target, where="shapes")
+    shapes.update({name: list(value.shape) for name, value in values.items()})
 
 
 class _Masked:
