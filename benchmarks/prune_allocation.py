@@ -54,6 +54,8 @@ def _row(entry: dict[str, Any] | str, judge: Any, ref: Any, path: Path, fresh: A
     if isinstance(entry, str):
         return f"refused: {entry}"
     report = entry["report"]
+    if not report["macs_before"]:
+        return "MACs not counted"
     share = 1 - report["macs_after"] / report["macs_before"]
     cosine = min(o["cosine"] for o in entry["verification"]["main"]["outputs"] if "cosine" in o)
     value, _ = judge(ref, session(path), fresh)
@@ -94,6 +96,8 @@ def main() -> None:
                 if isinstance(uniform, str):
                     break
                 rep = uniform["report"]
+                if not rep["macs_before"]:
+                    break
                 share = round(1 - rep["macs_after"] / rep["macs_before"], 3)
                 alloc_out = folder / f"a{ratio}.onnx"
                 allocated = _prune(prep.model, alloc_out, data, macs_target=share)

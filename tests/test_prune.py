@@ -684,3 +684,33 @@ def test_pruning_reaches_gemm_transb_and_batched_matmul_consumers(
     (y,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     if consumer == "matmul_batched":
         np.testing.assert_allclose(y, h @ w2[:, keep], rtol=1e-4, atol=1e-4)
+
+
+def _softmax_classifier(path: Path) -> Path:
+    """features -> Gemm -> Relu -> Gemm -> Softmax: class scores, whose default rules (top-1
+    agreement, score change) would refuse a pruning that moves the answers."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2"),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    inits = {"w1": w(16, 32), "b1": w(32), "w2": w(32, 10), "b2": w(10)}
+    return build(path, nodes, inits, ["N", 16], ["N", 10])
+
+
+def test_pruning_has_no_default_bound_on_class_scores_unless_one_is_set(tmp_path: Path) -> None:
+    src = _softmax_classifier(tmp_path / "m.onnx")
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(2).standard_normal((64, 16)).astype(np.float32))
+    out = tmp_path / "free" / "p.onnx"
+    proc = run_cli("prune", src, "-o", out, "--ratio", "0.75", "--data", data, "--no-guard")
+    assert proc.returncode == 0, proc.stderr  # the function changes on purpose
+    assert out.exists()
+    bound = tmp_path / "bound" / "p.onnx"
+    proc = run_cli(
+        "prune", src, "-o", bound, "--ratio", "0.75", "--data", data, "--no-guard",
+        "--min-top1", "0.999",
+    )  # fmt: skip
+    assert proc.returncode == int(ExitCode.VERIFICATION), proc.stderr
+    assert "top-1" in error_line(proc) and not bound.exists()

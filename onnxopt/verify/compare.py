@@ -81,21 +81,35 @@ def resolve_tolerance(step: StepBase, mode: str | None = None) -> Tol:
     overriding the step's own), with the step config's ``tolerance`` overrides applied."""
     from onnxopt import registry
 
-    atol, rtol, cos = registry.default_bounds(step, mode)
+    bounds = registry.default_bounds(step, mode)
+    atol, rtol, cos = bounds
     override = step.tolerance
+    # a step that changes the function on purpose (prune, distill) has no default bound of
+    # any kind: with no tolerance set, its class, decision and slice rules are unbounded
+    # too (with one bound set, the rules of the other output kinds keep their defaults)
+    free = bounds == registry.NO_BOUND and not override.model_fields_set
+    unset: dict[str, Any] = (
+        {"max_score_change": 1.0, "max_decision_flips": 1.0, "max_slice_error": math.inf,
+         "min_top1_agreement": 0.0} if free else {}
+    )  # fmt: skip
+
+    def given(key: str) -> Any:
+        value = getattr(override, key)
+        return unset.get(key) if value is None else value
+
     optional: dict[str, Any] = {
-        key: getattr(override, key)
+        key: given(key)
         for key in ("max_score_change", "max_decision_flips")
-        if getattr(override, key) is not None
+        if given(key) is not None
     }
     return Tol(
         atol=override.atol if override.atol is not None else atol,
         rtol=override.rtol if override.rtol is not None else rtol,
         min_cosine=override.min_cosine if override.min_cosine is not None else cos,
-        min_top1=override.min_top1_agreement,
+        min_top1=given("min_top1_agreement"),
         outputs=tuple(override.outputs) if override.outputs is not None else None,
         explicit=bool(override.model_fields_set),
-        max_slice_error=override.max_slice_error,
+        max_slice_error=given("max_slice_error"),
         **optional,
     )
 

@@ -37,7 +37,11 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
     streaming = cfg.method == "magnitude" and cfg.ratio != "auto" and bool(external_data_files(src))
     model = load_model(src, load_weights=False) if streaming else load_float(src)
     before = summary(model)
-    macs_before = compute_macs(load_model(src, load_weights=False), ctx.dims, src)["macs"]
+    # shapes inference cannot tell are read from a run on a real sample (generated token ids
+    # can fall outside an embedding's table)
+    macs_before = compute_macs(load_model(src, load_weights=False), ctx.dims, src, ctx.inputs)[
+        "macs"
+    ]
     warnings: list[str] = []
     search: list[dict[str, Any]] | None = None
     ratio: float | None = None
@@ -101,7 +105,7 @@ def run(src: Path | None, dst: Path, cfg: PruneStep, ctx: StepContext) -> StepRe
         "parameters_before": before["parameters"],
         "parameters_after": after["parameters"],
         "macs_before": macs_before,
-        "macs_after": compute_macs(after_model, ctx.dims, dst)["macs"],
+        "macs_after": compute_macs(after_model, ctx.dims, dst, ctx.inputs)["macs"],
         "size_before": model_size(src),
         "size_after": model_size(dst),
     }
@@ -126,6 +130,12 @@ def _allocated(
 
     assert cfg.macs_target is not None
     costs, total = allocate.measured(src, model, cfg, ctx)
+    if not total or not macs_before:
+        raise StepError(
+            "macs_target: the model's MACs could not be counted (no Conv, Gemm or MatMul "
+            "whose shapes are known at these dims)",
+            hint="give --data with real samples, or prune by --ratio",
+        )
     goal = cfg.macs_target
     ask = goal
     facts: dict[str, Any] = {}
@@ -178,4 +188,4 @@ def _macs(model: Any, ctx: StepContext) -> int:
 
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         path = save_model(model, Path(tmp) / "trial.onnx")
-        return int(compute_macs(model, ctx.dims, path)["macs"])
+        return int(compute_macs(model, ctx.dims, path, ctx.inputs)["macs"])
