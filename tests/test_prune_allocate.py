@@ -51,7 +51,8 @@ def test_a_groups_measured_change_is_what_pruning_it_alone_does(
     ctx = _ctx(feeds, {"N": case.feed[0]})
     cfg = PruneStep(type="prune", sensitivity_ratios=[0.5], compensate=compensate)
     model = onnx.load(str(src))
-    costs, total = allocate.measure(model, cfg, ctx)  # type: ignore[arg-type]
+    found = allocate.measure(model, cfg, ctx)  # type: ignore[arg-type]
+    costs, total = found.costs, found.total
     cost = next(c for c in costs if "A" in c.key.split(","))
     assert total > 0 and cost.channel_macs > 0 and cost.unmeasured is None
     pruned = onnx.load(str(src))
@@ -83,6 +84,11 @@ def test_the_allocation_spends_the_target_where_the_outputs_change_least() -> No
     # beyond what the measured ratios allow: everything at the largest, and it stops
     most = allocate.allocate([fragile, robust], total, 0.99, cfg)
     assert most == {"robust": 0.75, "fragile": 0.75}
+    # between measured points the change follows the channels removed: with round_to 8, a
+    # group of 24 loses 8 channels at 0.375 as at 0.5, so it changes as much
+    rounded = PruneStep(type="prune", round_to=8)
+    coarse = allocate.GroupCost("coarse", 24, 1.0, list(range(24)), {0.25: 0.0, 0.5: 0.2})
+    assert coarse.change(0.375, rounded) == pytest.approx(0.2)
     # a group that could not be measured is never pruned
     robust.unmeasured = "input shape unknown"
     assert "robust" not in allocate.allocate([fragile, robust], total, 0.25, cfg)

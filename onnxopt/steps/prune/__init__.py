@@ -129,7 +129,8 @@ def _allocated(
     from onnxopt.steps.prune import allocate
 
     assert cfg.macs_target is not None
-    costs, total = allocate.measured(src, model, cfg, ctx)
+    found = allocate.measured(src, model, cfg, ctx)
+    costs, total = found.costs, found.total
     if not total or not macs_before:
         raise StepError(
             "macs_target: the model's MACs could not be counted (no Conv, Gemm or MatMul "
@@ -148,6 +149,10 @@ def _allocated(
         facts = channel_prune(trial, cfg, ctx, ratios=ratios)
         after = _macs(trial, ctx)
         reached = 1.0 - after / macs_before if macs_before else 0.0
+        log.info(
+            "macs_target %.3f: asked %.3f, estimated %.3f, reached %.3f", goal, ask,
+            allocate.estimated_saving(costs, ratios, cfg) / total, reached,
+        )  # fmt: skip
         if reached >= goal - 0.005 or ask >= 1.0:
             break
         ask = min(1.0, ask + (goal - reached))  # interactions saved less than estimated
@@ -157,19 +162,17 @@ def _allocated(
         "macs_target": goal,
         "macs_removed": round(reached, 4),
         "estimated": round(estimated, 4),
-        "measured_on": _measured_on(ctx),
+        "measured_on": _measured_on(ctx, found.samples),
         "ratios": ratios,
         "groups": allocate.report(costs, ratios, cfg),
     }
     return facts
 
 
-def _measured_on(ctx: StepContext) -> str:
+def _measured_on(ctx: StepContext, samples: int) -> str:
     if not ctx.calibration:
         return "the verification inputs (the run has no data to calibrate on)"
-    from onnxopt.steps.prune.allocate import SENSITIVITY_SAMPLES
-
-    return f"{min(len(ctx.calibration), SENSITIVITY_SAMPLES)} calibration samples"
+    return f"{samples} calibration samples"
 
 
 def _asked(cfg: PruneStep, ratio: float | None) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,15 @@ from onnxopt.steps.prune.channels import (
 
 log = logging.getLogger("onnxopt")
 
-#: samples of the calibration data the sensitivity is measured on
+#: samples of the calibration data the sensitivity is measured on, at most, and the seconds
+#: the measurement should take (fewer samples, down to 2, for a slow model)
 SENSITIVITY_SAMPLES = 8
+MEASURE_SECONDS = 60.0
 #: the ratios a group may be given (between the measured points the change is interpolated)
 LEVEL_STEP = 0.125
+#: groups carrying less of the model's MACs than this are not measured (nor pruned): they
+#: cannot buy much, and measuring each costs a run of the model per ratio and sample
+MIN_SHARE = 0.002
 
 
 @dataclass
@@ -72,9 +78,15 @@ class GroupCost:
     def removed(self, ratio: float, cfg: PruneStep) -> int:
         return self.size - keep_count(self.size, ratio, cfg.min_channels, cfg.round_to)
 
-    def change(self, ratio: float) -> float:
-        points = sorted(self.curve)
-        return float(np.interp(ratio, [0.0, *points], [0.0, *(self.curve[p] for p in points)]))
+    def change(self, ratio: float, cfg: PruneStep) -> float:
+        """The output change at ``ratio``, interpolated by channels removed between the
+        measured points (two ratios that remove the same channels change the same)."""
+        points: dict[int, float] = {0: 0.0}
+        for r in sorted(self.curve):
+            points.setdefault(self.removed(r, cfg), self.curve[r])
+        counts = sorted(points)
+        value = np.interp(self.removed(ratio, cfg), counts, [points[k] for k in counts])
+        return float(value)
 
 
 def node_key(node: onnx.NodeProto) -> str:
@@ -203,9 +215,17 @@ def _change(outputs: list[list[np.ndarray]], base: list[list[np.ndarray]]) -> fl
     return float(np.mean(values)) if values else 0.0
 
 
-def measure(
-    model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext
-) -> tuple[list[GroupCost], float]:
+@dataclass
+class Measured:
+    """What :func:`measure` found: every group's cost and sensitivity, the model's MACs and
+    the number of calibration samples the sensitivity was measured on."""
+
+    costs: list[GroupCost]
+    total: float
+    samples: int
+
+
+def measure(model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext) -> Measured:
     """Every prunable group's cost and sensitivity, and the model's MACs."""
     from onnxopt.inspection import static_shapes
 
@@ -226,18 +246,28 @@ def measure(
         scores = channel_scores(g, analysis, cfg.criterion, stats)
         order = [int(i) for i in np.argsort(-scores, kind="stable")]
         costs[key] = GroupCost(key, g.size, _channel_macs(g, analysis, macs), order)
-    sites, problems = _sites(groups, analysis, shapes)
+    total = float(sum(macs.values()))
+    for cost in costs.values():
+        if cost.channel_macs * cost.size < MIN_SHARE * total:
+            cost.unmeasured = f"carries under {MIN_SHARE:.1%} of the MACs"
+    sites, problems = _sites(
+        {k: g for k, g in groups.items() if costs[k].unmeasured is None}, analysis, shapes
+    )
     for key, why in problems.items():
         costs[key].unmeasured = why
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
-        masked = _Masked(model, sites, ctx, Path(tmp))
+        measured = sum(1 for c in costs.values() if c.unmeasured is None)
+        masked = _Masked(model, sites, ctx, Path(tmp), measured * len(cfg.sensitivity_ratios))
         for key, group in groups.items():
             cost = costs[key]
+            seen: dict[int, float] = {}  # ratios that remove the same channels: one run
             for ratio in cfg.sensitivity_ratios if cost.unmeasured is None else []:
                 count = cost.removed(ratio, cfg)
-                removed = np.array(sorted(cost.order[cost.size - count :]), dtype=np.int64)
-                cost.curve[ratio] = masked.change(group, removed, stats, cfg.compensate)
-    return list(costs.values()), float(sum(macs.values()))
+                if count not in seen:
+                    removed = np.array(sorted(cost.order[cost.size - count :]), dtype=np.int64)
+                    seen[count] = masked.change(group, removed, stats, cfg.compensate)
+                cost.curve[ratio] = seen[count]
+    return Measured(list(costs.values()), total, len(masked.samples))
 
 
 def _runtime_shapes(
@@ -272,7 +302,12 @@ class _Masked:
     """One session of the model with its producers' and readers' tensors masked."""
 
     def __init__(
-        self, model: onnx.ModelProto, sites: dict[str, _Site], ctx: StepContext, tmp: Path
+        self,
+        model: onnx.ModelProto,
+        sites: dict[str, _Site],
+        ctx: StepContext,
+        tmp: Path,
+        runs: int,
     ) -> None:
         from onnxopt.modelio import save_model
         from onnxopt.runtime import make_session
@@ -284,7 +319,13 @@ class _Masked:
         names = {i.name for i in self.session.get_inputs()}
         feeds = (ctx.calibration or [ctx.inputs])[:SENSITIVITY_SAMPLES]
         self.samples = [{k: v for k, v in f.items() if k in names} for f in feeds]
+        started = time.perf_counter()
         self.base = self.run({})
+        # as many samples as keep the measurement near MEASURE_SECONDS (at least 2)
+        per_sample = (time.perf_counter() - started) / max(len(self.samples), 1)
+        fit = int(MEASURE_SECONDS / max(per_sample * runs, 1e-9))
+        keep = max(2, min(len(self.samples), fit))
+        self.samples, self.base = self.samples[:keep], self.base[:keep]
 
     def run(self, changed: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[list[np.ndarray]]:
         feed: dict[str, np.ndarray] = {}
@@ -357,7 +398,7 @@ def allocate(
                 if level <= now or more <= 0:
                     continue
                 gain = more * c.channel_macs
-                worse = max(c.change(level) - (c.change(now) if now else 0.0), 0.0)
+                worse = max(c.change(level, cfg) - (c.change(now, cfg) if now else 0.0), 0.0)
                 jumps.append((float(f"{worse / gain:.9g}"), gain, worse, c, level))
         if not jumps:
             break
@@ -375,12 +416,10 @@ def estimated_saving(costs: list[GroupCost], ratios: dict[str, float], cfg: Prun
     return sum(c.removed(ratios[c.key], cfg) * c.channel_macs for c in costs if c.key in ratios)
 
 
-_MEMO: dict[str, tuple[list[GroupCost], float]] = {}
+_MEMO: dict[str, Measured] = {}
 
 
-def measured(
-    src: Path, model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext
-) -> tuple[list[GroupCost], float]:
+def measured(src: Path, model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext) -> Measured:
     """:func:`measure`, kept for the process: the rungs of optimize's ladder prune the same
     model on the same data and need its measurements once."""
     from onnxopt.modelio import model_digest
