@@ -37,12 +37,14 @@ from onnxopt.steps.base import StepContext
 from onnxopt.steps.prune.analysis import ChannelAnalysis, Group, attr
 from onnxopt.steps.prune.channels import (
     READERS,
+    STATS_SAMPLES,
     _input_axis,
     activation_stats,
     channel_scores,
     compensable,
     group_key,
     keep_count,
+    producer_names,
     rows,
     stats_names,
 )
@@ -235,7 +237,7 @@ def measure(model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext) -> Measure
     groups = {
         group_key(g): g
         for g in found.values()
-        if not g.problems and not any(n in cfg.ignore for n in _names(g))
+        if not g.problems and not any(n in cfg.ignore for n in producer_names(g))
     }
     _runtime_shapes(model, groups, shapes, ctx)
     macs = _node_macs(model, shapes)
@@ -370,10 +372,6 @@ class _Masked:
         return _change(self.run(changed), self.base)
 
 
-def _names(group: Group) -> list[str]:
-    return [p.name or p.op_type for p in group.producers]
-
-
 def allocate(
     costs: list[GroupCost], total: float, target: float, cfg: PruneStep
 ) -> dict[str, float]:
@@ -391,14 +389,14 @@ def allocate(
         # last step: the least change among those that reach it
         jumps = []
         for c in usable:
-            now = chosen[c.key]
-            have = c.removed(now, cfg) if now else 0
+            now = chosen[c.key]  # at 0 nothing is removed and nothing changes
+            have = c.removed(now, cfg)
             for level in levels:
                 more = c.removed(level, cfg) - have
                 if level <= now or more <= 0:
                     continue
                 gain = more * c.channel_macs
-                worse = max(c.change(level, cfg) - (c.change(now, cfg) if now else 0.0), 0.0)
+                worse = max(c.change(level, cfg) - c.change(now, cfg), 0.0)
                 jumps.append((float(f"{worse / gain:.9g}"), gain, worse, c, level))
         if not jumps:
             break
@@ -428,7 +426,8 @@ def measured(src: Path, model: onnx.ModelProto, cfg: PruneStep, ctx: StepContext
     digest.update(model_digest(src).encode())
     options = (cfg.criterion, cfg.compensate, cfg.round_to, cfg.min_channels)
     digest.update(repr((options, sorted(cfg.ignore), cfg.sensitivity_ratios, ctx.dims)).encode())
-    for feeds in (ctx.calibration or [ctx.inputs])[:SENSITIVITY_SAMPLES]:
+    # the samples measure reads: the sensitivity's and the activation statistics'
+    for feeds in (ctx.calibration or [ctx.inputs])[: max(SENSITIVITY_SAMPLES, STATS_SAMPLES)]:
         for name in sorted(feeds):
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(feeds[name]).tobytes())

@@ -18,9 +18,14 @@ RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 READERS = ("conv_in", "convT_in", "mm_in", "rnn_in", "in_at", "flatten_in", "flatten_last_in")
 
 
+def producer_names(group: Group) -> list[str]:
+    """The names of a group's producers (their op types when unnamed)."""
+    return [p.name or p.op_type for p in group.producers]
+
+
 def group_key(group: Group) -> str:
     """A group's name across analyses of the same model: its producers, joined."""
-    return ",".join(p.name or p.op_type for p in group.producers)
+    return ",".join(producer_names(group))
 
 
 def channel_scores(
@@ -287,8 +292,11 @@ def _matmul_bias(a: ChannelAnalysis, node: onnx.NodeProto, size: int) -> str | N
 
 
 def compensable(a: ChannelAnalysis, node: onnx.NodeProto, w: np.ndarray) -> bool:
-    """Whether compensation folds removed input channels into ``node``'s bias (what
-    :func:`_compensate` does, asked before it does it)."""
+    """Whether compensation can fold removed input channels into ``node``'s bias: a
+    recurrent layer's input bias, a private Conv/Gemm bias (made when absent) or the Add
+    after a 2-D MatMul. Not a batched MatMul (one vector per batch) nor a ConvTranspose
+    (a constant input's output varies with the stride). :func:`_compensate` and the
+    sensitivity measurement both ask it."""
     if node.op_type in RECURRENT_OPS:
         return True
     if w.ndim < 2 or node.op_type == "ConvTranspose" or (node.op_type == "MatMul" and w.ndim > 2):
@@ -302,16 +310,11 @@ def compensable(a: ChannelAnalysis, node: onnx.NodeProto, w: np.ndarray) -> bool
 
 def _removed_contribution(
     node: onnx.NodeProto, w: np.ndarray, idx: np.ndarray, mean: np.ndarray
-) -> np.ndarray | None:
+) -> np.ndarray:
     """What the removed input channels ``idx`` (at their mean activations) add to each output
-    channel of a consumer: a vector over its output channels, for weights of any rank (a Conv
-    of any spatial rank sums its kernel too); None where no per-output-channel bias can hold
-    it (a batched MatMul weight gives one vector per batch)."""
+    channel of a :func:`compensable` consumer: a vector over its output channels, for
+    weights of any rank (a Conv of any spatial rank sums its kernel too)."""
     axis = _input_axis(node, w.ndim)
-    if w.ndim < 2 or (node.op_type == "MatMul" and w.ndim > 2):
-        return None
-    if node.op_type == "ConvTranspose":  # a constant input's output varies with the stride
-        return None
     part = np.tensordot(np.take(w, idx, axis=axis), mean, axes=([axis], [0]))
     out = _output_axis(node, w.ndim)
     out = out if out < axis else out - 1  # the contracted axis is gone
@@ -349,20 +352,19 @@ def _compensate(
         mean = stats[node.input[0]][0]
         w = a.weight(node, 1)
         assert w is not None
+        if not compensable(a, node, w):
+            continue
         idx = rows(kind, extra, group.size, removed)
         if node.op_type in RECURRENT_OPS:
             _compensate_recurrent(a, node, w, np.take(w, idx, axis=2) @ mean[idx])
             done.append(node.name or node.op_type)
             continue
         delta = _removed_contribution(node, w, idx, mean[idx])
-        if delta is None:
-            continue
         if node.op_type == "MatMul":  # the bias is the Add after it (a Linear's export)
             name = _matmul_bias(a, node, delta.shape[0])
         else:
             name = _bias(a, node, delta.shape[0])
-        if name is None:
-            continue
+        assert name is not None  # compensable said so
         bias = numpy_helper.to_array(a.inits[name])
         _set(a, name, (bias + delta).astype(bias.dtype))
         done.append(node.name or node.op_type)
@@ -409,7 +411,7 @@ def channel_prune(
     pruned_any = False
     pending: dict[str, np.ndarray] = {}
     for group in groups.values():
-        names = [p.name or p.op_type for p in group.producers]
+        names = producer_names(group)
         entry: dict[str, Any] = {"producers": names, "channels_before": group.size}
         ignored = [n for n in names if n in cfg.ignore]
         if ignored:
