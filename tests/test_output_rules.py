@@ -341,3 +341,32 @@ def test_scores_that_never_fire_are_not_refused_for_their_relative_error(tmp_pat
     moved = detector(tmp_path / "vc.onnx", score_op="HardSigmoid", score_bias=-3.3)
     plain = verify_against_parent(as_values, moved, INT8, quiet, Target())
     assert not plain.passed and "slice [:, " in plain.first_failure()
+
+
+@pytest.mark.parametrize(
+    ("kept", "total", "passes"),
+    [
+        (64, 64, True),  # 0.985 expected on unseen inputs
+        (63, 64, False),  # 0.984 seen, 0.970 expected: a 0.98 bound is not shown
+        (244, 248, True),  # 0.984 seen, 0.980 expected
+        (243, 248, False),
+        (10, 10, True),  # too few to show 0.98 at all: every one kept passes
+        (9, 10, False),
+        (0, 0, False),  # nothing compared
+    ],
+)
+def test_a_kept_share_is_judged_as_expected_on_unseen_inputs(
+    kept: int, total: int, passes: bool
+) -> None:
+    from onnxopt.verify.rules import judge_counts
+
+    tol = Tol(atol=math.inf, rtol=math.inf, min_cosine=0.99)
+    row: dict = {"name": "p", "passed": True}
+    judge_counts(row, tol, {"classes": [kept, total, 0.0]})  # type: ignore[arg-type]
+    assert row["passed"] is passes, row
+    if not passes and total:
+        assert "expected on unseen inputs" in row["problem"], row
+    # whole label sequences follow the same rule
+    seq: dict = {"name": "s", "passed": True}
+    judge_counts(seq, tol, {"classes": [1, 1, 0.0], "sequences": [kept, total]})  # type: ignore[arg-type]
+    assert seq["passed"] is passes, seq

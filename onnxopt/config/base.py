@@ -217,7 +217,9 @@ class Tolerance(StrictModel):
         ge=0,
         le=1,
         description="Lowest top-1 agreement accepted for classifier-like outputs "
-        "(rank 2, more than one class).",
+        "(rank 2, more than one class). Class-score outputs are judged by the agreement "
+        "expected on unseen inputs, (kept + 1) / (samples + 2): with 64 held-out samples "
+        "one changed label misses 0.98.",
     )
     max_slice_error: float | None = Field(
         None,
