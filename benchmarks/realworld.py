@@ -202,6 +202,9 @@ def _run_model(spec: Any, args: argparse.Namespace, work: Path, results: Path) -
         chosen=_chosen(report),
         outcome=report and report.get("outcome"),
         tool_speedup=_tool_speedup(report),
+        best_without_structure=_best(report, structure=False),
+        best_with_structure=_best(report, structure=True),
+        structure_refused=report and report.get("structure_refused"),
         stopped=report and report.get("stopped"),
         data_split=_split(run["manifest"]),
     )
@@ -223,6 +226,25 @@ def _run_model(spec: Any, args: argparse.Namespace, work: Path, results: Path) -
     else:
         row["verdict"] = "unchanged"
     return row
+
+
+def _best(report: dict[str, Any] | None, structure: bool) -> dict[str, Any] | None:
+    """The fastest verified candidate of the search with (or without) pruning in its chain,
+    as the search timed it (interleaved with the source on the held-out inputs)."""
+    if not report:
+        return None
+    rows = [
+        r
+        for r in report["candidates"]
+        if r.get("status") == "verified"
+        and r.get("speedup") is not None
+        and r["id"] != "source"
+        and ("prune" in r["label"]) == structure
+    ]
+    if not rows:
+        return None
+    win = max(rows, key=lambda r: r["speedup"])
+    return {"label": win["label"], "speedup": win["speedup"], "score": win.get("score")}
 
 
 def _tool_speedup(report: dict[str, Any] | None) -> float | None:
@@ -267,6 +289,29 @@ def table(rows: list[dict[str, Any]]) -> str:
             r["model"], r["origin"], r["structure"], r.get("exit"), r.get("chosen", "-"),
             _speed(r), _proxy(r), r["verdict"],
         )  # fmt: skip
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _best_cell(best: dict[str, Any] | None) -> str:
+    return "-" if best is None else f"{best['label']}: {best['speedup']:.2f}x"
+
+
+def structure_table(rows: list[dict[str, Any]]) -> str:
+    """Per model: the search's best verified candidate without pruning (simplify, int8)
+    beside its best with pruning (the search's own timings, one run)."""
+    lines = [
+        "| model | best without structure | best with structure | structure wins |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        plain, pruned = r.get("best_without_structure"), r.get("best_with_structure")
+        wins = "-"
+        if pruned is not None:
+            wins = "yes" if plain is None or pruned["speedup"] > plain["speedup"] else "no"
+        elif r.get("structure_refused"):
+            wins = f"refused: {str(r['structure_refused'])[:80]}"
+        cells = (r["model"], _best_cell(plain), _best_cell(pruned), wins)
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -379,7 +424,18 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     wall = time.monotonic() - started
     text = "\n".join(
-        [*header, "", table(rows), "", summary(rows) + f"; whole run {wall / 60:.1f} min", ""]
+        [
+            *header,
+            "",
+            table(rows),
+            "",
+            summary(rows) + f"; whole run {wall / 60:.1f} min",
+            "",
+            "Verified candidates with and without pruning (the search's timings):",
+            "",
+            structure_table(rows),
+            "",
+        ]  # fmt: skip
     )
     print("\n" + text, flush=True)
     (results / "realworld.md").write_text(text + "\n## Models\n\n" + details(rows))

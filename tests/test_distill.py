@@ -111,6 +111,67 @@ def test_a_diverging_run_keeps_the_parent(
     assert out.read_bytes() == pruned.read_bytes()
 
 
+def test_a_rate_too_high_goes_back_to_the_best_weights_with_a_lower_one(
+    pruned: Path, mlp_onnx: Path, samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxopt.steps.distill.train as loop
+
+    rough = {"steps": 60, "eval_every": 5, "lr": 0.3, "max_grad_norm": None, "warmup": 0}
+    entry = _entry(
+        onnxopt.distill(pruned, tmp_path / "d.onnx", teacher=mlp_onnx, data=_data(samples), **rough)
+    )
+    training, report = entry["report"]["training"], entry["report"]
+    assert not entry.get("kept_parent"), entry.get("kept_parent_reason")
+    assert 1 <= len(training["backtracks"]) <= loop.MAX_BACKTRACKS
+    assert report["fidelity_after"]["relative_mse"] < report["fidelity_before"]["relative_mse"]
+    # the same run that may not go back never recovers from its first steps
+    monkeypatch.setattr(loop, "MAX_BACKTRACKS", 0)
+    stuck = _entry(
+        onnxopt.distill(pruned, tmp_path / "s.onnx", teacher=mlp_onnx, data=_data(samples), **rough)
+    )
+    assert stuck["kept_parent"] is True and stuck["report"]["training"]["backtracks"] == []
+
+
+def _detector_values(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """[1, 4 + 3, 50] per sample: boxes in the hundreds beside scores in 0..1."""
+    out = []
+    for _ in range(n):
+        boxes = rng.uniform(0, 320, (1, 4, 50))
+        scores = rng.uniform(0, 1, (1, 3, 50)) ** 4
+        out.append(np.concatenate([boxes, scores], axis=1))
+    return out
+
+
+def test_an_output_of_uneven_parts_is_learned_and_judged_part_by_part() -> None:
+    import torch
+
+    from onnxopt.steps.distill.fidelity import relative_error, uneven_parts
+    from onnxopt.steps.distill.train import LossSpec
+
+    rng = np.random.default_rng(0)
+    want = _detector_values(rng, 4)
+    axis, scale = uneven_parts(want) or (None, None)
+    assert axis == 1 and scale is not None and len(scale) == 7
+    assert scale[:4].min() > 1000 * scale[4:].max()
+    # even outputs keep the whole tensor's normalization
+    assert uneven_parts([rng.standard_normal((1, 8, 50)) for _ in range(4)]) is None
+    assert uneven_parts([rng.uniform(0, 1, (1, 4)) for _ in range(4)]) is None  # too small
+    # every score lost, the boxes exact: nothing to see relative to the whole tensor
+    got = [w.copy() for w in want]
+    for g in got:
+        g[:, 4:] = 0.0
+    whole = float(np.mean([np.mean((g - w) ** 2) for g, w in zip(got, want, strict=True)])) / float(
+        np.mean([np.mean(w**2) for w in want])
+    )
+    assert whole < 1e-4
+    assert relative_error(got, want) > 0.3  # three of seven parts entirely wrong
+    spec = LossSpec(outputs=["y"], weights={}, intermediates=[], kind="mse", temperature=1.0)
+    spec.parts["y"] = (1, torch.from_numpy(scale).float())
+    pair = {"y": torch.from_numpy(np.concatenate(got)).float()}
+    target = {"y": torch.from_numpy(np.concatenate(want)).float()}
+    assert float(spec(pair, target)) == pytest.approx(relative_error(got, want), rel=1e-3)
+
+
 def test_pipeline_prune_distill_is_cached_and_teacher_is_the_source(
     mlp_onnx: Path, samples: Path, tmp_path: Path
 ) -> None:
@@ -171,6 +232,65 @@ def test_kl_loss_and_intermediates_with_adapter(
     report = _entry(manifest)["report"]
     assert report["loss"]["kind"] == "kl" and report["loss"]["intermediates"] == shared[:1]
     assert report["fidelity_after"]["relative_mse"] < report["fidelity_before"]["relative_mse"]
+
+
+def _widths(path: Path) -> dict[str, list[int]]:
+    """Every tensor's inferred shape (the MLP's shapes are static past the batch)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    return {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.output]
+    }
+
+
+def test_the_features_where_channels_were_pruned_are_matched(
+    pruned: Path, mlp_onnx: Path, samples: Path, tmp_path: Path
+) -> None:
+    student, teacher = _widths(pruned), _widths(mlp_onnx)
+    narrower = {n for n in student if n in teacher and student[n] != teacher[n]}
+    assert narrower, "the pruned MLP's hidden tensors keep their names, with fewer channels"
+    outputs = {o.name for o in onnx.load(pruned).graph.output}
+    readers = [
+        o
+        for node in onnx.load(pruned).graph.node
+        if set(node.input) & narrower
+        for o in node.output
+        if o in teacher and o not in outputs
+    ]
+    manifest = onnxopt.distill(
+        pruned, tmp_path / "d.onnx", teacher=mlp_onnx, data=_data(samples), features="pruned",
+        **FAST,
+    )  # fmt: skip
+    report = _entry(manifest)["report"]
+    features = report["loss"]["features"]
+    assert features["pruned_tensors"] == len(narrower)
+    assert features["matched"] and set(features["matched"]) <= set(readers), features
+    assert report["fidelity_after"]["relative_mse"] < report["fidelity_before"]["relative_mse"]
+    # outputs only by default, and none for a parent that was not pruned
+    plain = onnxopt.distill(
+        pruned, tmp_path / "o.onnx", teacher=mlp_onnx, data=_data(samples), **FAST
+    )
+    assert _entry(plain)["report"]["loss"]["features"]["matched"] == []
+    whole = onnxopt.distill(
+        mlp_onnx, tmp_path / "w.onnx", teacher=mlp_onnx, data=_data(samples), steps=2,
+        features="pruned",
+    )  # fmt: skip
+    facts = _entry(whole)["report"]["loss"]["features"]
+    assert facts["pruned_tensors"] == 0 and facts["matched"] == []
+
+
+def test_the_validation_loss_that_chooses_the_weights_is_the_outputs_alone() -> None:
+    import torch
+
+    from onnxopt.steps.distill.train import LossSpec
+
+    spec = LossSpec(
+        outputs=["y"], weights={"h": 0.5}, intermediates=["h"], kind="mse", temperature=1.0
+    )
+    got = {"y": torch.ones(2, 3), "h": torch.zeros(2, 4)}
+    want = {"y": torch.ones(2, 3), "h": torch.ones(2, 4)}
+    assert float(spec(got, want)) == pytest.approx(0.5)
+    assert float(spec(got, want, outputs_only=True)) == 0.0
 
 
 def test_factory_student(mlp_onnx: Path, samples: Path, tmp_path: Path) -> None:

@@ -72,6 +72,17 @@ class DistillStep(StepBase):
     intermediate_weight: float = Field(
         0.5, ge=0, description="Loss weight of each matched intermediate tensor."
     )
+    features: Literal["pruned", "none"] = Field(
+        "none",
+        description="Features matched besides 'intermediates': 'pruned' matches, where the "
+        "parent graph has fewer channels than the teacher (channel pruning), the outputs of "
+        "the nodes that read a pruned tensor (at most 6, spread over the depth); 'none' "
+        "matches the outputs only (the default: on real CNNs pruned by a third of their "
+        "MACs the features cost task fidelity, docs/performance.md).",
+    )
+    feature_weight: float = Field(
+        0.5, ge=0, description="Loss weight of the 'pruned' features, shared among them."
+    )
     steps: int | None = Field(
         None, ge=1, description="Optimizer steps (default 300 unless 'epochs' is given)."
     )

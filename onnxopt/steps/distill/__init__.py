@@ -84,16 +84,18 @@ def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> Step
     mapping = output_map(student_outputs, load_model(teacher_path, load_weights=False))
     names = loss_outputs(cfg, parent, student_outputs)
     train_set, validation, data_facts = training_samples(cfg, ctx)
-    teacher = Teacher(teacher_path, mapping, names, cfg.intermediates, ctx)
+    features = _features(src, teacher_path, cfg, ctx, train_set, len(validation))
+    matched = {**{n: cfg.intermediate_weight for n in cfg.intermediates}, **features.weights}
+    teacher = Teacher(teacher_path, mapping, names, list(matched), ctx)
     reference = teacher_reference(teacher_path, mapping, student_outputs, ctx)
     before = fidelity(src, reference, names, ctx)
     with _torch_state(cfg.threads, cfg.seed), _ours(src):
         from onnxopt.steps.distill.student import make_student
         from onnxopt.steps.distill.train import Batches, Targets, train
 
-        student = make_student(src, cfg, ctx, names, train_set)
+        student = make_student(src, cfg, ctx, names, train_set, list(matched))
         targets = Targets(teacher.run)
-        loss = student.loss_spec(cfg, names, targets, train_set, validation)
+        loss = student.loss_spec(cfg, names, targets, train_set, validation, matched)
 
         batches = Batches(
             train_set, cfg.batch_size, student.concat, np.random.default_rng(cfg.seed)
@@ -116,6 +118,7 @@ def run(src: Path | None, dst: Path, cfg: DistillStep, ctx: StepContext) -> Step
             "kind": cfg.loss,
             "outputs": names,
             "intermediates": cfg.intermediates,
+            "features": features.facts(),
             **({"temperature": cfg.temperature} if cfg.loss == "kl" else {}),
         },
         "data": data_facts,
@@ -168,6 +171,21 @@ def _teacher(cfg: DistillStep, ctx: StepContext) -> Path:
             hint="leave 'intermediates' out, or distill the parent graph (no 'student')",
         )
     return teacher_path
+
+
+def _features(
+    src: Path, teacher: Path, cfg: DistillStep, ctx: StepContext, train: list[Any], n_val: int
+) -> Any:
+    """The features matched where the parent was pruned (none for a factory student)."""
+    from onnxopt.modelio import load_model
+    from onnxopt.steps.distill.features import Features, pruned_features
+
+    if cfg.features == "none" or cfg.student is not None:
+        return Features()
+    samples = len(train) + n_val
+    return pruned_features(
+        load_model(src), load_model(teacher), train[0], samples, cfg.feature_weight, ctx
+    )
 
 
 def _data_warnings(data_facts: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ import torch
 from onnxopt.config.distill import DistillStep
 from onnxopt.errors import InputError, StepError
 from onnxopt.steps.base import StepContext
+from onnxopt.steps.distill.fidelity import uneven_parts
 from onnxopt.steps.distill.train import LossSpec, Targets, as_torch, make_adapter, stack
 from onnxopt.verify import Inputs
 
@@ -41,27 +42,30 @@ class Student:
         targets: Targets,
         train: list[Inputs],
         validation: list[Inputs],
+        matched: dict[str, float],
     ) -> LossSpec:
         """The loss: its normalizers from the teacher's values on the validation samples,
-        its adapters (for intermediates of another width) fitted on the first sample."""
+        its adapters (for intermediates of another width) fitted on the first sample.
+        ``matched``: the intermediate tensors and their loss weights."""
         spec = LossSpec(
             outputs=names,
-            weights={
-                **{n: cfg.intermediate_weight for n in cfg.intermediates},
-                **cfg.output_weights,
-            },
-            intermediates=list(cfg.intermediates),
+            weights={**matched, **cfg.output_weights},
+            intermediates=list(matched),
             kind=cfg.loss,
             temperature=cfg.temperature,
         )
         wanted = [targets.of(1, i, s) for i, s in enumerate(validation)]
-        for name in [*names, *cfg.intermediates]:
+        for name in [*names, *matched]:
             spec.scale[name] = max(float(np.mean([np.mean(w[name] ** 2) for w in wanted])), 1e-12)
-        if cfg.intermediates:
+        for name in names:
+            found = uneven_parts([w[name] for w in wanted])
+            if found is not None:
+                spec.parts[name] = (found[0], torch.from_numpy(found[1]).float())
+        if matched:
             with torch.no_grad():
                 got = self.forward(as_torch(train[0]))
             want = targets.of(0, 0, train[0])
-            for name in cfg.intermediates:
+            for name in matched:
                 try:
                     adapter = make_adapter(got[name], torch.from_numpy(want[name]), name)
                 except ValueError as err:
@@ -74,7 +78,9 @@ class Student:
 class GraphStudent(Student):
     """The parent ONNX graph with its weights as torch parameters."""
 
-    def __init__(self, src: Path, cfg: DistillStep, ctx: StepContext, names: list[str]) -> None:
+    def __init__(
+        self, src: Path, ctx: StepContext, names: list[str], intermediates: list[str]
+    ) -> None:
         from onnxopt.modelio import load_model
         from onnxopt.steps.distill.torch_graph import ConversionError, GraphModule, prepare
 
@@ -87,13 +93,13 @@ class GraphStudent(Student):
                 hint=err.hint or "give a PyTorch student (student: {factory: ...}) instead",
             ) from None
         known = {o for node in self.model.graph.node for o in node.output}
-        unknown = [n for n in cfg.intermediates if n not in known]
+        unknown = [n for n in intermediates if n not in known]
         if unknown:
             raise InputError(
                 f"intermediates {unknown} are not tensors of the student {src.name}",
                 hint="name tensors both graphs compute",
             )
-        self.wanted = [*names, *cfg.intermediates]
+        self.wanted = [*names, *intermediates]
         self.src = src
         self.external_data = ctx.config.external_data
         self.concat = True
@@ -228,9 +234,15 @@ class FactoryStudent(Student):
 
 
 def make_student(
-    src: Path, cfg: DistillStep, ctx: StepContext, names: list[str], train: list[Inputs]
+    src: Path,
+    cfg: DistillStep,
+    ctx: StepContext,
+    names: list[str],
+    train: list[Inputs],
+    intermediates: list[str],
 ) -> Student:
-    """The student of this run, checked on the training samples."""
+    """The student of this run (computing ``names`` and ``intermediates``), checked on the
+    training samples."""
     from onnxopt.modelio import load_model
 
     outputs = [o.name for o in load_model(src, load_weights=False).graph.output]
@@ -239,6 +251,6 @@ def make_student(
         with torch.no_grad():
             student.forward(as_torch(train[0]))  # the factory's outputs fit the parent's
         return student
-    graph = GraphStudent(src, cfg, ctx, names)
+    graph = GraphStudent(src, ctx, names, intermediates)
     graph.check(train, ctx)
     return graph

@@ -134,9 +134,26 @@ class LossSpec:
     temperature: float
     #: mean square of the teacher's values per name (relative MSE)
     scale: dict[str, float] = field(default_factory=dict)
+    #: outputs normalized part by part: the axis and each index's mean square
+    parts: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
     adapters: dict[str, Adapter] = field(default_factory=dict)
 
-    def __call__(self, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _mse(self, name: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The squared error relative to the teacher's mean square: of the whole tensor, or
+        of each part along the output's ``parts`` axis, averaged over the parts."""
+        if name not in self.parts:
+            return F.mse_loss(s, t) / self.scale.get(name, 1.0)
+        axis, scale = self.parts[name]
+        err = (s - t).square().movedim(axis, -1)
+        return (err.reshape(-1, err.shape[-1]).mean(0) / scale).mean()
+
+    def __call__(
+        self,
+        got: dict[str, torch.Tensor],
+        want: dict[str, torch.Tensor],
+        outputs_only: bool = False,
+    ) -> torch.Tensor:
+        """The loss of ``got`` against ``want`` (the outputs' part only: ``outputs_only``)."""
         total = torch.zeros(())
         for name in self.outputs:
             w = self.weights.get(name, 1.0)
@@ -153,8 +170,8 @@ class LossSpec:
                 )  # fmt: skip
                 total = total + w * kl * tau * tau
             else:
-                total = total + w * F.mse_loss(s, t) / self.scale.get(name, 1.0)
-        for name in self.intermediates:
+                total = total + w * self._mse(name, s, t)
+        for name in [] if outputs_only else self.intermediates:
             s, t = got[name].float(), want[name].float()
             adapter = self.adapters.get(name)
             if adapter is not None:
@@ -175,6 +192,8 @@ class History:
     best_val: float = math.inf
     initial_val: float = math.inf
     stopped: str = "finished"
+    #: each return to the best weights with a lower learning rate: {step, to_step}
+    backtracks: list[dict[str, int]] = field(default_factory=list)
 
     def as_dict(self, points: int = 100) -> dict[str, Any]:
         """The report's form (the curve thinned to about ``points`` entries)."""
@@ -187,6 +206,7 @@ class History:
             "seconds": round(self.seconds, 2),
             "stopped": self.stopped,
             "best_step": self.best_step,
+            "backtracks": self.backtracks,
             "validation_loss_before": self.initial_val,
             "validation_loss_best": self.best_val,
             "loss_curve": curve,
@@ -224,14 +244,15 @@ def _evaluate(
     targets: Targets,
     validation: list[Inputs],
 ) -> tuple[float, float]:
-    """The validation loss and the lowest cosine of an output to the teacher's."""
+    """The validation loss of the outputs (the matched features train them, the outputs
+    choose the weights) and the lowest cosine of an output to the teacher's."""
     student.eval()
     with torch.no_grad():
         values, cosines = [], []
         for i, sample in enumerate(validation):
             want = {k: torch.from_numpy(v) for k, v in targets.of(1, i, sample).items()}
             got = forward(as_torch(sample))
-            values.append(float(loss(got, want)))
+            values.append(float(loss(got, want, outputs_only=True)))
             cosines += [
                 float(F.cosine_similarity(got[n].double().flatten(), want[n].double().flatten(), 0))
                 for n in loss.outputs
@@ -259,6 +280,36 @@ def _step_loss(
         value.backward()  # type: ignore[no-untyped-call]
         step_loss += float(value.detach())
     return step_loss
+
+
+#: a validation loss this many times the best one so far means the steps since went astray
+BACKTRACK_AT = 1.5
+#: ... the best weights are restored and the learning rate divided by this
+BACKTRACK_LR = 3.0
+#: at most this many times a run
+MAX_BACKTRACKS = 3
+
+
+def _backtrack(
+    val: float,
+    history: History,
+    student: torch.nn.Module,
+    best: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+) -> bool:
+    """After a validation loss far above the best (a learning rate too high for these
+    weights: fine-tuning a trained network at 1e-3 can undo it in 25 steps), go back to the
+    best weights with a lower rate and fresh optimizer moments; whether it did."""
+    if len(history.backtracks) >= MAX_BACKTRACKS:
+        return False
+    if math.isfinite(val) and val <= BACKTRACK_AT * history.best_val:
+        return False
+    student.load_state_dict(best)
+    opt.state.clear()
+    sched.base_lrs = [lr / BACKTRACK_LR for lr in sched.base_lrs]
+    history.backtracks.append({"step": history.steps, "to_step": history.best_step})
+    return True
 
 
 def train(
@@ -291,6 +342,8 @@ def train(
         opt.zero_grad(set_to_none=True)
         step_loss = _step_loss(forward, loss, batches, targets, augment)
         if not math.isfinite(step_loss):
+            if _backtrack(step_loss, history, student, best, opt, sched):
+                continue
             history.stopped = f"diverged at step {step} (loss {step_loss})"
             break
         if cfg.max_grad_norm is not None:
@@ -308,6 +361,9 @@ def train(
                 best = {k: v.detach().clone() for k, v in student.state_dict().items()}
             else:
                 bad += 1
+                if _backtrack(val, history, student, best, opt, sched):
+                    progress(f"validation loss {val:.4g} at step {step}: back to step "
+                             f"{history.best_step}, learning rate / {BACKTRACK_LR:g}")  # fmt: skip
             progress(
                 f"step {step}/{total}, loss {step_loss:.4g}, validation loss {val:.4g}, "
                 f"lowest cosine {val_cos:.4f} (best at step {history.best_step})"
