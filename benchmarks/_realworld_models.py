@@ -30,9 +30,10 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import wave
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1127,3 +1128,21 @@ SPECS = (
 
 def prepare(spec: Spec, cache: Path, work: Path, samples: int, fresh: int) -> Prepared:
     return spec.prepare(spec, cache, work, samples, fresh)
+
+
+def each_prepared(
+    names: str, cache: Path, samples: int, fresh: int
+) -> Iterator[tuple[Spec, Prepared, Path, Any]]:
+    """For each of the comma-separated model ``names``, in a temporary folder kept until the
+    next: its spec, its prepared samples, the calibration .npz written there (what --data
+    gets) and an ONNX Runtime session of the original. Prints the model's heading."""
+    by_name = {s.name: s for s in SPECS}
+    for name in names.split(","):
+        spec = by_name[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            prep = prepare(spec, cache, folder, samples, fresh)
+            data = folder / "cal.npz"
+            np.savez(data, **prep.calibration)
+            print(f"\n{name} ({spec.origin}; {spec.proxy}, threshold {spec.threshold})")
+            yield spec, prep, data, session(prep.model)

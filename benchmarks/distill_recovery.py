@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -65,50 +62,42 @@ def main() -> None:
     args = parser.parse_args()
 
     from _machine import machine_line
-    from _realworld_models import SPECS, prepare, session
+    from _realworld_models import each_prepared, session
     from prune_allocation import _prune
 
     print(machine_line())
-    by_name = {s.name: s for s in SPECS}
     cache = args.cache.expanduser().resolve()
-    for name in args.models.split(","):
-        spec = by_name[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            prep = prepare(spec, cache, folder, args.samples, args.fresh)
-            data = folder / "cal.npz"
-            np.savez(data, **prep.calibration)
-            ref = session(prep.model)
-            print(f"\n{name} ({spec.origin}; {spec.proxy}, threshold {spec.threshold})")
-            pruned = folder / "pruned.onnx"
-            entry = _prune(prep.model, pruned, data, macs_target=args.target)
-            if isinstance(entry, str):
-                print(f"  prune refused: {entry}")
+    for spec, prep, data, ref in each_prepared(args.models, cache, args.samples, args.fresh):
+        folder = data.parent
+        pruned = folder / "pruned.onnx"
+        entry = _prune(prep.model, pruned, data, macs_target=args.target)
+        if isinstance(entry, str):
+            print(f"  prune refused: {entry}")
+            continue
+        report = entry["report"]
+        share = 1 - report["macs_after"] / report["macs_before"]
+        value, _ = spec.judge(ref, session(pruned), prep.fresh)
+        print(f"  pruned: MACs -{share:.1%}, task proxy {value:.3f} (compensated)")
+        for label in args.recipes.split(","):
+            started = time.monotonic()
+            out = folder / f"d{abs(hash(label))}.onnx"
+            got = _distill(pruned, prep.model, out, data, RECIPES[label])
+            if isinstance(got, str):
+                print(f"  {label}: refused: {got}")
                 continue
-            report = entry["report"]
-            share = 1 - report["macs_after"] / report["macs_before"]
-            value, _ = spec.judge(ref, session(pruned), prep.fresh)
-            print(f"  pruned: MACs -{share:.1%}, task proxy {value:.3f} (compensated)")
-            for label in args.recipes.split(","):
-                started = time.monotonic()
-                out = folder / f"d{abs(hash(label))}.onnx"
-                got = _distill(pruned, prep.model, out, data, RECIPES[label])
-                if isinstance(got, str):
-                    print(f"  {label}: refused: {got}")
-                    continue
-                rep = got["report"]
-                line = f"held-out {_fidelity(rep['fidelity_before'])}"
-                if "fidelity_after" not in rep:
-                    print(f"  {label}: kept the parent ({rep.get('reason')})")
-                    continue
-                value, _ = spec.judge(ref, session(out), prep.fresh)
-                training = rep["training"]
-                matched = len(rep["loss"]["features"]["matched"])
-                print(
-                    f"  {label}: {line} -> {_fidelity(rep['fidelity_after'])}; task proxy "
-                    f"{value:.3f}; best at step {training['best_step']}/{training['steps']}, "
-                    f"{matched} features ({time.monotonic() - started:.0f} s)"
-                )
+            rep = got["report"]
+            line = f"held-out {_fidelity(rep['fidelity_before'])}"
+            if "fidelity_after" not in rep:
+                print(f"  {label}: kept the parent ({rep.get('reason')})")
+                continue
+            value, _ = spec.judge(ref, session(out), prep.fresh)
+            training = rep["training"]
+            matched = len(rep["loss"]["features"]["matched"])
+            print(
+                f"  {label}: {line} -> {_fidelity(rep['fidelity_after'])}; task proxy "
+                f"{value:.3f}; best at step {training['best_step']}/{training['steps']}, "
+                f"{matched} features ({time.monotonic() - started:.0f} s)"
+            )
 
 
 if __name__ == "__main__":

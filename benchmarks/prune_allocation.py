@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -72,38 +69,30 @@ def main() -> None:
     args = parser.parse_args()
 
     from _machine import machine_line
-    from _realworld_models import SPECS, prepare, session
+    from _realworld_models import each_prepared
 
     print(machine_line())
-    by_name = {s.name: s for s in SPECS}
     ratios = [float(r) for r in args.ratios.split(",")]
     cache = args.cache.expanduser().resolve()
-    for name in args.models.split(","):
-        spec = by_name[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            prep = prepare(spec, cache, folder, args.samples, args.fresh)
-            data = folder / "cal.npz"
-            np.savez(data, **prep.calibration)
-            ref = session(prep.model)
-            print(f"\n{name} ({spec.origin}; {spec.proxy}, threshold {spec.threshold})")
-            for ratio in ratios:
-                started = time.monotonic()
-                uniform_out = folder / f"u{ratio}.onnx"
-                uniform = _prune(prep.model, uniform_out, data, ratio=ratio)
-                line = _row(uniform, spec.judge, ref, uniform_out, prep.fresh)
-                print(f"  uniform {ratio:g}:   {line}")
-                if isinstance(uniform, str):
-                    break
-                rep = uniform["report"]
-                if not rep["macs_before"]:
-                    break
-                share = round(1 - rep["macs_after"] / rep["macs_before"], 3)
-                alloc_out = folder / f"a{ratio}.onnx"
-                allocated = _prune(prep.model, alloc_out, data, macs_target=share)
-                line = _row(allocated, spec.judge, ref, alloc_out, prep.fresh)
-                took = time.monotonic() - started
-                print(f"  allocated {share:.3f}: {line} ({took:.0f} s both)")
+    for spec, prep, data, ref in each_prepared(args.models, cache, args.samples, args.fresh):
+        folder = data.parent
+        for ratio in ratios:
+            started = time.monotonic()
+            uniform_out = folder / f"u{ratio}.onnx"
+            uniform = _prune(prep.model, uniform_out, data, ratio=ratio)
+            line = _row(uniform, spec.judge, ref, uniform_out, prep.fresh)
+            print(f"  uniform {ratio:g}:   {line}")
+            if isinstance(uniform, str):
+                break
+            rep = uniform["report"]
+            if not rep["macs_before"]:
+                break
+            share = round(1 - rep["macs_after"] / rep["macs_before"], 3)
+            alloc_out = folder / f"a{ratio}.onnx"
+            allocated = _prune(prep.model, alloc_out, data, macs_target=share)
+            line = _row(allocated, spec.judge, ref, alloc_out, prep.fresh)
+            took = time.monotonic() - started
+            print(f"  allocated {share:.3f}: {line} ({took:.0f} s both)")
 
 
 if __name__ == "__main__":

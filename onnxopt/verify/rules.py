@@ -47,6 +47,17 @@ MIN_SLICE = 16
 SLICE_FLOOR = 1e-4
 
 
+def slice_axes(shape: tuple[int, ...]) -> list[int]:
+    """The axes past the first judged slice by slice: at most SMALL_AXIS entries, each
+    slice holding at least MIN_SLICE values."""
+    total = int(np.prod(shape))
+    return [
+        axis
+        for axis in range(1, len(shape))
+        if 2 <= shape[axis] <= SMALL_AXIS and total // shape[axis] >= MIN_SLICE
+    ]
+
+
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     shifted = np.exp(x - x.max(axis=axis, keepdims=True))
     return np.asarray(shifted / shifted.sum(axis=axis, keepdims=True))
@@ -81,12 +92,11 @@ def count(
         err, ref_values = got0 - ref0, ref0
         if decided is not None:
             err, ref_values = np.where(decided, 0.0, err), np.where(decided, 0.0, ref0)
-        for axis in range(1, ref0.ndim):
+        for axis in slice_axes(ref0.shape):
             size = ref0.shape[axis]
-            if 2 <= size <= SMALL_AXIS and ref0.size // size >= MIN_SLICE:
-                others = tuple(i for i in range(ref0.ndim) if i != axis)
-                err2 = (err**2).sum(axis=others)
-                slices[axis] = [err2, (ref_values**2).sum(axis=others), ref0.size // size]
+            others = tuple(i for i in range(ref0.ndim) if i != axis)
+            err2 = (err**2).sum(axis=others)
+            slices[axis] = [err2, (ref_values**2).sum(axis=others), ref0.size // size]
         if slices:
             counts["slices"] = slices
     if kind is not None and kind.kind == "classes" and ref0.ndim >= 1:

@@ -22,6 +22,7 @@ import numpy as np
 from onnxopt.config.distill import DistillStep
 from onnxopt.errors import ConfigError, InputError, StepError, require
 from onnxopt.steps.base import StepContext, StepResult
+from onnxopt.steps.distill.features import Features, pruned_features
 from onnxopt.steps.distill.fidelity import fidelity, teacher_reference
 from onnxopt.steps.distill.setup import (
     Teacher,
@@ -175,10 +176,9 @@ def _teacher(cfg: DistillStep, ctx: StepContext) -> Path:
 
 def _features(
     src: Path, teacher: Path, cfg: DistillStep, ctx: StepContext, train: list[Any], n_val: int
-) -> Any:
+) -> Features:
     """The features matched where the parent was pruned (none for a factory student)."""
     from onnxopt.modelio import load_model
-    from onnxopt.steps.distill.features import Features, pruned_features
 
     if cfg.features == "none" or cfg.student is not None:
         return Features()

@@ -9,7 +9,7 @@ import numpy as np
 
 from onnxopt.steps.base import StepContext
 from onnxopt.verify import Reference, cosine, outputs_on, reference_outputs
-from onnxopt.verify.rules import MIN_SLICE, SMALL_AXIS
+from onnxopt.verify.rules import slice_axes
 
 
 def teacher_reference(
@@ -43,17 +43,11 @@ def uneven_parts(values: list[np.ndarray]) -> tuple[int, np.ndarray] | None:
     the verification judges slice by slice."""
     first = values[0]
     best: tuple[float, int, np.ndarray] | None = None
-    for axis in range(1, first.ndim):
+    for axis in slice_axes(first.shape):
         size = first.shape[axis]
-        if not (2 <= size <= SMALL_AXIS and first.size // size >= MIN_SLICE):
-            continue
         if any(v.shape[axis] != size for v in values):
             continue
-        square = np.mean(
-            [np.mean(np.moveaxis(v.astype(np.float64) ** 2, axis, -1).reshape(-1, size), 0)
-             for v in values],
-            axis=0,
-        )  # fmt: skip
+        square = _part_means([v.astype(np.float64) ** 2 for v in values], axis)
         floor = max(float(square.max()) * 1e-9, 1e-12)
         square = np.maximum(square, floor)
         spread = float(square.max() / square.min())
@@ -70,12 +64,15 @@ def relative_error(got: list[np.ndarray], want: list[np.ndarray]) -> float:
         err = np.mean([np.mean((a - b) ** 2) for a, b in zip(got, want, strict=True)])
         return float(err) / max(float(np.mean([np.mean(b**2) for b in want])), 1e-30)
     axis, scale = parts
-    per_part = np.mean(
-        [np.mean(np.moveaxis((a - b) ** 2, axis, -1).reshape(-1, len(scale)), 0)
-         for a, b in zip(got, want, strict=True)],
-        axis=0,
-    )  # fmt: skip
+    per_part = _part_means([(a - b) ** 2 for a, b in zip(got, want, strict=True)], axis)
     return float(np.mean(per_part / scale))
+
+
+def _part_means(arrays: list[np.ndarray], axis: int) -> np.ndarray:
+    """The mean of each index along ``axis``, over the other axes and the arrays."""
+    return np.mean(
+        [np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]).mean(0) for a in arrays], axis=0
+    )
 
 
 def fidelity(
